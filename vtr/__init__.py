@@ -1,0 +1,28 @@
+"""vtr: training-free visual-token reduction for Hugging Face multimodal LLMs.
+
+    import vtr
+    vtr.wrap(model, method="divprune", budget=64)   # same object, patched in place, reversible
+    model.generate(**inputs)                        # unchanged API, fewer visual tokens
+    vtr.stats(model); vtr.unwrap(model)
+"""
+
+from vtr.adapters import supported_models
+from vtr.api import is_wrapped, reduced, stats, unwrap, wrap
+from vtr.budget import Budget
+from vtr.errors import ReductionError, UnsupportedModelError
+from vtr.methods import available_methods
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Budget",
+    "ReductionError",
+    "UnsupportedModelError",
+    "available_methods",
+    "is_wrapped",
+    "reduced",
+    "stats",
+    "supported_models",
+    "unwrap",
+    "wrap",
+]

@@ -1,0 +1,116 @@
+"""The adapter contract: everything vtr needs to know about one model family.
+
+The generic parts follow what ``generate()`` itself does in transformers 5.x (encode each modality with
+``base_model.get_{modality}_features`` and the inputs named in its signature; positions from
+``_prepare_position_ids_for_generation``), so a keep-all reduction reproduces the unwrapped model bit
+for bit. Subclasses add what differs per family: token grids, the layout of position ids, and extra
+per-modality outputs that must be reduced alongside the features.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from transformers.utils import ModelOutput
+
+MODALITIES = ("image", "video")
+PIXEL_KEYS = ("pixel_values", "pixel_values_videos", "pixel_values_images")
+
+
+class Adapter:
+    """Model-family knowledge for one wrapped model instance."""
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+
+    # ------------------------------------------------------------------ visual inputs
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if m in getattr(self.model, "input_modalities", MODALITIES))
+
+    def placeholder_token_id(self, modality: str) -> int:
+        return int(getattr(self.config, f"{modality}_token_id"))
+
+    def _encoder(self, modality: str):
+        return getattr(self.model.base_model, f"get_{modality}_features", None)
+
+    def encoder_kwargs(self, modality: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The inputs ``get_{modality}_features`` takes, as generate() collects them."""
+        encoder = self._encoder(modality)
+        if encoder is None:
+            return {}
+        return {
+            key: inputs[key]
+            for key in inspect.signature(encoder).parameters
+            if key != "kwargs" and inputs.get(key) is not None
+        }
+
+    def present_modalities(self, inputs: dict[str, Any]) -> tuple[str, ...]:
+        """Modalities whose pixels are in ``inputs`` (those vtr has to encode and reduce)."""
+        return tuple(m for m in self.modalities() if any(k in PIXEL_KEYS for k in self.encoder_kwargs(m, inputs)))
+
+    def consumed_keys(self, inputs: dict[str, Any]) -> set[str]:
+        """Input keys that only feed the vision encoder; they are not passed on once features exist."""
+        return {key for m in self.present_modalities(inputs) for key in self.encoder_kwargs(m, inputs)}
+
+    def encode(self, modality: str, inputs: dict[str, Any]) -> ModelOutput:
+        return self._encoder(modality)(**self.encoder_kwargs(modality, inputs), return_dict=True)
+
+    def item_features(self, modality: str, output: ModelOutput) -> list[Tensor]:
+        """Per visual input (N_i, D) features, in the order the model scatters them into placeholders."""
+        return list(output.pooler_output)
+
+    def item_grids(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[tuple[int, int, int]]:
+        """(t, h, w) token grid of each item; ``t*h*w`` must equal the item's token count."""
+        raise NotImplementedError
+
+    def with_features(self, modality: str, output: ModelOutput, features: list[Tensor], kept: list[Tensor]) -> ModelOutput:
+        """A copy of ``output`` carrying the reduced per-item ``features`` (``kept``: per-item kept slots)."""
+        reduced = type(output)(**dict(output.items()))
+        reduced.pooler_output = type(output.pooler_output)(features) if isinstance(output.pooler_output, (list, tuple)) else features
+        return reduced
+
+    # ------------------------------------------------------------------ positions
+    def positions(self, inputs: dict[str, Any], for_generate: bool) -> Tensor:
+        """Original positions of every input column as ``(rows, B, L)``.
+
+        Explicit ``position_ids`` win. Otherwise generate() and forward() each get the positions the
+        unwrapped model would compute on that path (they differ for LLaVA with left padding).
+        """
+        if inputs.get("position_ids") is not None:
+            pos = inputs["position_ids"]
+        elif for_generate:
+            kwargs = {k: v for k, v in inputs.items() if k not in PIXEL_KEYS and v is not None}
+            pos = self.model._prepare_position_ids_for_generation(inputs["input_ids"], kwargs)
+        else:
+            pos = self.forward_positions(inputs)
+        return pos if pos.dim() == 3 else pos.unsqueeze(0)
+
+    def forward_positions(self, inputs: dict[str, Any]) -> Tensor:
+        """Positions the unwrapped ``forward`` uses when given none (``(B, L)`` or ``(rows, B, L)``)."""
+        ids = inputs["input_ids"]
+        return torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+
+    def finish_positions(self, gathered: Tensor, attention_mask: Tensor, compact: bool) -> Tensor:
+        """Turn the gathered ``(rows, B, L')`` positions into what the model takes.
+
+        ``compact`` re-indexes every kept token consecutively (the LLaVA/DivPrune convention); otherwise
+        kept tokens keep their original positions, gaps included.
+        """
+        if compact:
+            gathered = consecutive_positions(attention_mask).expand_as(gathered)
+        return gathered[0] if gathered.shape[0] == 1 else gathered
+
+    def fill_missing_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Add inputs the model needs but older processors may not produce (default: none)."""
+        return inputs
+
+
+def consecutive_positions(attention_mask: Tensor) -> Tensor:
+    """0, 1, 2, ... over the attended tokens of each row (0 on padding), as generate() numbers them."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0).unsqueeze(0)

@@ -1,0 +1,45 @@
+"""Qwen2-VL and Qwen2.5-VL: native-resolution grids, 2x2 patch merging, M-RoPE (text row + t/h/w rows)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vtr.adapters.base import Adapter, consecutive_positions
+
+MM_TOKEN_TYPE = {"image": 1, "video": 2}
+
+
+class QwenVLAdapter(Adapter):
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+
+    def item_grids(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[tuple[int, int, int]]:
+        merge = int(self.config.vision_config.spatial_merge_size)
+        thw = inputs[f"{modality}_grid_thw"].tolist()
+        return [(t, h // merge, w // merge) for t, h, w in thw]
+
+    def forward_positions(self, inputs: dict[str, Any]) -> Tensor:
+        # The unwrapped forward computes the same t/h/w rows through get_rope_index; the text row is
+        # only used to build the mask, and a consecutive one keeps transformers from guessing packing.
+        kwargs = {k: v for k, v in inputs.items() if v is not None and not k.startswith("pixel_values")}
+        return self.model._prepare_position_ids_for_generation(inputs["input_ids"], kwargs)
+
+    def finish_positions(self, gathered: Tensor, attention_mask: Tensor, compact: bool) -> Tensor:
+        text_row = consecutive_positions(attention_mask)
+        if compact:
+            return text_row.expand(gathered.shape[0], -1, -1).contiguous()
+        # gathered is (4, B, L') from generate, or t/h/w (3 rows) / 1-D (1 row) positions a caller passed
+        spatial = gathered[1:] if gathered.shape[0] == 4 else gathered.expand(3, -1, -1)
+        return torch.cat([text_row, spatial], 0)
+
+    def fill_missing_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """get_rope_index needs ``mm_token_type_ids`` (0 text, 1 image, 2 video); derive it if absent."""
+        if inputs.get("mm_token_type_ids") is not None:
+            return inputs
+        ids = inputs["input_ids"]
+        types = torch.zeros_like(ids)
+        for modality, value in MM_TOKEN_TYPE.items():
+            types[ids == self.placeholder_token_id(modality)] = value
+        return {**inputs, "mm_token_type_ids": types}

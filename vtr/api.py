@@ -1,0 +1,191 @@
+"""wrap / unwrap / reduced / stats: install a reduction on one model instance, reversibly.
+
+Wrapping sets instance attributes ``forward`` and ``generate`` (never touching the class, so other
+instances are unaffected) and keeps what was there before, so ``unwrap`` restores the model exactly.
+Wrapping an already wrapped model replaces its method and options; the saved originals are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+
+from vtr.adapters import Adapter, adapter_for
+from vtr.engine import POSITION_MODES, ReducedCall, reduce_inputs
+from vtr.methods import Method, Stage, make_method
+from vtr.stats import CallStats
+
+_STATE_ATTR = "_vtr_state"
+_PATCHED = ("forward", "generate")
+_MISSING = object()
+
+
+@dataclass
+class WrapState:
+    """Everything a wrapped model needs: the method, the adapter, and what to restore on unwrap."""
+
+    adapter: Adapter
+    method: Method
+    positions: str
+    saved: dict[str, Any]  # attribute name -> previous instance-dict entry (or _MISSING)
+    last_stats: CallStats | None = None
+    generating: ReducedCall | None = field(default=None, repr=False)
+
+
+def wrap(
+    model: torch.nn.Module,
+    method: str | Method = "divprune",
+    budget: int | float | None = None,
+    *,
+    positions: str = "original",
+    **options: Any,
+) -> torch.nn.Module:
+    """Make ``model`` see fewer visual tokens in ``generate()`` and ``forward()``; returns the same object.
+
+    ``method``: a registered name (``vtr.available_methods()``) or a configured method object.
+    ``budget``: int = visual tokens kept per image/video, float in (0, 1] = fraction kept.
+    ``positions``: ``"original"`` (kept tokens keep their original 1-D or M-RoPE positions) or
+    ``"compact"`` (kept tokens are re-indexed consecutively). Extra keyword arguments are method options.
+    """
+    if positions not in POSITION_MODES:
+        raise ValueError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
+    configured = make_method(method, budget, **options)
+    if configured.stage is not Stage.PRE_LLM:
+        raise ValueError(f"{configured.name} runs at stage {configured.stage.value!r}, which vtr does not run yet")
+    state: WrapState | None = getattr(model, _STATE_ATTR, None)
+    if state is not None:  # re-wrap: new configuration, same saved originals
+        state.method, state.positions, state.last_stats = configured, positions, None
+        return model
+    adapter = adapter_for(model)
+    saved = {name: model.__dict__.get(name, _MISSING) for name in _PATCHED}
+    state = WrapState(adapter=adapter, method=configured, positions=positions, saved=saved)
+    original_forward, original_generate = model.forward, model.generate
+    model.__dict__["forward"] = _reducing_forward(state, original_forward)
+    model.__dict__["generate"] = _reducing_generate(state, original_generate)
+    model.__dict__[_STATE_ATTR] = state
+    return model
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """Remove vtr from ``model`` and restore exactly what was there before ``wrap``."""
+    state = _state(model)
+    for name, previous in state.saved.items():
+        if previous is _MISSING:
+            model.__dict__.pop(name, None)
+        else:
+            model.__dict__[name] = previous
+    del model.__dict__[_STATE_ATTR]
+    return model
+
+
+@contextlib.contextmanager
+def reduced(model: torch.nn.Module, method: str | Method = "divprune", budget: int | float | None = None,
+            **kwargs: Any) -> Iterator[torch.nn.Module]:
+    """``with vtr.reduced(model, ...):`` wraps for the block and restores the previous state after it.
+
+    On an already wrapped model the block runs with the new configuration and the previous one comes
+    back afterwards.
+    """
+    previous: WrapState | None = getattr(model, _STATE_ATTR, None)
+    before = None if previous is None else (previous.method, previous.positions)
+    wrap(model, method, budget, **kwargs)
+    try:
+        yield model
+    finally:
+        if before is None:
+            unwrap(model)
+        else:
+            previous.method, previous.positions = before
+
+
+def stats(model: torch.nn.Module) -> CallStats | None:
+    """Visual tokens before/after, per sample, of the last reduced call (``None`` before the first)."""
+    return _state(model).last_stats
+
+
+def is_wrapped(model: torch.nn.Module) -> bool:
+    return getattr(model, _STATE_ATTR, None) is not None
+
+
+def _state(model: torch.nn.Module) -> WrapState:
+    state = getattr(model, _STATE_ATTR, None)
+    if state is None:
+        raise ValueError(f"this {type(model).__name__} is not wrapped; call vtr.wrap(model, method=..., budget=...)")
+    return state
+
+
+def _needs_reduction(state: WrapState, kwargs: dict[str, Any]) -> bool:
+    return kwargs.get("mm_encoder_outputs") is None and bool(state.adapter.present_modalities(kwargs))
+
+
+def _reducing_forward(state: WrapState, original):
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)  # generate() inspects forward's signature: keep it visible
+    def forward(*args: Any, **kwargs: Any):
+        if args:  # generate() passes keywords; a direct call may pass input_ids positionally
+            bound = dict(signature.bind_partial(*args, **kwargs).arguments)
+            kwargs = {**bound.pop("kwargs", {}), **bound}
+        if not _needs_reduction(state, kwargs):
+            return original(**_with_explicit_mask(state.generating, kwargs))
+        call = reduce_inputs(state.adapter, state.method, state.positions, kwargs, for_generate=False)
+        state.last_stats = call.stats
+        output = original(**call.kwargs)
+        if isinstance(output, dict):
+            output["vtr_kept_index"] = call.kept_index
+        return output
+
+    return forward
+
+
+def _with_explicit_mask(call: ReducedCall | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Inside a reduced generate(), give uncached steps an explicit all-ones mask.
+
+    generate() drops an all-ones mask, and without a mask and a cache transformers reads a jump in 1-D
+    position ids as the start of a packed sequence. Kept tokens with original positions have such jumps.
+    """
+    if call is None or not call.gapped_positions or kwargs.get("attention_mask") is not None:
+        return kwargs
+    cache = kwargs.get("past_key_values")
+    if cache is not None and cache.get_seq_length() > 0:
+        return kwargs
+    ids = kwargs.get("input_ids")
+    if ids is None:
+        return kwargs
+    return {**kwargs, "attention_mask": torch.ones_like(ids)}
+
+
+def _reducing_generate(state: WrapState, original):
+    @functools.wraps(original)
+    def generate(inputs: Tensor | None = None, **kwargs: Any):
+        if inputs is not None:
+            kwargs["input_ids"] = inputs
+        if not _needs_reduction(state, kwargs):
+            return original(**kwargs)
+        call = reduce_inputs(state.adapter, state.method, state.positions, kwargs, for_generate=True)
+        state.last_stats = call.stats
+        state.generating = call
+        try:
+            output = original(**call.kwargs)
+        finally:
+            state.generating = None
+        return _with_original_prompt(output, kwargs["input_ids"], call.kept_index.shape[1])
+
+    return generate
+
+
+def _with_original_prompt(output: Any, prompt: Tensor, reduced_len: int) -> Any:
+    """Callers trim generate()'s output by the prompt they passed: give back that prompt + new tokens."""
+    sequences = output if isinstance(output, Tensor) else output.sequences
+    prefix = prompt.repeat_interleave(sequences.shape[0] // prompt.shape[0], dim=0).to(sequences.device)
+    restored = torch.cat([prefix, sequences[:, reduced_len:]], dim=1)
+    if isinstance(output, Tensor):
+        return restored
+    output.sequences = restored
+    return output

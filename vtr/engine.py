@@ -1,0 +1,193 @@
+"""The pre-LLM reduction engine: encode visual inputs once, reduce each, shrink the prompt to match.
+
+Reducing before the LLM is exact by construction when every per-token input is shrunk consistently:
+``input_ids``, ``attention_mask``, ``position_ids``, ``mm_token_type_ids``, ``labels``, and the
+features handed to the model through ``mm_encoder_outputs``. The KV cache then only ever holds the kept
+tokens, and generation continues from the kept positions.
+
+Rows of a batch may keep different numbers of tokens (different images, prompts without images), so
+the reduced batch is re-packed with left padding to the longest row. Original padding is dropped and
+rebuilt, which makes a padded batch equal to its rows run alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vtr.adapters.base import Adapter
+from vtr.errors import ReductionError
+from vtr.methods.base import Method, Reduction, VisualItem
+from vtr.stats import CallStats, ItemStats, SampleStats
+
+POSITION_MODES = ("original", "compact")
+
+
+@dataclass
+class ReducedCall:
+    """Inputs for the model's own forward/generate, plus how they map back to the caller's inputs."""
+
+    kwargs: dict[str, Any]
+    kept_index: Tensor  # (B, L'): original column of each reduced column, -1 on padding
+    stats: CallStats
+    gapped_positions: bool  # 1-D positions with gaps: uncached passes need an explicit mask
+
+
+def reduce_inputs(
+    adapter: Adapter, method: Method, positions: str, inputs: dict[str, Any], for_generate: bool
+) -> ReducedCall:
+    """Reduce every visual input in ``inputs`` with ``method`` and shrink the prompt to match."""
+    if inputs.get("input_ids") is None:
+        raise ReductionError(
+            "vtr needs input_ids to find the visual placeholder tokens; pass input_ids (not inputs_embeds) "
+            "together with the pixel inputs"
+        )
+    inputs = adapter.fill_missing_inputs(inputs)
+    ids: Tensor = inputs["input_ids"]
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    full_positions = adapter.positions({**inputs, "attention_mask": mask}, for_generate)
+
+    keep = mask.bool().clone()  # original padding is dropped here and rebuilt below
+    items_per_row: list[list[ItemStats]] = [[] for _ in range(ids.shape[0])]
+    mm_encoder_outputs = {}
+    for modality in adapter.present_modalities(inputs):
+        output = adapter.encode(modality, inputs)
+        features = adapter.item_features(modality, output)
+        _check_finite(modality, features)
+        slots = _placeholder_slots(adapter, modality, ids, mask, features)
+        grids = adapter.item_grids(modality, inputs, features)
+        rank_in_row = [0] * ids.shape[0]
+        new_features, kept_slots = [], []
+        for feats, (row, cols), grid in zip(features, slots, grids):
+            item = VisualItem(features=feats, grid=grid, modality=modality, index=rank_in_row[row])
+            rank_in_row[row] += 1
+            reduction = method.reduce(item)
+            _check_reduction(method, item, reduction)
+            dropped = torch.ones(item.num_tokens, dtype=torch.bool, device=cols.device)
+            dropped[reduction.kept.to(cols.device)] = False
+            keep[row, cols[dropped]] = False
+            new_features.append(reduction.output_features(item))
+            kept_slots.append(reduction.kept)
+            items_per_row[row].append(ItemStats(modality, item.num_tokens, reduction.kept.numel()))
+        mm_encoder_outputs[modality] = adapter.with_features(modality, output, new_features, kept_slots)
+
+    kept_index = _left_packed_index(keep)
+    valid = kept_index >= 0
+    new_mask = valid.to(mask.dtype)
+    compact = positions == "compact"
+    kwargs = {k: v for k, v in inputs.items() if k not in adapter.consumed_keys(inputs)}
+    for key, value in inputs.items():
+        if key in kwargs and key != "position_ids" and isinstance(value, Tensor) and value.shape[:2] == ids.shape:
+            kwargs[key] = _gather_columns(value, kept_index, pad=_pad_value(adapter, key))
+    kwargs["attention_mask"] = new_mask
+    kwargs["position_ids"] = adapter.finish_positions(
+        _gather_positions(full_positions, kept_index), new_mask, compact
+    )
+    kwargs["mm_encoder_outputs"] = mm_encoder_outputs
+
+    samples = tuple(
+        SampleStats(tuple(items), int(n_before), int(n_after))
+        for items, n_before, n_after in zip(items_per_row, mask.sum(1).tolist(), valid.sum(1).tolist())
+    )
+    dropped_any = bool((mask.bool() & ~keep).any())
+    return ReducedCall(
+        kwargs=kwargs,
+        kept_index=kept_index,
+        stats=CallStats(method=method.describe(), positions=positions, samples=samples),
+        gapped_positions=dropped_any and not compact and full_positions.shape[0] == 1,
+    )
+
+
+def _check_finite(modality: str, features: list[Tensor]) -> None:
+    if torch.stack([f.isnan().any() for f in features]).any():
+        raise ReductionError(
+            f"the vision encoder produced NaN {modality} features, so no reduction can be trusted; check "
+            f"pixel_values for NaN, and if the model runs in float16 try bfloat16 or float32 (fp16 overflow)"
+        )
+
+
+def _placeholder_slots(
+    adapter: Adapter, modality: str, ids: Tensor, mask: Tensor, features: list[Tensor]
+) -> list[tuple[int, Tensor]]:
+    """(row, placeholder columns) of each item, matching the model's row-major masked_scatter order."""
+    token_id = adapter.placeholder_token_id(modality)
+    is_placeholder = ids == token_id
+    counts = [f.shape[0] for f in features]
+    n_placeholders = int(is_placeholder.sum())
+    if n_placeholders != sum(counts):
+        raise ReductionError(
+            f"the prompt has {n_placeholders} {modality} placeholder tokens (id {token_id}) but the "
+            f"{len(counts)} {modality} input(s) give {sum(counts)} features {counts}; build input_ids and "
+            f"pixels with the model's processor in one call, one placeholder per {modality} in the text"
+        )
+    if bool((is_placeholder & (mask == 0)).any()):
+        raise ReductionError(
+            f"{modality} placeholder tokens sit under attention_mask == 0; pad with the pad token, not with "
+            f"placeholders, and keep the mask at 1 over the visual tokens"
+        )
+    rows, cols = is_placeholder.nonzero(as_tuple=True)
+    slots = []
+    for index, (item_rows, item_cols) in enumerate(zip(rows.split(counts), cols.split(counts))):
+        row = int(item_rows[0])
+        if bool((item_rows != row).any()):
+            raise ReductionError(
+                f"{modality} {index} has its {item_cols.numel()} placeholder tokens spread over several batch "
+                f"rows; each row needs exactly as many placeholders as its own {modality}s have tokens"
+            )
+        slots.append((row, item_cols))
+    return slots
+
+
+def _check_reduction(method: Method, item: VisualItem, reduction: Reduction) -> None:
+    """Cheap structural checks: a method bug must fail loudly, not scramble the prompt."""
+    kept = reduction.kept
+    ok = kept.dim() == 1 and kept.numel() >= 1 and not kept.is_floating_point()
+    ok = ok and int(kept[0]) >= 0 and int(kept[-1]) < item.num_tokens and bool((kept[1:] > kept[:-1]).all())
+    out = reduction.output_features(item)
+    ok = ok and out.shape == (kept.numel(), item.features.shape[-1])
+    if not ok:
+        raise ReductionError(
+            f"{method.describe()} returned an invalid reduction for a {item.modality} of {item.num_tokens} "
+            f"tokens: kept indices must be ascending, unique and in range, with one feature row each"
+        )
+
+
+def _left_packed_index(keep: Tensor) -> Tensor:
+    """(B, L') source column of every reduced column, rows left-padded with -1 to the longest row."""
+    counts = keep.sum(1)
+    width = int(counts.max()) if keep.numel() else 0
+    dest = (width - counts).unsqueeze(1) + keep.long().cumsum(1) - 1
+    rows, cols = keep.nonzero(as_tuple=True)
+    index = torch.full((keep.shape[0], width), -1, dtype=torch.long, device=keep.device)
+    index[rows, dest[rows, cols]] = cols
+    return index
+
+
+def _gather_columns(values: Tensor, index: Tensor, pad: int | float) -> Tensor:
+    """Gather the sequence columns ``index`` (B, L') of a per-token tensor shaped (B, L, ...)."""
+    trailing = [1] * (values.dim() - 2)
+    valid = (index >= 0).view(*index.shape, *trailing)
+    src = index.clamp_min(0).view(*index.shape, *trailing).expand(*index.shape, *values.shape[2:])
+    return values.gather(1, src).masked_fill(~valid, pad)
+
+
+def _gather_positions(positions: Tensor, index: Tensor) -> Tensor:
+    """Gather columns of ``(rows, B, L)`` position ids; padding gets position 0 as in generate()."""
+    src = index.clamp_min(0).unsqueeze(0).expand(positions.shape[0], -1, -1)
+    return positions.gather(2, src).masked_fill((index < 0).unsqueeze(0), 0)
+
+
+def _pad_value(adapter: Adapter, key: str) -> int:
+    if key == "labels":
+        return -100
+    if key == "input_ids":
+        pad = getattr(adapter.config, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(getattr(adapter.config, "text_config", None), "pad_token_id", None)
+        return int(pad) if pad is not None else 0
+    return 0

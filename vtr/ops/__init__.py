@@ -1,0 +1,1 @@
+"""Shared tensor kernels used by several methods. Pure functions, device-agnostic, no model knowledge."""

@@ -1,0 +1,18 @@
+"""Similarity kernels."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def cosine_distance(x: Tensor) -> Tensor:
+    """Pairwise cosine distance ``1 - cos(x_i, x_j)`` of the rows of ``x`` (``(..., N, D)`` -> ``(..., N, N)``).
+
+    Computed in float32 whatever the input dtype: in fp16 the self-distance of a row is not 0 but up to
+    +-1e-3, which is enough to let an already selected token win a later max-min step. A zero row has no
+    direction; it gets distance 1 to everything (instead of NaN) so that it is simply "far".
+    """
+    x = x.float()
+    unit = x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return 1.0 - unit @ unit.transpose(-1, -2)

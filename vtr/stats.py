@@ -1,0 +1,65 @@
+"""What a reduction did on the last call: visual tokens before/after per sample and per visual input."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class ItemStats:
+    """One image or video: tokens the model would have seen and tokens it saw."""
+
+    modality: str
+    before: int
+    after: int
+    stage: str = "pre_llm"
+
+
+@dataclass(frozen=True)
+class SampleStats:
+    """One batch row."""
+
+    items: tuple[ItemStats, ...]
+    prompt_before: int
+    prompt_after: int
+
+    @property
+    def visual_before(self) -> int:
+        return sum(item.before for item in self.items)
+
+    @property
+    def visual_after(self) -> int:
+        return sum(item.after for item in self.items)
+
+
+@dataclass(frozen=True)
+class CallStats:
+    """The last reduced ``forward``/``generate`` call of a wrapped model."""
+
+    method: str
+    positions: str
+    samples: tuple[SampleStats, ...] = field(default_factory=tuple)
+
+    @property
+    def visual_before(self) -> list[int]:
+        return [s.visual_before for s in self.samples]
+
+    @property
+    def visual_after(self) -> list[int]:
+        return [s.visual_after for s in self.samples]
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        for sample, raw in zip(self.samples, out["samples"]):
+            raw["visual_before"], raw["visual_after"] = sample.visual_before, sample.visual_after
+        return out
+
+    def __str__(self) -> str:
+        rows = [f"{self.method} (positions={self.positions})"]
+        for i, s in enumerate(self.samples):
+            per_item = ", ".join(f"{it.modality} {it.before}->{it.after}" for it in s.items) or "no visual input"
+            rows.append(
+                f"  sample {i}: visual {s.visual_before}->{s.visual_after} ({per_item}); "
+                f"prompt {s.prompt_before}->{s.prompt_after} tokens"
+            )
+        return "\n".join(rows)

@@ -1,0 +1,279 @@
+"""Tiny random models and offline processors for every supported architecture.
+
+Nothing is downloaded: configs are built in code, the tokenizer with the ``tokenizers`` library, image
+and video processors from their classes. Used by the test suite and by ``vtr demo``; also handy for
+users who want to try a method without a checkpoint. ``build(name)`` returns ``(model, processor)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = [
+    "<image>", "<video>",  # llava family
+    "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>", "<|im_end|>",  # qwen
+]
+WORDS = (
+    "what is in the image video describe this picture please answer user assistant system a an of the "
+    "yes no red green blue yellow cat dog one two three four five six seven eight nine ten left right"
+).split() + ["USER", "ASSISTANT", ":", "?", ".", ",", "\n"] + [f"w{i}" for i in range(200)]
+VOCAB_SIZE = 512
+
+CHAT_TEMPLATE_LLAVA = (
+    "{% for m in messages %}{{ m['role'].upper() }}: "
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'video' %}<video>\n"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %} "
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+CHAT_TEMPLATE_QWEN = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+ANYRES_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
+
+
+@functools.lru_cache(maxsize=1)
+def tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with the placeholder tokens of both families, left padding."""
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "<s>", "</s>"] + SPECIAL_TOKENS + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="[PAD]", unk_token="[UNK]",
+        additional_special_tokens=SPECIAL_TOKENS,
+    )
+    tok.padding_side = "left"
+    return tok
+
+
+def token_id(token: str) -> int:
+    return tokenizer().convert_tokens_to_ids(token)
+
+
+def _special_ids() -> dict[str, int]:
+    return dict(bos_token_id=token_id("<s>"), eos_token_id=token_id("</s>"), pad_token_id=token_id("[PAD]"))
+
+
+def _text_config(**extra) -> dict:
+    return dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                **_special_ids(), **extra)
+
+
+def _clip_config(image_size: int = 32, patch_size: int = 4):
+    from transformers import CLIPVisionConfig
+    return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                            image_size=image_size, patch_size=patch_size, projection_dim=32)
+
+
+def _siglip_config():
+    from transformers import SiglipVisionConfig
+    return SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                              image_size=32, patch_size=8)
+
+
+def _video_processor(cls_name: str, **kwargs):
+    """A video processor when torchvision is installed (HF video processors need it), else None."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        _allow_missing_video_processor()
+        return None
+    import transformers
+    return getattr(transformers, cls_name)(**kwargs)
+
+
+def _allow_missing_video_processor() -> None:
+    """transformers 5.x type-checks ``video_processor=None`` against a dummy class without torchvision and
+    fails with an AttributeError; skip the check for None so image-only processors can be built."""
+    from transformers.processing_utils import ProcessorMixin
+    original = ProcessorMixin.check_argument_for_proper_class
+    if getattr(original, "_vtr_patched", False):
+        return
+
+    def check(self, argument_name, argument):
+        return None if argument is None else original(self, argument_name, argument)
+
+    check._vtr_patched = True
+    ProcessorMixin.check_argument_for_proper_class = check
+
+
+def _finish(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    model.eval()
+    model.generation_config.pad_token_id = token_id("[PAD]")
+    return model
+
+
+def build_llava(seed: int = 0):
+    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    torch.manual_seed(seed)
+    config = LlavaConfig(vision_config=_clip_config(), text_config=_text_config(model_type="llama"),
+                         image_token_id=token_id("<image>"), vision_feature_layer=-2,
+                         vision_feature_select_strategy="default", **_special_ids())
+    model = LlavaForConditionalGeneration(config)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer(), patch_size=4,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=CHAT_TEMPLATE_LLAVA)
+    return _finish(model, seed), processor
+
+
+def build_llava_next(seed: int = 0):
+    from transformers import (LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil,
+                              LlavaNextProcessor)
+    torch.manual_seed(seed)
+    config = LlavaNextConfig(vision_config=_clip_config(patch_size=8), text_config=_text_config(model_type="llama"),
+                             image_token_id=token_id("<image>"), image_grid_pinpoints=ANYRES_PINPOINTS,
+                             vision_feature_layer=-2, **_special_ids())
+    model = LlavaNextForConditionalGeneration(config)
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                 image_grid_pinpoints=ANYRES_PINPOINTS)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer(), patch_size=8,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=CHAT_TEMPLATE_LLAVA)
+    return _finish(model, seed), processor
+
+
+def build_llava_onevision(seed: int = 0):
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                              LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor)
+    torch.manual_seed(seed)
+    config = LlavaOnevisionConfig(vision_config=_siglip_config(), text_config=_text_config(model_type="qwen2"),
+                                  image_token_id=token_id("<image>"), video_token_id=token_id("<video>"),
+                                  image_grid_pinpoints=ANYRES_PINPOINTS, vision_feature_layer=-1,
+                                  vision_feature_select_strategy="full", **_special_ids())
+    model = LlavaOnevisionForConditionalGeneration(config)
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32},
+                                                      image_grid_pinpoints=ANYRES_PINPOINTS)
+    video_processor = _video_processor("LlavaOnevisionVideoProcessor", size={"height": 32, "width": 32})
+    processor = LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tokenizer(),
+                                        video_processor=video_processor, num_image_tokens=16,
+                                        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE_LLAVA)
+    return _finish(model, seed), processor
+
+
+def build_llava_next_video(seed: int = 0):
+    from transformers import (LlavaNextImageProcessorPil, LlavaNextVideoConfig,
+                              LlavaNextVideoForConditionalGeneration, LlavaNextVideoProcessor)
+    torch.manual_seed(seed)
+    config = LlavaNextVideoConfig(vision_config=_clip_config(patch_size=8), text_config=_text_config(model_type="llama"),
+                                  image_token_id=token_id("<image>"), video_token_id=token_id("<video>"),
+                                  image_grid_pinpoints=ANYRES_PINPOINTS, vision_feature_layer=-2,
+                                  spatial_pool_stride=2, **_special_ids())
+    model = LlavaNextVideoForConditionalGeneration(config)
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                 image_grid_pinpoints=ANYRES_PINPOINTS)
+    video_processor = _video_processor("LlavaNextVideoVideoProcessor", size={"shortest_edge": 32},
+                                       crop_size={"height": 32, "width": 32})
+    processor = LlavaNextVideoProcessor(image_processor=image_processor, tokenizer=tokenizer(),
+                                        video_processor=video_processor, patch_size=8,
+                                        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                        chat_template=CHAT_TEMPLATE_LLAVA)
+    return _finish(model, seed), processor
+
+
+QWEN_PATCH, QWEN_MERGE = 4, 2
+
+
+def _qwen_ids() -> dict[str, int]:
+    return dict(image_token_id=token_id("<|image_pad|>"), video_token_id=token_id("<|video_pad|>"),
+                vision_start_token_id=token_id("<|vision_start|>"), vision_end_token_id=token_id("<|vision_end|>"))
+
+
+def _qwen_processor(processor_cls):
+    from transformers import Qwen2VLImageProcessorPil
+    factor = QWEN_PATCH * QWEN_MERGE
+    pixels = {"shortest_edge": 4 * factor * factor, "longest_edge": 64 * factor * factor}
+    image_processor = Qwen2VLImageProcessorPil(patch_size=QWEN_PATCH, merge_size=QWEN_MERGE, temporal_patch_size=2,
+                                               size=pixels)
+    video_cls = "Qwen3VLVideoProcessor" if "Qwen3" in processor_cls.__name__ else "Qwen2VLVideoProcessor"
+    video_processor = _video_processor(video_cls, patch_size=QWEN_PATCH, merge_size=QWEN_MERGE,
+                                       temporal_patch_size=2, size=pixels, do_sample_frames=False)
+    return processor_cls(image_processor=image_processor, tokenizer=tokenizer(), video_processor=video_processor,
+                         chat_template=CHAT_TEMPLATE_QWEN)
+
+
+def _mrope(**extra) -> dict:
+    # mrope_section sums to head_dim / 2 = 8
+    return {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], **extra}
+
+
+def build_qwen2_vl(seed: int = 0):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    torch.manual_seed(seed)
+    config = Qwen2VLConfig(
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=QWEN_PATCH,
+                           spatial_merge_size=QWEN_MERGE, temporal_patch_size=2),
+        text_config=_text_config(rope_parameters=_mrope()), **_qwen_ids())
+    return _finish(Qwen2VLForConditionalGeneration(config), seed), _qwen_processor(Qwen2VLProcessor)
+
+
+def build_qwen2_5_vl(seed: int = 0):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    torch.manual_seed(seed)
+    config = Qwen2_5_VLConfig(
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE, temporal_patch_size=2,
+                           window_size=16, fullatt_block_indexes=[1]),
+        text_config=_text_config(rope_parameters=_mrope()), **_qwen_ids())
+    return _finish(Qwen2_5_VLForConditionalGeneration(config), seed), _qwen_processor(Qwen2_5_VLProcessor)
+
+
+def build_qwen3_vl(seed: int = 0):
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    torch.manual_seed(seed)
+    config = Qwen3VLConfig(
+        vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE, temporal_patch_size=2,
+                           num_position_embeddings=64, deepstack_visual_indexes=[0, 1]),
+        text_config=_text_config(head_dim=16, rope_parameters=_mrope(mrope_interleaved=True)), **_qwen_ids())
+    return _finish(Qwen3VLForConditionalGeneration(config), seed), _qwen_processor(Qwen3VLProcessor)
+
+
+BUILDERS: dict[str, Callable] = {
+    "llava": build_llava,
+    "llava_next": build_llava_next,
+    "llava_onevision": build_llava_onevision,
+    "llava_next_video": build_llava_next_video,
+    "qwen2_vl": build_qwen2_vl,
+    "qwen2_5_vl": build_qwen2_5_vl,
+    "qwen3_vl": build_qwen3_vl,
+}
+
+
+def build(name: str, seed: int = 0):
+    """``(model, processor)`` for one of ``BUILDERS``; the weights are random but seeded."""
+    if name not in BUILDERS:
+        raise ValueError(f"no tiny builder for {name!r}; available: {', '.join(BUILDERS)}")
+    return BUILDERS[name](seed)
+
+
+def random_image(width: int = 32, height: int = 32, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def random_video(frames: int = 4, width: int = 32, height: int = 32, seed: int = 0) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 255, (frames, height, width, 3), dtype=np.uint8)
+
+
+def prompt(processor, text: str = "what is in the image ?", images: int = 1, videos: int = 0) -> str:
+    """A chat-formatted user turn with ``images`` image and ``videos`` video placeholders."""
+    content = [{"type": "image"}] * images + [{"type": "video"}] * videos + [{"type": "text", "text": text}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
