@@ -50,31 +50,16 @@ def reduce_inputs(
     mask = inputs.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(ids)
+    # encode and locate everything first: a placeholder mismatch must be reported as such, before
+    # position computation trips over it with an opaque shape error
+    encoded = [_encode(adapter, modality, inputs, ids, mask) for modality in adapter.present_modalities(inputs)]
     full_positions = adapter.positions({**inputs, "attention_mask": mask}, for_generate)
 
     keep = mask.bool().clone()  # original padding is dropped here and rebuilt below
     items_per_row: list[list[ItemStats]] = [[] for _ in range(ids.shape[0])]
-    mm_encoder_outputs = {}
-    for modality in adapter.present_modalities(inputs):
-        output = adapter.encode(modality, inputs)
-        features = adapter.item_features(modality, output)
-        _check_finite(modality, features)
-        slots = _placeholder_slots(adapter, modality, ids, mask, features)
-        grids = adapter.item_grids(modality, inputs, features)
-        rank_in_row = [0] * ids.shape[0]
-        new_features, kept_slots = [], []
-        for feats, (row, cols), grid in zip(features, slots, grids):
-            item = VisualItem(features=feats, grid=grid, modality=modality, index=rank_in_row[row])
-            rank_in_row[row] += 1
-            reduction = method.reduce(item)
-            _check_reduction(method, item, reduction)
-            dropped = torch.ones(item.num_tokens, dtype=torch.bool, device=cols.device)
-            dropped[reduction.kept.to(cols.device)] = False
-            keep[row, cols[dropped]] = False
-            new_features.append(reduction.output_features(item))
-            kept_slots.append(reduction.kept)
-            items_per_row[row].append(ItemStats(modality, item.num_tokens, reduction.kept.numel()))
-        mm_encoder_outputs[modality] = adapter.with_features(modality, output, new_features, kept_slots)
+    mm_encoder_outputs = {
+        visual.modality: _reduce_modality(adapter, method, visual, keep, items_per_row) for visual in encoded
+    }
 
     kept_index = _left_packed_index(keep)
     valid = kept_index >= 0
@@ -101,6 +86,50 @@ def reduce_inputs(
         stats=CallStats(method=method.describe(), positions=positions, samples=samples),
         gapped_positions=dropped_any and not compact and full_positions.shape[0] == 1,
     )
+
+
+@dataclass
+class _EncodedModality:
+    modality: str
+    output: Any  # the model's own encoder output (a ModelOutput)
+    features: list[Tensor]
+    slots: list[tuple[int, Tensor]]  # (batch row, placeholder columns) per item
+    grids: list[tuple[int, int, int]]
+
+
+def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor, mask: Tensor) -> _EncodedModality:
+    output = adapter.encode(modality, inputs)
+    features = adapter.item_features(modality, output)
+    _check_finite(modality, features)
+    slots = _placeholder_slots(adapter, modality, ids, mask, features)
+    grids = adapter.item_grids(modality, inputs, features)
+    for feats, grid in zip(features, grids):
+        if grid[0] * grid[1] * grid[2] != feats.shape[0]:
+            raise ReductionError(
+                f"{type(adapter).__name__} gave a {grid} grid for a {modality} of {feats.shape[0]} tokens; "
+                f"this is a vtr adapter bug, please report it with the model config"
+            )
+    return _EncodedModality(modality, output, features, slots, grids)
+
+
+def _reduce_modality(
+    adapter: Adapter, method: Method, visual: _EncodedModality, keep: Tensor, items_per_row: list[list[ItemStats]]
+) -> Any:
+    """Reduce each item of one modality; clear its dropped slots in ``keep``; return the reduced encoder output."""
+    rank_in_row = [0] * keep.shape[0]
+    new_features, kept_slots = [], []
+    for feats, (row, cols), grid in zip(visual.features, visual.slots, visual.grids):
+        item = VisualItem(features=feats, grid=grid, modality=visual.modality, index=rank_in_row[row])
+        rank_in_row[row] += 1
+        reduction = method.reduce(item)
+        _check_reduction(method, item, reduction)
+        dropped = torch.ones(item.num_tokens, dtype=torch.bool, device=cols.device)
+        dropped[reduction.kept.to(cols.device)] = False
+        keep[row, cols[dropped]] = False
+        new_features.append(reduction.output_features(item))
+        kept_slots.append(reduction.kept)
+        items_per_row[row].append(ItemStats(visual.modality, item.num_tokens, reduction.kept.numel()))
+    return adapter.with_features(visual.modality, visual.output, new_features, kept_slots)
 
 
 def _check_finite(modality: str, features: list[Tensor]) -> None:

@@ -201,7 +201,8 @@ def _qwen_processor(processor_cls):
                                                size=pixels)
     video_cls = "Qwen3VLVideoProcessor" if "Qwen3" in processor_cls.__name__ else "Qwen2VLVideoProcessor"
     video_processor = _video_processor(video_cls, patch_size=QWEN_PATCH, merge_size=QWEN_MERGE,
-                                       temporal_patch_size=2, size=pixels, do_sample_frames=False)
+                                       temporal_patch_size=2, size=pixels, do_sample_frames=False,
+                                       cap_pixels_per_frame=True)
     return processor_cls(image_processor=image_processor, tokenizer=tokenizer(), video_processor=video_processor,
                          chat_template=CHAT_TEMPLATE_QWEN)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -38,21 +40,17 @@ def group_first_member(assignment: Tensor, n_groups: int) -> Tensor:
 
 
 def pooled_grid(grid: tuple[int, int, int], budget: int) -> tuple[int, int, int]:
-    """Largest (t', h', w') box grid with ``t'*h'*w' <= budget``, spatial aspect kept as close as possible.
+    """A (t', h', w') box grid with ``t'*h'*w' <= budget`` that keeps the spatial aspect ratio.
 
-    Frames are kept while the budget allows at least one token per frame (spatial pooling first, as in
-    video LLMs' own pooling); below that, frames are pooled too. Scans at most ``h`` candidates.
+    Frames are kept while the budget allows at least one token per frame (spatial pooling first, as
+    video LLMs' own pooling does); below that, frames are pooled too. ``h'`` follows the aspect ratio
+    (``h'/h ~ sqrt(per_frame / (h*w))``) and ``w'`` then takes what the per-frame budget leaves, so a
+    24x24 grid at 128 gives 11x11 = 121 rather than a distorted 8x16.
     """
     t, h, w = grid
     t_out = min(t, budget)
     per_frame = budget // t_out
-    best = (1, 1)
-    for h_out in range(1, h + 1):
-        w_out = min(w, per_frame // h_out)
-        if w_out < 1:
-            break
-        area, best_area = h_out * w_out, best[0] * best[1]
-        skew = abs(h_out / w_out - h / w)
-        if area > best_area or (area == best_area and skew < abs(best[0] / best[1] - h / w)):
-            best = (h_out, w_out)
-    return t_out, best[0], best[1]
+    h_out = min(h, max(1, math.isqrt(per_frame * h // w)))
+    w_out = min(w, max(1, per_frame // h_out))
+    h_out = min(h, max(1, per_frame // w_out))
+    return t_out, h_out, w_out

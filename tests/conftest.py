@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny offline models and processed inputs for every exactness test."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+
+from vtr import testing
+
+# families the core engine covers, and the visual kinds each takes
+CORE_MODELS = ["llava", "qwen2_vl", "qwen2_5_vl"]
+IMAGE_SIZE = {"llava": (32, 32)}  # llava: CLIP crop; qwen: native resolution (64x48 -> 8x6 merged tokens)
+GREEDY = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True)
+
+
+def image_for(name: str, seed: int = 0):
+    width, height = IMAGE_SIZE.get(name, (64, 48))
+    return testing.random_image(width, height, seed=seed)
+
+
+def make_inputs(processor, name: str, kind: str = "image", texts=None, seeds=(0,)):
+    """Processor outputs for one prompt per seed; ``kind`` is "image", "video", "two_images" or "text"."""
+    texts = texts or ["what is in the image ?"] * len(seeds)
+    if kind == "image":
+        prompts = [testing.prompt(processor, t) for t in texts]
+        return processor(images=[image_for(name, s) for s in seeds], text=prompts, return_tensors="pt", padding=True)
+    if kind == "two_images":
+        prompts = [testing.prompt(processor, t, images=2) for t in texts]
+        images = [image_for(name, s + k) for s in seeds for k in (0, 100)]
+        return processor(images=images, text=prompts, return_tensors="pt", padding=True)
+    if kind == "video":
+        prompts = [testing.prompt(processor, t, images=0, videos=1) for t in texts]
+        videos = [testing.random_video(4, 64, 48, seed=s) for s in seeds]
+        return processor(videos=videos, text=prompts, return_tensors="pt", padding=True)
+    if kind == "text":
+        return processor(text=[testing.prompt(processor, t, images=0) for t in texts], return_tensors="pt",
+                         padding=True)
+    raise ValueError(kind)
+
+
+@pytest.fixture
+def tiny():
+    """Factory: ``tiny(name)`` -> fresh (model, processor) with seeded random weights."""
+
+    def build(name: str):
+        return testing.build(name)
+
+    return build
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
