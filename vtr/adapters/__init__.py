@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from vtr.adapters.base import Adapter
@@ -30,6 +32,13 @@ def adapter_for(model: torch.nn.Module) -> Adapter:
         raise UnsupportedModelError(
             f"{type(model).__name__} is the bare backbone of {model_type!r}; wrap the *ForConditionalGeneration "
             f"model (the one with generate() and lm_head)"
+        )
+    if "mm_encoder_outputs" not in inspect.signature(type(model).forward).parameters:
+        import transformers
+
+        raise UnsupportedModelError(
+            f"vtr needs transformers >= 5.18 (forward(mm_encoder_outputs=...)); this is transformers "
+            f"{transformers.__version__}: pip install -U 'transformers>=5.18'"
         )
     return ADAPTERS[model_type](model)
 

@@ -1,0 +1,44 @@
+"""The `vtr` command, including a checkpoint saved with save_pretrained and loaded back like a real one."""
+
+from __future__ import annotations
+
+import pytest
+
+import vtr
+from vtr import testing
+from vtr.cli import main
+
+
+def test_demo_prints_a_table_for_every_method_and_budget(capsys):
+    assert main(["demo", "--budgets", "0.5,8", "--max-new-tokens", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    assert lines[0].split("|")[1].strip() == "method"
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[1:]]
+    assert rows[0][:4] == ["none", "-", "64", "64"]
+    assert {(r[0], r[1]) for r in rows[1:]} == {(m, b) for m in vtr.available_methods() for b in ("0.5", "8")}
+    by_key = {(r[0], r[1]): r for r in rows}
+    assert by_key[("divprune", "8")][3] == "8" and by_key[("random", "0.5")][3] == "32"
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl"])
+def test_demo_on_a_checkpoint_saved_with_save_pretrained(tmp_path, capsys, name):
+    model, processor = testing.build(name)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert main(["demo", "--model", str(tmp_path), "--methods", "divprune", "--budgets", "4",
+                 "--max-new-tokens", "2", "--repeats", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| divprune")]
+    assert [cell.strip() for cell in rows[0].split("|")[1:5]] == ["divprune", "4", "48" if "qwen" in name else "64", "4"]
+
+
+def test_methods_and_models_lists(capsys):
+    main(["methods"])
+    assert capsys.readouterr().out.split() == vtr.available_methods()
+    main(["models"])
+    assert capsys.readouterr().out.split() == vtr.supported_models()
+
+
+def test_bad_budget_on_the_command_line():
+    with pytest.raises(ValueError, match="fraction"):
+        main(["demo", "--methods", "random", "--budgets", "1.5", "--repeats", "1"])
