@@ -233,3 +233,33 @@ def test_forward_with_labels_reports_kept_positions(tiny, name):
 
 def _visual_mask(model, ids):
     return (ids == model.config.image_token_id) | (ids == getattr(model.config, "video_token_id", -1))
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl"])
+def test_beam_search_with_several_returned_sequences(tiny, name):
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name, "image", texts=["what ?", "describe this picture please"], seeds=(0, 1))
+    beams = dict(max_new_tokens=4, num_beams=2, num_return_sequences=2, do_sample=False)
+    expected = model.generate(**inputs, **beams)
+    vtr.wrap(model, "divprune", budget=1.0)
+    assert torch.equal(model.generate(**inputs, **beams), expected)
+    vtr.wrap(model, "divprune", budget=5)
+    out = model.generate(**inputs, **beams)
+    prompt_len = inputs["input_ids"].shape[1]
+    assert out.shape == (4, prompt_len + 4)
+    assert torch.equal(out[:, :prompt_len], inputs["input_ids"].repeat_interleave(2, dim=0))
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl"])
+def test_bfloat16_model_keep_all_and_reduced(tiny, name):
+    model, processor = tiny(name)
+    model.to(torch.bfloat16)
+    inputs = make_inputs(processor, name, "image")
+    inputs = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in inputs.items()}
+    expected = model.generate(**inputs, **GREEDY)
+    vtr.wrap(model, "divprune", budget=1.0)
+    got = model.generate(**inputs, **GREEDY)
+    assert torch.equal(got.sequences, expected.sequences) and _same_scores(got, expected)
+    vtr.wrap(model, "pool", budget=6)
+    model.generate(**inputs, **GREEDY)
+    assert vtr.stats(model).visual_after[0] <= 6

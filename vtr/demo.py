@@ -69,7 +69,7 @@ def run_demo(model, processor, methods: list[str], budgets: list[int | float], m
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         text = processor.tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
         stats = vtr.stats(model) if vtr.is_wrapped(model) else None
-        n_visual = int(sum((inputs["input_ids"][0] == model.config.image_token_id).tolist()))
+        n_visual = int((inputs["input_ids"][0] == model.config.image_token_id).sum())
         sample = stats.samples[0] if stats else None
         return DemoRow(method, budget, n_visual, sample.visual_after if sample else n_visual, prompt_len,
                        sample.prompt_after if sample else prompt_len, prefill, text)

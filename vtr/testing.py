@@ -111,7 +111,7 @@ def _allow_missing_video_processor() -> None:
     ProcessorMixin.check_argument_for_proper_class = check
 
 
-def _finish(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+def _finish(model: torch.nn.Module) -> torch.nn.Module:
     model.eval()
     model.generation_config.pad_token_id = token_id("[PAD]")
     return model
@@ -128,7 +128,7 @@ def build_llava(seed: int = 0):
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer(), patch_size=4,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                chat_template=CHAT_TEMPLATE_LLAVA)
-    return _finish(model, seed), processor
+    return _finish(model), processor
 
 
 def build_llava_next(seed: int = 0):
@@ -144,7 +144,7 @@ def build_llava_next(seed: int = 0):
     processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer(), patch_size=8,
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                    chat_template=CHAT_TEMPLATE_LLAVA)
-    return _finish(model, seed), processor
+    return _finish(model), processor
 
 
 def build_llava_onevision(seed: int = 0):
@@ -162,7 +162,7 @@ def build_llava_onevision(seed: int = 0):
     processor = LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tokenizer(),
                                         video_processor=video_processor, num_image_tokens=16,
                                         vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE_LLAVA)
-    return _finish(model, seed), processor
+    return _finish(model), processor
 
 
 def build_llava_next_video(seed: int = 0):
@@ -182,7 +182,7 @@ def build_llava_next_video(seed: int = 0):
                                         video_processor=video_processor, patch_size=8,
                                         vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                         chat_template=CHAT_TEMPLATE_LLAVA)
-    return _finish(model, seed), processor
+    return _finish(model), processor
 
 
 QWEN_PATCH, QWEN_MERGE = 4, 2
@@ -212,36 +212,37 @@ def _mrope(**extra) -> dict:
     return {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], **extra}
 
 
+def _build_qwen(config_cls, model_cls, processor_cls, seed: int, vision: dict, text: dict):
+    torch.manual_seed(seed)
+    config = config_cls(vision_config=vision, text_config=text, **_qwen_ids())
+    return _finish(model_cls(config)), _qwen_processor(processor_cls)
+
+
+def _qwen_vision(**extra) -> dict:
+    return dict(hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=QWEN_PATCH,
+                spatial_merge_size=QWEN_MERGE, temporal_patch_size=2, **extra)
+
+
 def build_qwen2_vl(seed: int = 0):
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
-    torch.manual_seed(seed)
-    config = Qwen2VLConfig(
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=QWEN_PATCH,
-                           spatial_merge_size=QWEN_MERGE, temporal_patch_size=2),
-        text_config=_text_config(rope_parameters=_mrope()), **_qwen_ids())
-    return _finish(Qwen2VLForConditionalGeneration(config), seed), _qwen_processor(Qwen2VLProcessor)
+    vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=QWEN_PATCH,
+                  spatial_merge_size=QWEN_MERGE, temporal_patch_size=2)
+    return _build_qwen(Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, seed, vision,
+                       _text_config(rope_parameters=_mrope()))
 
 
 def build_qwen2_5_vl(seed: int = 0):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-    torch.manual_seed(seed)
-    config = Qwen2_5_VLConfig(
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE, temporal_patch_size=2,
-                           window_size=16, fullatt_block_indexes=[1]),
-        text_config=_text_config(rope_parameters=_mrope()), **_qwen_ids())
-    return _finish(Qwen2_5_VLForConditionalGeneration(config), seed), _qwen_processor(Qwen2_5_VLProcessor)
+    vision = _qwen_vision(depth=2, window_size=16, fullatt_block_indexes=[1])
+    return _build_qwen(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, seed, vision,
+                       _text_config(rope_parameters=_mrope()))
 
 
 def build_qwen3_vl(seed: int = 0):
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
-    torch.manual_seed(seed)
-    config = Qwen3VLConfig(
-        vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE, temporal_patch_size=2,
-                           num_position_embeddings=64, deepstack_visual_indexes=[0, 1]),
-        text_config=_text_config(head_dim=16, rope_parameters=_mrope(mrope_interleaved=True)), **_qwen_ids())
-    return _finish(Qwen3VLForConditionalGeneration(config), seed), _qwen_processor(Qwen3VLProcessor)
+    vision = _qwen_vision(depth=3, num_position_embeddings=64, deepstack_visual_indexes=[0, 1])
+    text = _text_config(head_dim=16, rope_parameters=_mrope(mrope_interleaved=True))
+    return _build_qwen(Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, seed, vision, text)
 
 
 BUILDERS: dict[str, Callable] = {

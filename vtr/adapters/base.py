@@ -70,7 +70,11 @@ class Adapter:
         raise NotImplementedError
 
     def with_features(self, modality: str, output: ModelOutput, features: list[Tensor], kept: list[Tensor]) -> ModelOutput:
-        """A copy of ``output`` carrying the reduced per-item ``features`` (``kept``: per-item kept slots)."""
+        """A copy of ``output`` carrying the reduced per-item ``features``.
+
+        ``kept`` (per item, the kept token indices) is for families with other per-token encoder outputs
+        that must be reduced alongside (Qwen3-VL's deepstack features).
+        """
         reduced = type(output)(**dict(output.items()))
         reduced.pooler_output = type(output.pooler_output)(features) if isinstance(output.pooler_output, (list, tuple)) else features
         return reduced
