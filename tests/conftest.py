@@ -13,7 +13,7 @@ import torch
 from vtr import testing
 
 # families the core engine covers, and the visual kinds each takes
-CORE_MODELS = ["llava", "qwen2_vl", "qwen2_5_vl"]
+CORE_MODELS = ["llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 IMAGE_SIZE = {"llava": (32, 32)}  # llava: CLIP crop; qwen: native resolution (64x48 -> 8x6 merged tokens)
 GREEDY = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True)
 

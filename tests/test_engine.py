@@ -11,7 +11,7 @@ import torch
 import vtr
 from conftest import CORE_MODELS, GREEDY, make_inputs
 
-QWEN = ["qwen2_vl", "qwen2_5_vl"]
+QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 CASES = [(m, "image") for m in CORE_MODELS] + [(m, "video") for m in QWEN]
 METHODS = ["divprune", "random", "pool"]
 

@@ -117,7 +117,7 @@ def _reduce_modality(
 ) -> Any:
     """Reduce each item of one modality; clear its dropped slots in ``keep``; return the reduced encoder output."""
     rank_in_row = [0] * keep.shape[0]
-    new_features, kept_slots = [], []
+    new_features, reductions = [], []
     for feats, (row, cols), grid in zip(visual.features, visual.slots, visual.grids):
         item = VisualItem(features=feats, grid=grid, modality=visual.modality, index=rank_in_row[row])
         rank_in_row[row] += 1
@@ -127,9 +127,9 @@ def _reduce_modality(
         dropped[reduction.kept.to(cols.device)] = False
         keep[row, cols[dropped]] = False
         new_features.append(reduction.output_features(item))
-        kept_slots.append(reduction.kept)
+        reductions.append(reduction)
         items_per_row[row].append(ItemStats(visual.modality, item.num_tokens, reduction.kept.numel()))
-    return adapter.with_features(visual.modality, visual.output, new_features, kept_slots)
+    return adapter.with_features(visual.modality, visual.output, new_features, reductions)
 
 
 def _check_finite(modality: str, features: list[Tensor]) -> None:

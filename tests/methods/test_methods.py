@@ -45,14 +45,15 @@ def test_pool_averages_boxes_and_records_provenance():
     red = Pool(budget=4).reduce(it)
     grid = it.features.view(4, 4, -1)
     expected = torch.stack([grid[r:r + 2, c:c + 2].reshape(4, -1).mean(0) for r in (0, 2) for c in (0, 2)])
-    torch.testing.assert_close(red.features, expected)
+    torch.testing.assert_close(red.output_features(it), expected)
     assert red.kept.tolist() == [0, 2, 8, 10]  # top-left token of each 2x2 box
     assert red.assignment.view(4, 4).tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
 
 
 def test_pool_on_video_pools_space_first():
-    red = Pool(budget=8).reduce(item(n_h=4, n_w=4, t=4))
-    assert red.kept.numel() == 8 and red.features.shape == (8, 16)
+    it = item(n_h=4, n_w=4, t=4)
+    red = Pool(budget=8).reduce(it)
+    assert red.kept.numel() == 8 and red.output_features(it).shape == (8, 16)
     assert set(red.assignment.tolist()) == set(range(8))
 
 
@@ -67,3 +68,12 @@ def test_registry_and_option_errors():
         make_method("divprune")
     with pytest.raises(ValueError, match="already configured"):
         make_method(DivPrune(budget=3), 4)
+
+
+def test_apply_reduces_side_tensors_like_the_features():
+    it = item(n_h=4, n_w=4)
+    side = torch.randn(16, 3)
+    selected = DivPrune(budget=5).reduce(it)
+    assert torch.equal(selected.apply(side), side[selected.kept])
+    pooled = Pool(budget=4).reduce(it)
+    torch.testing.assert_close(pooled.apply(side)[0], side[[0, 1, 4, 5]].mean(0))

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from transformers.utils import ModelOutput
 
+from vtr.methods.base import Reduction
+
 MODALITIES = ("image", "video")
 PIXEL_KEYS = ("pixel_values", "pixel_values_videos", "pixel_values_images")
 
@@ -69,14 +71,16 @@ class Adapter:
         """(t, h, w) token grid of each item; ``t*h*w`` must equal the item's token count."""
         raise NotImplementedError
 
-    def with_features(self, modality: str, output: ModelOutput, features: list[Tensor], kept: list[Tensor]) -> ModelOutput:
+    def with_features(
+        self, modality: str, output: ModelOutput, features: list[Tensor], reductions: list[Reduction]
+    ) -> ModelOutput:
         """A copy of ``output`` carrying the reduced per-item ``features``.
 
-        ``kept`` (per item, the kept token indices) is for families with other per-token encoder outputs
-        that must be reduced alongside (Qwen3-VL's deepstack features).
+        ``reductions`` are for families with other per-token encoder outputs that must be reduced the
+        same way (Qwen3-VL's deepstack features).
         """
         reduced = type(output)(**dict(output.items()))
-        reduced.pooler_output = type(output.pooler_output)(features) if isinstance(output.pooler_output, (list, tuple)) else features
+        reduced.pooler_output = type(output.pooler_output)(features)
         return reduced
 
     # ------------------------------------------------------------------ positions

@@ -1,4 +1,4 @@
-"""Qwen2-VL and Qwen2.5-VL: native-resolution grids, 2x2 patch merging, M-RoPE (text row + t/h/w rows)."""
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL: native-resolution grids, 2x2 patch merging, M-RoPE (text row + t/h/w rows)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,29 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from transformers.utils import ModelOutput
 
 from vtr.adapters.base import Adapter, consecutive_positions
+from vtr.methods.base import Reduction
 
 MM_TOKEN_TYPE = {"image": 1, "video": 2}
 
 
 class QwenVLAdapter(Adapter):
-    model_types = ("qwen2_vl", "qwen2_5_vl")
+    """Qwen2-VL, Qwen2.5-VL and Qwen3-VL (whose deepstack features are reduced like the main ones)."""
+
+    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+    def with_features(
+        self, modality: str, output: ModelOutput, features: list[Tensor], reductions: list[Reduction]
+    ) -> ModelOutput:
+        reduced = super().with_features(modality, output, features, reductions)
+        deepstack = getattr(output, "deepstack_features", None)
+        if deepstack is not None:  # per layer, per item: reduced exactly as the item's main features
+            reduced.deepstack_features = [
+                tuple(r.apply(f) for f, r in zip(layer, reductions)) for layer in deepstack
+            ]
+        return reduced
 
     def item_grids(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[tuple[int, int, int]]:
         merge = int(self.config.vision_config.spatial_merge_size)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from vtr.budget import Budget
+from vtr.ops.grid import group_mean
 
 
 class Stage(str, Enum):
@@ -60,8 +61,20 @@ class Reduction:
     features: Tensor | None = None
     assignment: Tensor | None = None
 
+    def apply(self, values: Tensor) -> Tensor:
+        """Reduce another per-token tensor (N, ...) of the same item the same way.
+
+        Selection gathers the kept rows; a merge averages each output token's members. Adapters use it
+        for per-token side outputs of the encoder (Qwen3-VL's deepstack features).
+        """
+        if self.assignment is None:
+            return values[self.kept]
+        members = self.assignment >= 0
+        return group_mean(values[members], self.assignment[members], self.kept.numel())
+
     def output_features(self, item: VisualItem) -> Tensor:
-        return item.features[self.kept] if self.features is None else self.features
+        """The features the LLM receives: the method's own merged rows, else ``apply(item.features)``."""
+        return self.apply(item.features) if self.features is None else self.features
 
     @classmethod
     def keep_all(cls, item: VisualItem) -> "Reduction":

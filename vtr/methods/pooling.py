@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from vtr.methods.base import BudgetedMethod, Reduction, Stage, VisualItem
-from vtr.ops.grid import group_first_member, group_mean, grid_partition, pooled_grid
+from vtr.ops.grid import group_first_member, grid_partition, pooled_grid
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,4 @@ class Pool(BudgetedMethod):
         out = pooled_grid(item.grid, k)
         n_out = out[0] * out[1] * out[2]
         assignment = grid_partition(item.grid, out, item.features.device)
-        return Reduction(
-            kept=group_first_member(assignment, n_out),
-            features=group_mean(item.features, assignment, n_out),
-            assignment=assignment,
-        )
+        return Reduction(kept=group_first_member(assignment, n_out), assignment=assignment)
