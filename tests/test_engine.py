@@ -195,7 +195,9 @@ def test_text_only_prompt_passes_through_untouched(tiny, name):
     vtr.wrap(model, "divprune", budget=4)
     got = model.generate(**inputs, **GREEDY)
     assert torch.equal(got.sequences, expected.sequences) and _same_scores(got, expected)
-    assert vtr.stats(model) is None  # nothing was reduced
+    stats = vtr.stats(model)  # recorded, with nothing to reduce
+    assert stats.visual_before == stats.visual_after == [0]
+    assert stats.samples[0].prompt_before == stats.samples[0].prompt_after == inputs["input_ids"].shape[1]
 
 
 @pytest.mark.parametrize("name", CORE_MODELS)

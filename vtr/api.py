@@ -19,7 +19,7 @@ from torch import Tensor
 from vtr.adapters import Adapter, adapter_for
 from vtr.engine import POSITION_MODES, ReducedCall, reduce_inputs
 from vtr.methods import Method, Stage, make_method
-from vtr.stats import CallStats
+from vtr.stats import CallStats, SampleStats
 
 _STATE_ATTR = "_vtr_state"
 _PATCHED = ("forward", "generate")
@@ -105,7 +105,11 @@ def reduced(model: torch.nn.Module, method: str | Method = "divprune", budget: i
 
 
 def stats(model: torch.nn.Module) -> CallStats | None:
-    """Visual tokens before/after, per sample, of the last reduced call (``None`` before the first)."""
+    """Visual tokens before/after, per sample, of the last call (``None`` before the first).
+
+    Recorded by every ``generate()`` (a text-only prompt records zero visual tokens) and by every
+    ``forward()`` that carries pixels; a ``forward()`` without pixels (a decoding step) leaves it as is.
+    """
     return _state(model).last_stats
 
 
@@ -167,6 +171,7 @@ def _reducing_generate(state: WrapState, original):
         if inputs is not None:
             kwargs["input_ids"] = inputs
         if not _needs_reduction(state, kwargs):
+            state.last_stats = _unreduced_stats(state, kwargs)
             return original(**kwargs)
         call = reduce_inputs(state.adapter, state.method, state.positions, kwargs, for_generate=True)
         state.last_stats = call.stats
@@ -178,6 +183,14 @@ def _reducing_generate(state: WrapState, original):
         return _with_original_prompt(output, kwargs["input_ids"], call.kept_index.shape[1])
 
     return generate
+
+
+def _unreduced_stats(state: WrapState, kwargs: dict[str, Any]) -> CallStats:
+    """Stats of a generate() call that had nothing to reduce (a text-only prompt)."""
+    ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+    lengths = [] if ids is None else (mask.sum(1) if mask is not None else [ids.shape[1]] * ids.shape[0])
+    samples = tuple(SampleStats((), int(n), int(n)) for n in lengths)
+    return CallStats(method=state.method.describe(), positions=state.positions, samples=samples)
 
 
 def _with_original_prompt(output: Any, prompt: Tensor, reduced_len: int) -> Any:
