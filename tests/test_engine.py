@@ -101,12 +101,13 @@ def _greedy_recompute(model, call_kwargs, steps: int):
 
 @pytest.mark.parametrize("name,kind", CASES)
 @pytest.mark.parametrize("positions", ["original", "compact"])
-def test_cached_generate_equals_uncached_recompute(tiny, name, kind, positions):
+@pytest.mark.parametrize("method", ["divprune", "pool"])
+def test_cached_generate_equals_uncached_recompute(tiny, name, kind, positions, method):
     from vtr.engine import reduce_inputs
 
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, kind)
-    vtr.wrap(model, "divprune", budget=7, positions=positions)
+    vtr.wrap(model, method, budget=7, positions=positions)
     got = model.generate(**inputs, **GREEDY)
     state = model._vtr_state
     call = reduce_inputs(state.adapter, state.method, positions, dict(inputs), for_generate=True)
@@ -121,7 +122,7 @@ def test_cached_generate_equals_uncached_recompute(tiny, name, kind, positions):
 
 
 @pytest.mark.parametrize("name,kind", CASES)
-@pytest.mark.parametrize("method", ["divprune", "pool"])
+@pytest.mark.parametrize("method", METHODS)
 def test_left_padded_batch_equals_rows_alone(tiny, name, kind, method):
     model, processor = tiny(name)
     texts = ["what ?", "describe this picture please , what is in it ?"]

@@ -30,6 +30,12 @@ class Adapter:
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.config = model.config
+        # signatures are read once here, not on every call
+        self._encoder_params = {
+            modality: tuple(p for p in inspect.signature(encoder).parameters if p != "kwargs")
+            for modality in self.modalities()
+            if (encoder := self._encoder(modality)) is not None
+        }
 
     # ------------------------------------------------------------------ visual inputs
     def modalities(self) -> tuple[str, ...]:
@@ -43,14 +49,7 @@ class Adapter:
 
     def encoder_kwargs(self, modality: str, inputs: dict[str, Any]) -> dict[str, Any]:
         """The inputs ``get_{modality}_features`` takes, as generate() collects them."""
-        encoder = self._encoder(modality)
-        if encoder is None:
-            return {}
-        return {
-            key: inputs[key]
-            for key in inspect.signature(encoder).parameters
-            if key != "kwargs" and inputs.get(key) is not None
-        }
+        return {key: inputs[key] for key in self._encoder_params.get(modality, ()) if inputs.get(key) is not None}
 
     def present_modalities(self, inputs: dict[str, Any]) -> tuple[str, ...]:
         """Modalities whose pixels are in ``inputs`` (those vtr has to encode and reduce)."""
@@ -93,11 +92,15 @@ class Adapter:
         if inputs.get("position_ids") is not None:
             pos = inputs["position_ids"]
         elif for_generate:
-            kwargs = {k: v for k, v in inputs.items() if k not in PIXEL_KEYS and v is not None}
-            pos = self.model._prepare_position_ids_for_generation(inputs["input_ids"], kwargs)
+            pos = self.generate_positions(inputs)
         else:
             pos = self.forward_positions(inputs)
         return pos if pos.dim() == 3 else pos.unsqueeze(0)
+
+    def generate_positions(self, inputs: dict[str, Any]) -> Tensor:
+        """Positions generate() computes for these inputs (its own helper, so keep-all stays bit-exact)."""
+        kwargs = {k: v for k, v in inputs.items() if k not in PIXEL_KEYS and v is not None}
+        return self.model._prepare_position_ids_for_generation(inputs["input_ids"], kwargs)
 
     def forward_positions(self, inputs: dict[str, Any]) -> Tensor:
         """Positions the unwrapped ``forward`` uses when given none (``(B, L)`` or ``(rows, B, L)``)."""

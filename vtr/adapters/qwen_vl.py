@@ -38,8 +38,7 @@ class QwenVLAdapter(Adapter):
     def forward_positions(self, inputs: dict[str, Any]) -> Tensor:
         # The unwrapped forward computes the same t/h/w rows through get_rope_index; the text row is
         # only used to build the mask, and a consecutive one keeps transformers from guessing packing.
-        kwargs = {k: v for k, v in inputs.items() if v is not None and not k.startswith("pixel_values")}
-        return self.model._prepare_position_ids_for_generation(inputs["input_ids"], kwargs)
+        return self.generate_positions(inputs)
 
     def finish_positions(self, gathered: Tensor, attention_mask: Tensor, compact: bool) -> Tensor:
         text_row = consecutive_positions(attention_mask)
