@@ -9,7 +9,7 @@
 from vtr.adapters import supported_models
 from vtr.api import is_wrapped, reduced, stats, unwrap, wrap
 from vtr.budget import Budget
-from vtr.errors import ReductionError, UnsupportedModelError
+from vtr.errors import ReductionError, UnsupportedModelError, VideoDecodeError
 from vtr.methods import available_methods
 
 __version__ = "0.1.0"
@@ -18,6 +18,7 @@ __all__ = [
     "Budget",
     "ReductionError",
     "UnsupportedModelError",
+    "VideoDecodeError",
     "available_methods",
     "is_wrapped",
     "reduced",

@@ -7,3 +7,7 @@ class UnsupportedModelError(TypeError):
 
 class ReductionError(RuntimeError):
     """The inputs cannot be reduced as asked (placeholder/feature mismatch, NaN features, ...)."""
+
+
+class VideoDecodeError(RuntimeError):
+    """A video file could not be opened or decoded by any available backend."""

@@ -1,0 +1,75 @@
+"""Video loading on small files written here with PyAV; both backends; clear errors for bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vtr.errors import VideoDecodeError
+from vtr.io.video import frame_indices, load_video
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """24 frames at 8 fps, 64x48, each frame a flat grey level 10*i so frames are identifiable."""
+    import av
+
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(24):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 * i, dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_uniform_indices_include_first_and_last():
+    assert frame_indices(24, 8.0, num_frames=4).tolist() == [0, 8, 15, 23]
+    assert frame_indices(3, 8.0, num_frames=10).tolist() == [0, 1, 2]
+
+
+def test_fps_indices_and_cap():
+    assert frame_indices(24, 8.0, fps=2).tolist() == [0, 4, 8, 12, 16, 20]
+    assert frame_indices(24, 8.0, fps=2, num_frames=3).tolist() == [0, 8, 20]
+    assert frame_indices(24, 8.0, fps=100).tolist() == list(range(24))
+
+
+@pytest.mark.parametrize("bad", [dict(num_frames=0), dict(fps=0), dict(fps=-1.0)])
+def test_bad_sampling_arguments(bad):
+    with pytest.raises(ValueError):
+        frame_indices(24, 8.0, **bad)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav", "auto"])
+def test_backends_decode_the_sampled_frames(clip, backend):
+    video = load_video(clip, num_frames=4, backend=backend)
+    assert video.frames.shape == (4, 48, 64, 3) and video.frames.dtype == np.uint8
+    assert video.source_fps == pytest.approx(8.0)
+    np.testing.assert_allclose(video.timestamps, np.array([0, 8, 15, 23]) / 8.0)
+    grey = video.frames.reshape(4, -1).mean(1)  # flat frames: grey level 10*i survives lossy coding
+    np.testing.assert_allclose(grey, [0, 80, 150, 230], atol=6)
+
+
+def test_backends_agree(clip):
+    a = load_video(clip, fps=2, backend="decord").frames.astype(int)
+    b = load_video(clip, fps=2, backend="pyav").frames.astype(int)
+    assert a.shape == b.shape == (6, 48, 64, 3)
+    assert np.abs(a - b).mean() < 3
+
+
+def test_corrupt_file_names_the_file(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 255, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(VideoDecodeError, match=r"broken\.mp4.*decord:.*pyav:.*re-encode"):
+        load_video(bad, num_frames=4)
+
+
+def test_missing_file_and_bad_backend(tmp_path):
+    with pytest.raises(VideoDecodeError, match="not found.*nope.mp4"):
+        load_video(tmp_path / "nope.mp4")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_video(tmp_path / "nope.mp4", backend="opencv")

@@ -1,0 +1,1 @@
+"""Input helpers (video decoding and frame sampling)."""
