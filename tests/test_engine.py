@@ -9,7 +9,10 @@ import pytest
 import torch
 
 import vtr
-from conftest import CORE_MODELS, GREEDY, make_inputs
+from conftest import CORE_MODELS, GREEDY, image_for, make_inputs
+from vtr import testing
+from vtr.adapters import adapter_for
+from vtr.engine import reduce_inputs
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 CASES = [(m, "image") for m in CORE_MODELS] + [(m, "video") for m in QWEN]
@@ -103,8 +106,6 @@ def _greedy_recompute(model, call_kwargs, steps: int):
 @pytest.mark.parametrize("positions", ["original", "compact"])
 @pytest.mark.parametrize("method", ["divprune", "pool"])
 def test_cached_generate_equals_uncached_recompute(tiny, name, kind, positions, method):
-    from vtr.engine import reduce_inputs
-
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, kind)
     vtr.wrap(model, method, budget=7, positions=positions)
@@ -140,8 +141,6 @@ def test_left_padded_batch_equals_rows_alone(tiny, name, kind, method):
 
 def _masked_reference_logits(model, inputs, kept_index, positions, compact):
     """Unreduced model on the full sequence, dropped tokens masked out as keys, same positions."""
-    from vtr.adapters import adapter_for
-
     keep = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
     for row in range(keep.shape[0]):
         cols = kept_index[row][kept_index[row] >= 0]
@@ -162,8 +161,6 @@ def _masked_reference_logits(model, inputs, kept_index, positions, compact):
 @pytest.mark.parametrize("method", ["divprune", "random"])
 def test_pruning_equals_masking_dropped_keys(tiny, name, kind, positions, method):
     """The definition of exact pruning: identical to attending only to the kept tokens."""
-    from vtr.adapters import adapter_for
-
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, kind)
     full_positions = adapter_for(model).positions(dict(inputs), for_generate=False)
@@ -204,11 +201,7 @@ def test_text_only_prompt_passes_through_untouched(tiny, name):
 @pytest.mark.parametrize("name", CORE_MODELS)
 def test_batch_mixing_image_and_text_only_rows(tiny, name):
     model, processor = tiny(name)
-    from vtr import testing
-
     prompts = [testing.prompt(processor, "what is in the image ?"), testing.prompt(processor, "what ?", images=0)]
-    from conftest import image_for
-
     batch = processor(images=[image_for(name)], text=prompts, return_tensors="pt", padding=True)
     vtr.wrap(model, "divprune", budget=6)
     together = model.generate(**batch, **GREEDY)
