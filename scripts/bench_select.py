@@ -58,7 +58,7 @@ def main() -> None:
         for label, grid, dim, keep in CASES:
             n = grid[0] * grid[1] * grid[2]
             features = torch.randn(n, dim, generator=torch.Generator().manual_seed(0)).to(device, dtype)
-            item = VisualItem(features=features, grid=grid, modality="video" if grid[0] > 1 else "image")
+            item = VisualItem.on_grid(features, grid, "video" if grid[0] > 1 else "image")
             for method in (DivPrune(budget=keep), RandomSelect(budget=keep), Pool(budget=keep)):
                 times = time_call(lambda: method.reduce(item), device, args.warmup, args.repeats)
                 results.append(dict(device=f"{device.type} ({name}, {threads} threads)" if device.type == "cpu"

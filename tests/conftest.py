@@ -12,9 +12,11 @@ import torch
 
 from vtr import testing
 
-# families the core engine covers, and the visual kinds each takes
-CORE_MODELS = ["llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
-IMAGE_SIZE = {"llava": (32, 32)}  # llava: CLIP crop; qwen: native resolution (64x48 -> 8x6 merged tokens)
+# every supported family, and those that take video
+MODELS = ["llava", "llava_next", "llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+VIDEO_MODELS = ["llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+# llava: one CLIP crop; AnyRes families: 40x32 gives base + 2 crops; qwen: native resolution (64x48 -> 8x6)
+IMAGE_SIZE = {"llava": (32, 32), "llava_next": (40, 32), "llava_onevision": (40, 32), "llava_next_video": (40, 32)}
 GREEDY = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True)
 
 
@@ -35,7 +37,8 @@ def make_inputs(processor, name: str, kind: str = "image", texts=None, seeds=(0,
         return processor(images=images, text=prompts, return_tensors="pt", padding=True)
     if kind == "video":
         prompts = [testing.prompt(processor, t, images=0, videos=1) for t in texts]
-        videos = [testing.random_video(4, 64, 48, seed=s) for s in seeds]
+        size = (64, 48) if name.startswith("qwen") else (32, 32)
+        videos = [testing.random_video(4, *size, seed=s) for s in seeds]
         return processor(videos=videos, text=prompts, return_tensors="pt", padding=True)
     if kind == "text":
         return processor(text=[testing.prompt(processor, t, images=0) for t in texts], return_tensors="pt",

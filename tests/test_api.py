@@ -116,7 +116,8 @@ def test_unsupported_model_names_type_and_supported_list():
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1))
-    with pytest.raises(vtr.UnsupportedModelError, match=r"model_type='llama'.*supported: llava, qwen2_5_vl"):
+    supported = "llava, llava_next, llava_next_video, llava_onevision, qwen2_5_vl, qwen2_vl, qwen3_vl"
+    with pytest.raises(vtr.UnsupportedModelError, match=rf"model_type='llama'.*supported: {supported}"):
         vtr.wrap(model, "divprune", budget=8)
     assert not vtr.is_wrapped(model)
 

@@ -1,4 +1,4 @@
-"""End-to-end exactness of the pre-LLM engine on tiny llava / qwen2_vl / qwen2_5_vl models.
+"""End-to-end exactness of the pre-LLM engine on tiny models of all seven families.
 
 These are the invariants vtr promises; each test fails when its property breaks.
 """
@@ -9,13 +9,12 @@ import pytest
 import torch
 
 import vtr
-from conftest import CORE_MODELS, GREEDY, image_for, make_inputs
+from conftest import GREEDY, MODELS, VIDEO_MODELS, image_for, make_inputs
 from vtr import testing
 from vtr.adapters import adapter_for
 from vtr.engine import reduce_inputs
 
-QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
-CASES = [(m, "image") for m in CORE_MODELS] + [(m, "video") for m in QWEN]
+CASES = [(m, "image") for m in MODELS] + [(m, "video") for m in VIDEO_MODELS]
 METHODS = ["divprune", "random", "pool"]
 
 
@@ -66,21 +65,23 @@ def test_keep_all_padded_batch_is_bit_identical(tiny, name, kind):
 
 @pytest.mark.parametrize("name,kind", CASES)
 @pytest.mark.parametrize("method", METHODS)
-def test_stats_report_the_budget_and_prompt_is_returned(tiny, name, kind, method):
+@pytest.mark.parametrize("budget", [9, 0.5])
+def test_stats_report_the_budget_and_prompt_is_returned(tiny, name, kind, method, budget):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, kind)
     n_visual = int(_placeholder_count(model, inputs["input_ids"], kind)[0])
-    budget = 9
     vtr.wrap(model, method, budget=budget)
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    stats = vtr.stats(model)
-    assert stats.visual_before == [n_visual]
-    if method == "pool":  # largest pooled grid that fits: at most the budget, never more
-        assert 1 <= stats.visual_after[0] <= budget
+    sample = vtr.stats(model).samples[0]
+    (item,) = sample.items
+    assert item.before == n_visual
+    expected = vtr.Budget(budget).tokens_for(item.content_before)  # newlines are not counted by budgets
+    if method == "pool":  # largest pooled grid(s) that fit: at most the budget, never more
+        assert 1 <= item.content_after <= expected
     else:
-        assert stats.visual_after == [budget]
-    sample = stats.samples[0]
-    assert sample.prompt_before - sample.prompt_after == n_visual - stats.visual_after[0]
+        assert item.content_after == expected
+    assert item.structural_after <= item.structural_before
+    assert sample.prompt_before - sample.prompt_after == item.before - item.after
     prompt_len = inputs["input_ids"].shape[1]
     assert torch.equal(out[:, :prompt_len], inputs["input_ids"])
     assert out.shape[1] == prompt_len + 4
@@ -174,18 +175,18 @@ def test_pruning_equals_masking_dropped_keys(tiny, name, kind, positions, method
     torch.testing.assert_close(out.logits[0], reference[0, kept_index[0]], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", CORE_MODELS)
+@pytest.mark.parametrize("name", MODELS)
 def test_several_images_in_one_prompt_each_get_the_budget(tiny, name):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, "two_images")
     vtr.wrap(model, "divprune", budget=5)
     out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     items = vtr.stats(model).samples[0].items
-    assert [item.after for item in items] == [5, 5]
+    assert [item.content_after for item in items] == [5, 5]
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
 
 
-@pytest.mark.parametrize("name", CORE_MODELS)
+@pytest.mark.parametrize("name", MODELS)
 def test_text_only_prompt_passes_through_untouched(tiny, name):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, "text")
@@ -198,19 +199,19 @@ def test_text_only_prompt_passes_through_untouched(tiny, name):
     assert stats.samples[0].prompt_before == stats.samples[0].prompt_after == inputs["input_ids"].shape[1]
 
 
-@pytest.mark.parametrize("name", CORE_MODELS)
+@pytest.mark.parametrize("name", MODELS)
 def test_batch_mixing_image_and_text_only_rows(tiny, name):
     model, processor = tiny(name)
     prompts = [testing.prompt(processor, "what is in the image ?"), testing.prompt(processor, "what ?", images=0)]
     batch = processor(images=[image_for(name)], text=prompts, return_tensors="pt", padding=True)
     vtr.wrap(model, "divprune", budget=6)
     together = model.generate(**batch, **GREEDY)
-    assert [s.visual_after for s in vtr.stats(model).samples] == [6, 0]
+    assert [[i.content_after for i in s.items] for s in vtr.stats(model).samples] == [[6], []]
     text_alone = model.generate(**processor(text=[prompts[1]], return_tensors="pt"), **GREEDY)
     assert torch.equal(together.sequences[1, -6:], text_alone.sequences[0, -6:])
 
 
-@pytest.mark.parametrize("name", CORE_MODELS)
+@pytest.mark.parametrize("name", MODELS)
 def test_forward_with_labels_reports_kept_positions(tiny, name):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, "image")

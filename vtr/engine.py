@@ -20,6 +20,7 @@ from torch import Tensor
 
 from vtr.adapters.base import Adapter
 from vtr.errors import ReductionError
+from vtr.layout import ItemLayout
 from vtr.methods.base import Method, Reduction, VisualItem
 from vtr.stats import CallStats, ItemStats, SampleStats
 
@@ -94,7 +95,7 @@ class _EncodedModality:
     output: Any  # the model's own encoder output (a ModelOutput)
     features: list[Tensor]
     slots: list[tuple[int, Tensor]]  # (batch row, placeholder columns) per item
-    grids: list[tuple[int, int, int]]
+    layouts: list[ItemLayout]
 
 
 def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor, mask: Tensor) -> _EncodedModality:
@@ -102,33 +103,45 @@ def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor
     features = adapter.item_features(modality, output)
     _check_finite(modality, features)
     slots = _placeholder_slots(adapter, modality, ids, mask, features)
-    grids = adapter.item_grids(modality, inputs, features)
-    for feats, grid in zip(features, grids):
-        if grid[0] * grid[1] * grid[2] != feats.shape[0]:
-            raise ReductionError(
-                f"{type(adapter).__name__} gave a {grid} grid for a {modality} of {feats.shape[0]} tokens; "
-                f"this is a vtr adapter bug, please report it with the model config"
-            )
-    return _EncodedModality(modality, output, features, slots, grids)
+    try:
+        layouts = adapter.item_layouts(modality, inputs, features)
+        for feats, layout in zip(features, layouts):
+            layout.check(feats.shape[0])
+    except ValueError as error:
+        raise ReductionError(
+            f"{type(adapter).__name__} could not describe a {modality} of this "
+            f"{adapter.config.model_type} model ({error}); this is a vtr adapter bug, please report it with "
+            f"the model config and image size"
+        ) from error
+    return _EncodedModality(modality, output, features, slots, layouts)
 
 
 def _reduce_modality(
     adapter: Adapter, method: Method, visual: _EncodedModality, keep: Tensor, items_per_row: list[list[ItemStats]]
 ) -> Any:
-    """Reduce each item of one modality; clear its dropped slots in ``keep``; return the reduced encoder output."""
+    """Reduce each item of one modality; clear its dropped slots in ``keep``; return the reduced encoder output.
+
+    The method sees the content tokens only; structural tokens follow the rows they close (``vtr.layout``).
+    """
     rank_in_row = [0] * keep.shape[0]
     new_features, reductions = [], []
-    for feats, (row, cols), grid in zip(visual.features, visual.slots, visual.grids):
-        item = VisualItem(features=feats, grid=grid, modality=visual.modality, index=rank_in_row[row])
+    for feats, (row, cols), layout in zip(visual.features, visual.slots, visual.layouts):
+        item = VisualItem(feats[layout.content], layout.segments, visual.modality, index=rank_in_row[row])
         rank_in_row[row] += 1
         reduction = method.reduce(item)
         _check_reduction(method, item, reduction)
-        dropped = torch.ones(item.num_tokens, dtype=torch.bool, device=cols.device)
-        dropped[reduction.kept.to(cols.device)] = False
+        content_kept = torch.zeros(item.num_tokens, dtype=torch.bool, device=feats.device)
+        content_kept[reduction.kept] = True
+        structural = layout.structural[layout.structural_kept(content_kept)]
+        slots = torch.cat([layout.content[reduction.kept], structural])
+        order = slots.argsort()
+        new_features.append(torch.cat([reduction.output_features(item), feats[structural]])[order])
+        dropped = torch.ones(feats.shape[0], dtype=torch.bool, device=cols.device)
+        dropped[slots.to(cols.device)] = False
         keep[row, cols[dropped]] = False
-        new_features.append(reduction.output_features(item))
         reductions.append(reduction)
-        items_per_row[row].append(ItemStats(visual.modality, item.num_tokens, reduction.kept.numel()))
+        items_per_row[row].append(ItemStats(visual.modality, feats.shape[0], slots.numel(),
+                                            layout.structural.numel(), structural.numel()))
     return adapter.with_features(visual.modality, visual.output, new_features, reductions)
 
 

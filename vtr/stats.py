@@ -7,12 +7,27 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(frozen=True)
 class ItemStats:
-    """One image or video: tokens the model would have seen and tokens it saw."""
+    """One image or video: tokens the model would have seen and tokens it saw.
+
+    ``before``/``after`` count every placeholder token; ``structural_before``/``structural_after`` how
+    many of them are structural (LLaVA-NeXT/OneVision newlines), which budgets do not count.
+    """
 
     modality: str
     before: int
     after: int
+    structural_before: int = 0
+    structural_after: int = 0
     stage: str = "pre_llm"
+
+    @property
+    def content_before(self) -> int:
+        return self.before - self.structural_before
+
+    @property
+    def content_after(self) -> int:
+        """Tokens the budget counts: what the method kept."""
+        return self.after - self.structural_after
 
 
 @dataclass(frozen=True)

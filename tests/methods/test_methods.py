@@ -12,7 +12,7 @@ from vtr.ops.similarity import cosine_distance
 
 def item(n_h=6, n_w=8, t=1, dim=16, seed=0, index=0):
     feats = torch.randn(t * n_h * n_w, dim, generator=torch.Generator().manual_seed(seed))
-    return VisualItem(features=feats, grid=(t, n_h, n_w), modality="image", index=index)
+    return VisualItem.on_grid(feats, (t, n_h, n_w), "image", index)
 
 
 @pytest.mark.parametrize("cls", [DivPrune, RandomSelect, Pool])

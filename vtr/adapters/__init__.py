@@ -7,11 +7,11 @@ import inspect
 import torch
 
 from vtr.adapters.base import Adapter
-from vtr.adapters.llava import LlavaAdapter
+from vtr.adapters.llava import LlavaAdapter, LlavaNextAdapter
 from vtr.adapters.qwen_vl import QwenVLAdapter
 from vtr.errors import UnsupportedModelError
 
-ADAPTERS: dict[str, type[Adapter]] = {t: cls for cls in (LlavaAdapter, QwenVLAdapter) for t in cls.model_types}
+ADAPTERS: dict[str, type[Adapter]] = {t: cls for cls in (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter) for t in cls.model_types}
 
 
 def supported_models() -> list[str]:

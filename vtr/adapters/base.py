@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from transformers.utils import ModelOutput
 
+from vtr.layout import ItemLayout
 from vtr.methods.base import Reduction
 
 MODALITIES = ("image", "video")
@@ -66,8 +67,8 @@ class Adapter:
         """Per visual input (N_i, D) features, in the order the model scatters them into placeholders."""
         return list(output.pooler_output)
 
-    def item_grids(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[tuple[int, int, int]]:
-        """(t, h, w) token grid of each item; ``t*h*w`` must equal the item's token count."""
+    def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
+        """The visual-input description of each item (grids and structural tokens, see ``vtr.layout``)."""
         raise NotImplementedError
 
     def with_features(
@@ -75,11 +76,14 @@ class Adapter:
     ) -> ModelOutput:
         """A copy of ``output`` carrying the reduced per-item ``features``.
 
-        ``reductions`` are for families with other per-token encoder outputs that must be reduced the
-        same way (Qwen3-VL's deepstack features).
+        ``reductions`` (over each item's content tokens) are for families with other per-token encoder
+        outputs that must be reduced the same way (Qwen3-VL's deepstack features).
         """
         reduced = type(output)(**dict(output.items()))
-        reduced.pooler_output = type(output.pooler_output)(features)
+        if isinstance(output.pooler_output, Tensor):  # (videos, tokens, D): the model flattens the first two axes
+            reduced.pooler_output = torch.cat(features).unsqueeze(0)
+        else:
+            reduced.pooler_output = type(output.pooler_output)(features)
         return reduced
 
     # ------------------------------------------------------------------ positions

@@ -9,6 +9,7 @@ from torch import Tensor
 from transformers.utils import ModelOutput
 
 from vtr.adapters.base import Adapter, consecutive_positions
+from vtr.layout import ItemLayout
 from vtr.methods.base import Reduction
 
 MM_TOKEN_TYPE = {"image": 1, "video": 2}
@@ -30,10 +31,10 @@ class QwenVLAdapter(Adapter):
             ]
         return reduced
 
-    def item_grids(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[tuple[int, int, int]]:
+    def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         merge = int(self.config.vision_config.spatial_merge_size)
         thw = inputs[f"{modality}_grid_thw"].tolist()
-        return [(t, h // merge, w // merge) for t, h, w in thw]
+        return [ItemLayout.grid_only((t, h // merge, w // merge), f.device) for (t, h, w), f in zip(thw, features)]
 
     def forward_positions(self, inputs: dict[str, Any]) -> Tensor:
         # The unwrapped forward computes the same t/h/w rows through get_rope_index; the text row is

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from vtr.budget import Budget
+from vtr.layout import Segment
 from vtr.ops.grid import group_mean
 
 
@@ -30,21 +31,42 @@ class Stage(str, Enum):
 class VisualItem:
     """One visual input as a method sees it.
 
-    ``features`` are the projected features (LLM input space), one row per placeholder token, in the
-    order the model scatters them. ``grid`` is (t, h, w) in LLM tokens with ``t*h*w == N`` and raster
-    order (frame, row, column). ``index`` is the item's rank among the visual inputs of the same
-    modality in its sample: seeded methods derive their randomness from it, so a sample gets the same
-    reduction alone or inside a batch.
+    ``features`` are the projected features (LLM input space) of the item's content tokens, in the
+    order the model scatters them; structural tokens (newlines) are handled by the engine and never
+    reach a method. ``segments`` tile those tokens with raster (t, h, w) grids (see ``vtr.layout``).
+    ``index`` is the item's rank among the visual inputs of the same modality in its sample: seeded
+    methods derive their randomness from it, so a sample gets the same reduction alone or in a batch.
     """
 
     features: Tensor
-    grid: tuple[int, int, int]
+    segments: tuple[Segment, ...]
     modality: str
     index: int = 0
+
+    @classmethod
+    def on_grid(cls, features: Tensor, grid: tuple[int, int, int], modality: str = "image", index: int = 0):
+        return cls(features, (Segment(0, grid),), modality, index)
 
     @property
     def num_tokens(self) -> int:
         return self.features.shape[0]
+
+    @property
+    def num_frames(self) -> int:
+        return max(segment.grid[0] for segment in self.segments)
+
+    def parts(self, per_frame: bool) -> list[tuple[int, "VisualItem"]]:
+        """(content offset, sub-item) per segment, or per frame of each segment when ``per_frame``."""
+        pieces = []
+        for segment in self.segments:
+            t, h, w = segment.grid
+            frames = [(segment.start + f * h * w, (1, h, w)) for f in range(t)] if per_frame else [
+                (segment.start, segment.grid)]
+            for start, grid in frames:
+                size = grid[0] * grid[1] * grid[2]
+                pieces.append((start, VisualItem.on_grid(self.features[start:start + size], grid, self.modality,
+                                                         self.index)))
+        return pieces
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,43 @@ class Reduction:
     def keep_all(cls, item: VisualItem) -> "Reduction":
         return cls(kept=torch.arange(item.num_tokens, device=item.features.device))
 
+    @classmethod
+    def concat(cls, parts: list[tuple[int, VisualItem, "Reduction"]]) -> "Reduction":
+        """One reduction of the whole item from reductions of its parts ((offset, part, reduction))."""
+        kept = torch.cat([offset + r.kept for offset, _, r in parts])
+        if all(r.features is None and r.assignment is None for _, _, r in parts):
+            return cls(kept=kept)
+        assignments, out_offset = [], 0
+        for _, part, r in parts:
+            local = r.assignment if r.assignment is not None else _selection_assignment(r.kept, part.num_tokens)
+            assignments.append(torch.where(local >= 0, local + out_offset, local))
+            out_offset += r.kept.numel()
+        features = torch.cat([r.output_features(part) for _, part, r in parts])
+        return cls(kept=kept, features=features, assignment=torch.cat(assignments))
+
+
+def _selection_assignment(kept: Tensor, n: int) -> Tensor:
+    assignment = torch.full((n,), -1, dtype=torch.long, device=kept.device)
+    assignment[kept] = torch.arange(kept.numel(), device=kept.device)
+    return assignment
+
+
+def split_budget(k: int, sizes: list[int]) -> list[int]:
+    """Split ``k`` tokens over parts of ``sizes`` in proportion (largest remainder), each part within
+    [min(1, size), size] while ``k`` allows, summing to ``k`` exactly."""
+    total = sum(sizes)
+    quotas = [k * s / total for s in sizes]
+    shares = [min(s, max(1 if k >= len(sizes) else 0, int(q))) for s, q in zip(sizes, quotas)]
+    order = sorted(range(len(sizes)), key=lambda i: (shares[i] - quotas[i], i))
+    while sum(shares) < k:  # hand out the remainder to the parts furthest below their quota
+        for i in order:
+            if sum(shares) < k and shares[i] < sizes[i]:
+                shares[i] += 1
+    while sum(shares) > k:  # only when the floor of one token per part overshoots
+        i = max(range(len(sizes)), key=lambda j: (shares[j] - quotas[j], j))
+        shares[i] -= 1
+    return shares
+
 
 @dataclass(frozen=True)
 class Method:
@@ -96,21 +155,48 @@ class Method:
         return f"{self.name}({opts})"
 
 
+ALLOCATIONS = ("global", "per_segment", "per_frame")
+
+
 @dataclass(frozen=True)
 class BudgetedMethod(Method):
-    """A method that keeps ``budget`` tokens per visual input."""
+    """A method that keeps ``budget`` tokens per visual input (an image with all its crops, or a video).
+
+    ``allocation`` decides how the budget meets the item's structure: ``"global"`` lets the method
+    choose over all tokens at once; ``"per_segment"`` splits the budget over the segments (LLaVA-NeXT's
+    base image and crops grid) in proportion to their size; ``"per_frame"`` splits it over every frame.
+    """
 
     budget: Budget | int | float = 0.25
+    allocation: str = "global"
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, Budget):
             object.__setattr__(self, "budget", Budget(self.budget))
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
 
     def reduce(self, item: VisualItem) -> Reduction:
         k = self.budget.tokens_for(item.num_tokens)
         if k >= item.num_tokens:
             return Reduction.keep_all(item)
-        return self.select(item, k)
+        if self.allocation == "global":
+            return self.select(item, k)
+        return self.reduce_parts(item, k, per_frame=self.allocation == "per_frame")
+
+    def reduce_parts(self, item: VisualItem, k: int, per_frame: bool) -> Reduction:
+        """Split ``k`` over the item's segments (or frames) in proportion and select in each part."""
+        parts = item.parts(per_frame)
+        shares = split_budget(k, [part.num_tokens for _, part in parts])
+        return Reduction.concat([(offset, part, self._reduce_to(part, share))
+                                 for (offset, part), share in zip(parts, shares)])
+
+    def _reduce_to(self, part: VisualItem, share: int) -> Reduction:
+        if share >= part.num_tokens:
+            return Reduction.keep_all(part)
+        if share == 0:  # fewer tokens than parts: this part gives up all of its tokens
+            return Reduction(kept=torch.zeros(0, dtype=torch.long, device=part.features.device))
+        return self.select(part, share)
 
     def select(self, item: VisualItem, k: int) -> Reduction:  # pragma: no cover - interface
         """Reduce ``item`` to exactly ``k < N`` output tokens."""
