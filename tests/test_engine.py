@@ -260,3 +260,26 @@ def test_bfloat16_model_keep_all_and_reduced(tiny, name):
     vtr.wrap(model, "pool", budget=6)
     model.generate(**inputs, **GREEDY)
     assert vtr.stats(model).visual_after[0] <= 6
+
+
+@pytest.mark.parametrize("name", ["llava_next", "llava_onevision"])
+@pytest.mark.parametrize("method", ["random", "pool"])
+def test_newline_tokens_follow_the_rows_they_close(tiny, name, method):
+    from vtr.layout import layout_with_newlines
+
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name, "image")
+    encoded = model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
+                                             return_dict=True).pooler_output[0]
+    layout = layout_with_newlines((encoded == model.model.image_newline).all(-1))
+    assert layout.structural.numel() > 1, "the test needs an AnyRes image with newline rows"
+    vtr.wrap(model, method, budget=6, seed=3) if method == "random" else vtr.wrap(model, method, budget=6)
+    with torch.no_grad():
+        kept_cols = set(model(**inputs).vtr_kept_index[0].tolist())
+    image_cols = (inputs["input_ids"][0] == model.config.image_token_id).nonzero().flatten().tolist()
+    kept_slot = torch.tensor([col in kept_cols for col in image_cols])
+    content_kept = kept_slot[layout.content]
+    assert int(content_kept.sum()) <= 6
+    for slot, (start, stop) in zip(layout.structural.tolist(), layout.closes.tolist()):
+        assert bool(kept_slot[slot]) == bool(content_kept[start:stop].any())
+    assert vtr.stats(model).samples[0].items[0].structural_after == int(kept_slot[layout.structural].sum())

@@ -42,8 +42,9 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     import vtr
+    from vtr.adapters import support_matrix_markdown
 
-    print("\n".join(vtr.supported_models()))
+    print(support_matrix_markdown() if args.markdown else "\n".join(vtr.supported_models()))
     return 0
 
 
@@ -64,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     sub.add_parser("methods", help="list reduction methods").set_defaults(func=_cmd_methods)
-    sub.add_parser("models", help="list supported model types").set_defaults(func=_cmd_models)
+    models = sub.add_parser("models", help="list supported model types")
+    models.add_argument("--markdown", action="store_true", help="the support matrix (model x image/video) as a table")
+    models.set_defaults(func=_cmd_models)
     return parser
 
 

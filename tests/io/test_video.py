@@ -73,3 +73,11 @@ def test_missing_file_and_bad_backend(tmp_path):
         load_video(tmp_path / "nope.mp4")
     with pytest.raises(ValueError, match="backend must be one of"):
         load_video(tmp_path / "nope.mp4", backend="opencv")
+
+
+def test_truncated_file_gives_the_documented_error(clip, tmp_path):
+    data = clip.read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 3])
+    with pytest.raises(VideoDecodeError, match=r"truncated\.mp4.*corrupt or truncated"):
+        load_video(truncated, num_frames=4)

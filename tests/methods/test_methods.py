@@ -77,3 +77,42 @@ def test_apply_reduces_side_tensors_like_the_features():
     assert torch.equal(selected.apply(side), side[selected.kept])
     pooled = Pool(budget=4).reduce(it)
     torch.testing.assert_close(pooled.apply(side)[0], side[[0, 1, 4, 5]].mean(0))
+
+
+def test_split_budget_is_proportional_and_exact():
+    from vtr.methods.base import split_budget
+
+    assert split_budget(22, [16, 28]) == [8, 14]
+    assert split_budget(3, [16, 28]) == [1, 2]
+    assert split_budget(1, [16, 28]) == [0, 1]
+    assert split_budget(10, [4, 4, 4, 4]) == [3, 3, 2, 2]
+    for k in range(1, 45):
+        shares = split_budget(k, [16, 28])
+        assert sum(shares) == k and all(0 <= s <= n for s, n in zip(shares, [16, 28]))
+
+
+@pytest.mark.parametrize("cls", [DivPrune, RandomSelect])
+def test_per_frame_allocation_keeps_budget_per_frame(cls):
+    video = item(n_h=4, n_w=4, t=4)  # 4 frames of 16 tokens
+    red = cls(budget=8, allocation="per_frame").reduce(video)
+    assert red.kept.numel() == 8
+    assert torch.bincount(red.kept // 16, minlength=4).tolist() == [2, 2, 2, 2]
+    assert torch.equal(red.output_features(video), video.features[red.kept])
+
+
+def test_per_segment_allocation_splits_base_and_crops():
+    from vtr.layout import Segment
+
+    feats = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
+    anyres = VisualItem(feats, (Segment(0, (1, 4, 4)), Segment(16, (1, 4, 6))), "image")
+    red = DivPrune(budget=10, allocation="per_segment").reduce(anyres)
+    assert ((red.kept < 16).sum(), (red.kept >= 16).sum()) == (4, 6)
+    pooled = Pool(budget=10).reduce(anyres)  # pooling always pools each grid on its own
+    assert pooled.assignment.shape == (40,) and set(pooled.assignment[:16].tolist()).isdisjoint(
+        pooled.assignment[16:].tolist())
+    assert pooled.output_features(anyres).shape == (pooled.kept.numel(), 8)
+
+
+def test_bad_allocation():
+    with pytest.raises(ValueError, match="allocation must be one of"):
+        DivPrune(budget=4, allocation="thumbnail_typo")

@@ -19,6 +19,36 @@ def supported_models() -> list[str]:
     return sorted(ADAPTERS)
 
 
+def support_matrix() -> list[dict[str, str]]:
+    """One row per supported model type: its transformers class and which visual inputs vtr reduces.
+
+    Read from the adapters and from each model class's own ``input_modalities``, so the README table
+    (``vtr models --markdown``) cannot drift from the code. Several images per prompt work wherever
+    images do: the engine reduces every image to its own budget.
+    """
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    rows = []
+    for model_type in supported_models():
+        class_name = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type]
+        model_modalities = getattr(transformers, class_name).input_modalities
+        modalities = set(model_modalities) & set(ADAPTERS[model_type].modalities_handled)
+        image = "yes" if "image" in modalities else "-"
+        rows.append({"model_type": model_type, "class": class_name, "image": image, "multi-image": image,
+                     "video": "yes" if "video" in modalities else "-", "adapter": ADAPTERS[model_type].__name__})
+    return rows
+
+
+def support_matrix_markdown() -> str:
+    rows = support_matrix()
+    header = ["model_type", "class", "image", "multi-image", "video", "adapter"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(f"`{r[h]}`" if h in ("model_type", "class", "adapter") else r[h] for h in header) + " |"
+              for r in rows]
+    return "\n".join(lines)
+
+
 def adapter_for(model: torch.nn.Module) -> Adapter:
     """The adapter for ``model``, or ``UnsupportedModelError`` naming the type and what is supported."""
     config = getattr(model, "config", None)
@@ -43,4 +73,4 @@ def adapter_for(model: torch.nn.Module) -> Adapter:
     return ADAPTERS[model_type](model)
 
 
-__all__ = ["Adapter", "adapter_for", "supported_models"]
+__all__ = ["Adapter", "adapter_for", "support_matrix", "support_matrix_markdown", "supported_models"]

@@ -27,6 +27,7 @@ class Adapter:
     """Model-family knowledge for one wrapped model instance."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
+    modalities_handled: ClassVar[tuple[str, ...]] = MODALITIES  # what the adapter knows how to lay out
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -40,7 +41,7 @@ class Adapter:
 
     # ------------------------------------------------------------------ visual inputs
     def modalities(self) -> tuple[str, ...]:
-        return tuple(m for m in MODALITIES if m in getattr(self.model, "input_modalities", MODALITIES))
+        return tuple(m for m in self.modalities_handled if m in getattr(self.model, "input_modalities", MODALITIES))
 
     def placeholder_token_id(self, modality: str) -> int:
         return int(getattr(self.config, f"{modality}_token_id"))

@@ -20,6 +20,7 @@ from vtr.layout import ItemLayout, layout_with_newlines, square_grid
 
 class LlavaAdapter(Adapter):
     model_types = ("llava",)
+    modalities_handled = ("image",)
 
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         return [ItemLayout.grid_only(square_grid(f.shape[0]), f.device) for f in features]
