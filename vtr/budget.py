@@ -42,9 +42,6 @@ class Budget:
             return min(n_tokens, max(1, round(self.value * n_tokens)))
         return min(n_tokens, self.value)
 
-    def keeps_everything(self, n_tokens: int) -> bool:
-        return self.tokens_for(n_tokens) >= n_tokens
-
     def __str__(self) -> str:
         return str(self.value)  # "1.0" (fraction) and "1" (one token) must not look alike
 

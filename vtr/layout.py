@@ -51,10 +51,6 @@ class ItemLayout:
     structural: Tensor
     closes: Tensor  # (n_structural, 2)
 
-    @property
-    def num_slots(self) -> int:
-        return self.content.numel() + self.structural.numel()
-
     @classmethod
     def grid_only(cls, grid: tuple[int, int, int], device: torch.device) -> "ItemLayout":
         n = grid[0] * grid[1] * grid[2]
@@ -74,7 +70,7 @@ class ItemLayout:
         tiled = sum(s.size for s in self.segments) == self.content.numel() and all(
             a.stop == b.start for a, b in zip(self.segments, self.segments[1:])
         )
-        if slots.numel() != n_tokens or not torch.equal(slots.cpu(), torch.arange(n_tokens)) or not tiled:
+        if slots.numel() != n_tokens or not torch.equal(slots, torch.arange(n_tokens, device=slots.device)) or not tiled:
             raise ValueError(f"layout {self.segments} with {self.structural.numel()} structural tokens does not "
                              f"tile {n_tokens} tokens")
 

@@ -11,7 +11,9 @@ from vtr.adapters.llava import LlavaAdapter, LlavaNextAdapter
 from vtr.adapters.qwen_vl import QwenVLAdapter
 from vtr.errors import UnsupportedModelError
 
-ADAPTERS: dict[str, type[Adapter]] = {t: cls for cls in (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter) for t in cls.model_types}
+ADAPTERS: dict[str, type[Adapter]] = {
+    model_type: cls for cls in (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter) for model_type in cls.model_types
+}
 
 
 def supported_models() -> list[str]:

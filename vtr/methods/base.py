@@ -51,10 +51,6 @@ class VisualItem:
     def num_tokens(self) -> int:
         return self.features.shape[0]
 
-    @property
-    def num_frames(self) -> int:
-        return max(segment.grid[0] for segment in self.segments)
-
     def parts(self, per_frame: bool) -> list[tuple[int, "VisualItem"]]:
         """(content offset, sub-item) per segment, or per frame of each segment when ``per_frame``."""
         pieces = []
