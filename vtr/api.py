@@ -8,6 +8,7 @@ Wrapping an already wrapped model replaces its method and options; the saved ori
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from torch import Tensor
 
 from vtr.adapters import Adapter, adapter_for
 from vtr.engine import POSITION_MODES, ReducedCall, reduce_inputs
-from vtr.methods import Method, Stage, make_method
+from vtr.llm.pruner import LayerPruner, LayerRun, PromptRoles
+from vtr.methods import KeepAll, LayerMethod, Method, Stage, make_methods
 from vtr.stats import CallStats, SampleStats
 
 _STATE_ATTR = "_vtr_state"
@@ -27,11 +29,25 @@ _MISSING = object()
 
 
 @dataclass
+class Pipeline:
+    """The configured stages of one wrap: a pre-LLM method (``KeepAll`` if none) and an in-LLM one."""
+
+    methods: list[Method]  # as configured by the user (to restore after a ``reduced`` block)
+    pre_llm: Method
+    in_llm: LayerPruner | None
+    description: str
+
+    def close(self) -> None:
+        if self.in_llm is not None:
+            self.in_llm.remove()
+
+
+@dataclass
 class WrapState:
-    """Everything a wrapped model needs: the method, the adapter, and what to restore on unwrap."""
+    """Everything a wrapped model needs: the stages, the adapter, and what to restore on unwrap."""
 
     adapter: Adapter
-    method: Method
+    pipeline: Pipeline
     positions: str
     saved: dict[str, Any]  # attribute name -> previous instance-dict entry (or _MISSING)
     last_stats: CallStats | None = None
@@ -40,7 +56,7 @@ class WrapState:
 
 def wrap(
     model: torch.nn.Module,
-    method: str | Method = "divprune",
+    method: str | Method | list[str | Method] = "divprune",
     budget: int | float | None = None,
     *,
     positions: str = "original",
@@ -48,23 +64,25 @@ def wrap(
 ) -> torch.nn.Module:
     """Make ``model`` see fewer visual tokens in ``generate()`` and ``forward()``; returns the same object.
 
-    ``method``: a registered name (``vtr.available_methods()``) or a configured method object.
-    ``budget``: int = visual tokens kept per image/video, float in (0, 1] = fraction kept.
-    ``positions``: ``"original"`` (kept tokens keep their original 1-D or M-RoPE positions) or
-    ``"compact"`` (kept tokens are re-indexed consecutively). Extra keyword arguments are method options.
+    ``method``: a registered name (``vtr.available_methods()``), a configured method object, or a list
+    of them to compose stages (at most one before the LLM and one inside it), e.g.
+    ``["divprune", "fastv"]``. ``budget``: int = visual tokens kept per image/video, float in (0, 1] =
+    fraction kept. ``positions``: ``"original"`` (kept tokens keep their original 1-D or M-RoPE
+    positions) or ``"compact"`` (kept tokens are re-indexed consecutively); in-LLM stages always keep
+    positions. Extra keyword arguments are method options.
     """
     if positions not in POSITION_MODES:
         raise ValueError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
-    configured = make_method(method, budget, **options)
-    if configured.stage is not Stage.PRE_LLM:
-        raise ValueError(f"{configured.name} runs at stage {configured.stage.value!r}, which vtr does not run yet")
+    methods = make_methods(method, budget, **options)
     state: WrapState | None = getattr(model, _STATE_ATTR, None)
+    adapter = adapter_for(model) if state is None else state.adapter
+    pipeline = _pipeline(adapter, methods)
     if state is not None:  # re-wrap: new configuration, same saved originals
-        state.method, state.positions, state.last_stats = configured, positions, None
+        state.pipeline.close()
+        state.pipeline, state.positions, state.last_stats = pipeline, positions, None
         return model
-    adapter = adapter_for(model)
     saved = {name: model.__dict__.get(name, _MISSING) for name in _PATCHED}
-    state = WrapState(adapter=adapter, method=configured, positions=positions, saved=saved)
+    state = WrapState(adapter=adapter, pipeline=pipeline, positions=positions, saved=saved)
     original_forward, original_generate = model.forward, model.generate
     model.__dict__["forward"] = _reducing_forward(state, original_forward)
     model.__dict__["generate"] = _reducing_generate(state, original_generate)
@@ -75,6 +93,7 @@ def wrap(
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """Remove vtr from ``model`` and restore exactly what was there before ``wrap``."""
     state = _state(model)
+    state.pipeline.close()
     for name, previous in state.saved.items():
         if previous is _MISSING:
             model.__dict__.pop(name, None)
@@ -93,7 +112,7 @@ def reduced(model: torch.nn.Module, method: str | Method = "divprune", budget: i
     back afterwards.
     """
     previous: WrapState | None = getattr(model, _STATE_ATTR, None)
-    before = None if previous is None else (previous.method, previous.positions)
+    before = None if previous is None else (previous.pipeline.methods, previous.positions)
     wrap(model, method, budget, **kwargs)
     try:
         yield model
@@ -101,7 +120,9 @@ def reduced(model: torch.nn.Module, method: str | Method = "divprune", budget: i
         if before is None:
             unwrap(model)
         else:
-            previous.method, previous.positions = before
+            last_stats = previous.last_stats
+            wrap(model, before[0], positions=before[1])
+            previous.last_stats = last_stats
 
 
 def stats(model: torch.nn.Module) -> CallStats | None:
@@ -124,12 +145,45 @@ def _state(model: torch.nn.Module) -> WrapState:
     return state
 
 
+def _pipeline(adapter: Adapter, methods: list[Method]) -> Pipeline:
+    by_stage: dict[Stage, list[Method]] = {}
+    for m in methods:
+        by_stage.setdefault(m.stage, []).append(m)
+    for stage, members in by_stage.items():
+        if stage not in (Stage.PRE_LLM, Stage.LLM):
+            raise ValueError(f"{members[0].name} runs at stage {stage.value!r}, which vtr does not run yet")
+        if len(members) > 1:
+            raise ValueError(
+                f"{[m.name for m in members]} all run at stage {stage.value!r}; compose at most one method per "
+                f"stage (one before the LLM, one inside it)"
+            )
+    pre_llm = by_stage.get(Stage.PRE_LLM, [KeepAll()])[0]
+    in_llm = by_stage.get(Stage.LLM, [None])[0]
+    description = " + ".join(m.describe() for m in methods)
+    if in_llm is None:
+        return Pipeline(methods, pre_llm, None, description)
+    assert isinstance(in_llm, LayerMethod)
+    pruner = LayerPruner(adapter.decoder(), in_llm, adapter.text_attn_implementation())
+    undo = adapter.patch_decoder(pruner)
+    pruner.remove = _chained(pruner.remove, undo)
+    return Pipeline(methods, pre_llm, pruner, description)
+
+
+def _chained(*steps):
+    def run() -> None:
+        for step in steps:
+            step()
+
+    return run
+
+
 def _needs_reduction(state: WrapState, kwargs: dict[str, Any]) -> bool:
     return kwargs.get("mm_encoder_outputs") is None and bool(state.adapter.present_modalities(kwargs))
 
 
 def _reducing_forward(state: WrapState, original):
     signature = inspect.signature(original)
+    model = original.__self__
 
     @functools.wraps(original)  # generate() inspects forward's signature: keep it visible
     def forward(*args: Any, **kwargs: Any):
@@ -138,14 +192,57 @@ def _reducing_forward(state: WrapState, original):
             kwargs = {**bound.pop("kwargs", {}), **bound}
         if not _needs_reduction(state, kwargs):
             return original(**_with_explicit_mask(state.generating, kwargs))
-        call = reduce_inputs(state.adapter, state.method, state.positions, kwargs, for_generate=False)
-        state.last_stats = call.stats
-        output = original(**call.kwargs)
+        call, run = _start(state, kwargs, for_generate=False)
+        labels = call.kwargs.pop("labels", None) if run is not None else None
+        try:
+            output = original(**call.kwargs)
+        finally:
+            _finish(state, run)
+        kept_index = call.kept_index
+        final = None if run is None else run.final_index()
+        if final is not None:  # the in-LLM stage shortened the output too
+            kept_index = kept_index.gather(1, final.clamp_min(0)).masked_fill(final < 0, -1)
+        if labels is not None:
+            if final is not None:
+                labels = labels.gather(1, final.clamp_min(0)).masked_fill(final < 0, -100)
+            output["loss"] = model.loss_function(
+                logits=output.logits, labels=labels, vocab_size=model.config.get_text_config().vocab_size)
         if isinstance(output, dict):
-            output["vtr_kept_index"] = call.kept_index
+            output["vtr_kept_index"] = kept_index
         return output
 
     return forward
+
+
+def _start(state: WrapState, kwargs: dict[str, Any], for_generate: bool) -> tuple[ReducedCall, LayerRun | None]:
+    """Reduce before the LLM and arm the in-LLM stage (if any) for the passes of this call."""
+    call = reduce_inputs(state.adapter, state.pipeline.pre_llm, state.positions, kwargs, for_generate)
+    state.last_stats = dataclasses.replace(call.stats, method=state.pipeline.description)
+    pruner = state.pipeline.in_llm
+    if pruner is None:
+        return call, None
+    pruner.run = LayerRun(PromptRoles.from_columns(call.token_item, call.token_structural,
+                                                   call.kwargs["attention_mask"]))
+    return call, pruner.run
+
+
+def _finish(state: WrapState, run: LayerRun | None) -> None:
+    """Close a call's in-LLM run (later cached steps on its cache still work) and record per-layer stats."""
+    if run is None:
+        return
+    run.accepts_full_passes = False
+    run.captured.clear()
+    pruner = state.pipeline.in_llm
+    if not run.visual_per_layer or state.last_stats is None:
+        return
+    per_layer = torch.stack(run.visual_per_layer, dim=1).cpu()  # (rows of the pass, layers from K on)
+    step = per_layer.shape[0] // len(state.last_stats.samples)  # beams / num_return_sequences repeat rows
+    samples = tuple(
+        dataclasses.replace(sample, visual_per_layer=(sample.visual_after,) * pruner.prune_at[0]
+                            + tuple(per_layer[i * step].tolist()))
+        for i, sample in enumerate(state.last_stats.samples)
+    )
+    state.last_stats = dataclasses.replace(state.last_stats, samples=samples)
 
 
 def _with_explicit_mask(call: ReducedCall | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -173,13 +270,13 @@ def _reducing_generate(state: WrapState, original):
         if not _needs_reduction(state, kwargs):
             state.last_stats = _unreduced_stats(state, kwargs)
             return original(**kwargs)
-        call = reduce_inputs(state.adapter, state.method, state.positions, kwargs, for_generate=True)
-        state.last_stats = call.stats
+        call, run = _start(state, kwargs, for_generate=True)
         state.generating = call
         try:
             output = original(**call.kwargs)
         finally:
             state.generating = None
+            _finish(state, run)
         return _with_original_prompt(output, kwargs["input_ids"], call.kept_index.shape[1])
 
     return generate
@@ -190,7 +287,7 @@ def _unreduced_stats(state: WrapState, kwargs: dict[str, Any]) -> CallStats:
     ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
     lengths = [] if ids is None else (mask.sum(1) if mask is not None else [ids.shape[1]] * ids.shape[0])
     samples = tuple(SampleStats((), int(n), int(n)) for n in lengths)
-    return CallStats(method=state.method.describe(), positions=state.positions, samples=samples)
+    return CallStats(method=state.pipeline.description, positions=state.positions, samples=samples)
 
 
 def _with_original_prompt(output: Any, prompt: Tensor, reduced_len: int) -> Any:

@@ -35,6 +35,8 @@ class ReducedCall:
     kept_index: Tensor  # (B, L'): original column of each reduced column, -1 on padding
     stats: CallStats
     gapped_positions: bool  # 1-D positions with gaps: uncached passes need an explicit mask
+    token_item: Tensor  # (B, L'): item id (unique in the batch) of each content column, -1 elsewhere
+    token_structural: Tensor  # (B, L'): True on kept structural (newline) columns
 
 
 def reduce_inputs(
@@ -58,8 +60,9 @@ def reduce_inputs(
 
     keep = mask.bool().clone()  # original padding is dropped here and rebuilt below
     items_per_row: list[list[ItemStats]] = [[] for _ in range(ids.shape[0])]
+    roles = _TokenRoles(torch.full_like(ids, -1), torch.zeros_like(keep))
     mm_encoder_outputs = {
-        visual.modality: _reduce_modality(adapter, method, visual, keep, items_per_row) for visual in encoded
+        visual.modality: _reduce_modality(adapter, method, visual, keep, items_per_row, roles) for visual in encoded
     }
 
     kept_index = _left_packed_index(keep)
@@ -86,7 +89,18 @@ def reduce_inputs(
         kept_index=kept_index,
         stats=CallStats(method=method.describe(), positions=positions, samples=samples),
         gapped_positions=dropped_any and not compact and full_positions.shape[0] == 1,
+        token_item=_gather_columns(roles.item, kept_index, pad=-1),
+        token_structural=_gather_columns(roles.structural, kept_index, pad=False),
     )
+
+
+@dataclass
+class _TokenRoles:
+    """Per input column: the visual item a content token belongs to (-1 = none), and structural tokens."""
+
+    item: Tensor
+    structural: Tensor
+    count: int = 0
 
 
 @dataclass
@@ -117,7 +131,12 @@ def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor
 
 
 def _reduce_modality(
-    adapter: Adapter, method: Method, visual: _EncodedModality, keep: Tensor, items_per_row: list[list[ItemStats]]
+    adapter: Adapter,
+    method: Method,
+    visual: _EncodedModality,
+    keep: Tensor,
+    items_per_row: list[list[ItemStats]],
+    roles: _TokenRoles,
 ) -> Any:
     """Reduce each item of one modality; clear its dropped slots in ``keep``; return the reduced encoder output.
 
@@ -139,6 +158,9 @@ def _reduce_modality(
         dropped = torch.ones(feats.shape[0], dtype=torch.bool, device=cols.device)
         dropped[slots.to(cols.device)] = False
         keep[row, cols[dropped]] = False
+        roles.item[row, cols[layout.content[reduction.kept].to(cols.device)]] = roles.count
+        roles.structural[row, cols[structural.to(cols.device)]] = True
+        roles.count += 1
         reductions.append(reduction)
         items_per_row[row].append(ItemStats(visual.modality, feats.shape[0], slots.numel(),
                                             layout.structural.numel(), structural.numel()))

@@ -37,6 +37,7 @@ class SampleStats:
     items: tuple[ItemStats, ...]
     prompt_before: int
     prompt_after: int
+    visual_per_layer: tuple[int, ...] = ()  # visual tokens each decoder layer saw (in-LLM stages only)
 
     @property
     def visual_before(self) -> int:
@@ -77,4 +78,6 @@ class CallStats:
                 f"  sample {i}: visual {s.visual_before}->{s.visual_after} ({per_item}); "
                 f"prompt {s.prompt_before}->{s.prompt_after} tokens"
             )
+            if s.visual_per_layer:
+                rows.append(f"    visual tokens per decoder layer: {list(s.visual_per_layer)}")
         return "\n".join(rows)

@@ -10,7 +10,7 @@ per-modality outputs that must be reduced alongside the features.
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor
@@ -86,6 +86,21 @@ class Adapter:
         else:
             reduced.pooler_output = type(output.pooler_output)(features)
         return reduced
+
+    # ------------------------------------------------------------------ the LLM
+    def decoder(self) -> torch.nn.Module:
+        """The text model whose ``layers`` the in-LLM stage hooks."""
+        return self.model.model.language_model
+
+    def text_attn_implementation(self) -> str:
+        return str(self.config.get_text_config()._attn_implementation)
+
+    def patch_decoder(self, pruner: Any) -> Callable[[], None]:
+        """Adapt what the text model does between layers to a shorter sequence; returns the undo.
+
+        Default: nothing to adapt (every family whose layers only exchange hidden states).
+        """
+        return lambda: None
 
     # ------------------------------------------------------------------ positions
     def positions(self, inputs: dict[str, Any], for_generate: bool) -> Tensor:

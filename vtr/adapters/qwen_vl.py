@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -30,6 +30,23 @@ class QwenVLAdapter(Adapter):
                 tuple(r.apply(f) for f, r in zip(layer, reductions)) for layer in deepstack
             ]
         return reduced
+
+    def patch_decoder(self, pruner: Any) -> Callable[[], None]:
+        """Qwen3-VL adds deepstack features to the visual tokens after its first decoder layers: once the
+        in-LLM stage shortened the sequence, add them at the kept visual tokens only."""
+        decoder = self.decoder()
+        if not hasattr(decoder, "_deepstack_process"):
+            return lambda: None
+        original = decoder._deepstack_process
+
+        def deepstack_process(hidden_states: Tensor, visual_pos_masks: Tensor, visual_embeds: Tensor) -> Tensor:
+            if pruner.run is None or hidden_states.shape[1] == visual_pos_masks.shape[-1]:
+                return original(hidden_states, visual_pos_masks, visual_embeds)
+            positions, rows = pruner.injection_rows(visual_pos_masks.to(hidden_states.device))
+            return original(hidden_states, positions, visual_embeds[rows.to(visual_embeds.device)])
+
+        decoder.__dict__["_deepstack_process"] = deepstack_process
+        return lambda: decoder.__dict__.pop("_deepstack_process", None)
 
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         merge = int(self.config.vision_config.spatial_merge_size)

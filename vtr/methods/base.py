@@ -142,6 +142,7 @@ class Method:
 
     name: ClassVar[str]
     stage: ClassVar[Stage]
+    budget_required: ClassVar[bool] = False  # registry: building by name needs a budget
 
     def reduce(self, item: VisualItem) -> Reduction:  # pragma: no cover - interface
         raise NotImplementedError
@@ -149,6 +150,18 @@ class Method:
     def describe(self) -> str:
         opts = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
         return f"{self.name}({opts})"
+
+
+@dataclass(frozen=True)
+class KeepAll(Method):
+    """Keep every visual token: the unreduced reference of a sweep, and the pre-LLM stage of a wrap whose
+    only method acts inside the LLM (the engine still encodes once and knows which token is which)."""
+
+    name: ClassVar[str] = "none"
+    stage: ClassVar[Stage] = Stage.PRE_LLM
+
+    def reduce(self, item: VisualItem) -> Reduction:
+        return Reduction.keep_all(item)
 
 
 ALLOCATIONS = ("global", "per_segment", "per_frame")
@@ -162,6 +175,8 @@ class BudgetedMethod(Method):
     choose over all tokens at once; ``"per_segment"`` splits the budget over the segments (LLaVA-NeXT's
     base image and crops grid) in proportion to their size; ``"per_frame"`` splits it over every frame.
     """
+
+    budget_required: ClassVar[bool] = True
 
     budget: Budget | int | float = 0.25
     allocation: str = "global"

@@ -1,0 +1,1 @@
+"""The in-LLM stage: drop or merge visual tokens at decoder layers, keeping the KV cache exact."""

@@ -1,0 +1,26 @@
+"""FastV (Chen et al., ECCV 2024): at decoder layer K, keep the visual tokens the last prompt token
+attended to most at layer K-1. The paper's setting is K=2, keeping 50% on 32-layer LLMs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from vtr.methods.layer import LayerInput, LayerMethod
+
+
+@dataclass(frozen=True)
+class FastV(LayerMethod):
+    """``budget``: tokens (int) or fraction (float) of each visual input kept from layer ``layer`` on."""
+
+    name: ClassVar[str] = "fastv"
+
+    layer: int = 2
+
+    def prune_layers(self, num_layers: int) -> tuple[int, ...]:
+        return (self.layer,)
+
+    def keep_counts(self, step: LayerInput) -> Tensor:
+        return self.budget.tokens_for_counts(step.current_counts())

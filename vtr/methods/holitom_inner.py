@@ -1,0 +1,48 @@
+"""HoliTom's inner-LLM merge (Shao et al., 2025): at decoder layer K keep the visual tokens the last
+prompt token attended to most at layer K-1 and fold every other one into its most similar kept token.
+
+Reference defaults: K=18 of 28 layers, merge ratio r=0.5 (``budget=0.5``). The reference counts the
+video's newline tokens in its visual span; here budgets count content tokens (newlines stay, see
+README). ``reference_quirks=True`` runs layer K-1 without a causal mask during full passes, as the
+reference does under SDPA (its eager fallback gets no mask); the scores are unaffected but every hidden
+state after layer K-1 changes, and cached generation then differs from an uncached recompute, as in
+the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from vtr.budget import Budget
+from vtr.methods.layer import LayerInput, LayerMethod, LayerOutput, scaled_layer
+from vtr.ops.groups import fold_into_nearest, topk_per_group
+
+REFERENCE_DEPTH = 28
+REFERENCE_LAYER = 18
+
+
+@dataclass(frozen=True)
+class HoliTomInner(LayerMethod):
+    """``layer``: merge layer (default 18 of 28, scaled); ``budget``: kept per visual input (default 0.5)."""
+
+    name: ClassVar[str] = "holitom_inner"
+    budget_required: ClassVar[bool] = False
+
+    budget: Budget | int | float | None = 0.5
+    layer: int | None = None
+    reference_quirks: bool = False
+
+    def prune_layers(self, num_layers: int) -> tuple[int, ...]:
+        if self.layer is not None:
+            return (self.layer,)
+        return (scaled_layer(REFERENCE_LAYER, REFERENCE_DEPTH, num_layers),)
+
+    def keep_counts(self, step: LayerInput) -> Tensor:
+        return self.budget.tokens_for_counts(step.current_counts())
+
+    def select(self, step: LayerInput) -> LayerOutput:
+        keep = topk_per_group(step.scores, step.group, self.keep_counts(step))
+        return LayerOutput(keep, fold_into_nearest(step.hidden, keep, step.group))

@@ -1,0 +1,93 @@
+"""The protocol of methods that act inside the LLM, at one or more decoder layers.
+
+At each of its pruning layers the engine (``vtr.llm.pruner``) hands the method the hidden states
+entering that layer, the attention that the chosen query tokens paid to every token at the layer
+before, and the visual input (group) each candidate token belongs to. The method answers which
+candidates stay, and may rewrite hidden states (merging). Everything is batched: one call per layer for
+the whole padded batch, with per-group keep counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from vtr.budget import Budget
+from vtr.methods.base import Method, Stage
+from vtr.ops.groups import topk_per_group
+
+QUERIES = ("last", "text")
+
+
+@dataclass(frozen=True)
+class LayerInput:
+    """What a method sees at one pruning layer (B rows, L current columns, G visual inputs)."""
+
+    hidden: Tensor  # (B, L, D) hidden states entering the layer (before its input norm)
+    scores: Tensor  # (B, L) float32 attention from the query tokens at the previous layer
+    group: Tensor  # (B, L) visual input of each candidate content token, -1 for everything else
+    stage: int  # index of this layer in ``method.prune_layers``
+    entry_counts: Tensor  # (G,) content tokens each visual input had when it entered the LLM
+    num_layers: int
+
+    def current_counts(self) -> Tensor:
+        """(G,) candidate tokens each visual input still has at this layer."""
+        members = self.group[self.group >= 0]
+        return torch.bincount(members, minlength=self.entry_counts.numel())
+
+
+@dataclass(frozen=True)
+class LayerOutput:
+    keep: Tensor  # (B, L) bool; only candidate columns are read
+    hidden: Tensor | None = None  # rewritten hidden states (merging), else the input's
+
+
+def scaled_layer(reference_layer: int, reference_depth: int, num_layers: int) -> int:
+    """A layer index given for a ``reference_depth``-layer LLM, moved to the same relative depth."""
+    return max(1, min(num_layers - 1, round(reference_layer * num_layers / reference_depth)))
+
+
+@dataclass(frozen=True)
+class LayerMethod(Method):
+    """Base of in-LLM methods: keep, per visual input, the candidates its query tokens attend to most.
+
+    ``query``: ``"last"`` = the last prompt token's attention (FastV, PDrop, HoliTom), ``"text"`` =
+    the mean over every text token of the prompt.
+    """
+
+    stage: ClassVar[Stage] = Stage.LLM
+    budget_required: ClassVar[bool] = True
+
+    budget: Budget | int | float | None = None
+    query: str = "last"
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and not isinstance(self.budget, Budget):
+            object.__setattr__(self, "budget", Budget(self.budget))
+        if self.query not in QUERIES:
+            raise ValueError(f"query must be one of {QUERIES}, got {self.query!r}")
+
+    def prune_layers(self, num_layers: int) -> tuple[int, ...]:  # pragma: no cover - interface
+        """Decoder layers (ascending, each in [1, num_layers)) at whose input tokens are dropped."""
+        raise NotImplementedError
+
+    def keep_counts(self, step: LayerInput) -> Tensor:  # pragma: no cover - interface
+        """(G,) tokens each visual input keeps after this layer."""
+        raise NotImplementedError
+
+    def select(self, step: LayerInput) -> LayerOutput:
+        return LayerOutput(topk_per_group(step.scores, step.group, self.keep_counts(step)))
+
+    def check_layers(self, num_layers: int) -> tuple[int, ...]:
+        """``prune_layers`` validated against the model's depth, with an error that says what to pass."""
+        layers = tuple(self.prune_layers(num_layers))
+        if not layers or any(not 1 <= k < num_layers for k in layers) or list(layers) != sorted(set(layers)):
+            raise ValueError(
+                f"{self.describe()} would prune at decoder layers {list(layers)}, but this LLM has {num_layers} "
+                f"layers: pruning layers must be ascending and within 1..{num_layers - 1} (layer 0 has no "
+                f"previous layer to score tokens with; prune before the LLM instead)"
+            )
+        return layers

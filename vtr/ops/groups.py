@@ -1,0 +1,83 @@
+"""Kernels over tokens that belong to groups (a group = one visual input of one batch row).
+
+In-LLM methods act on a whole padded batch at once: every candidate token carries the id of its group,
+and each group keeps its own number of tokens. These kernels do that without a Python loop over tokens
+or groups.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rank_in_group(group: Tensor, order_key: Tensor) -> Tensor:
+    """0-based rank of each element within its group when the group is sorted by ``order_key`` ascending.
+
+    ``group`` and ``order_key`` are 1-D of the same length; ties in ``order_key`` rank the lower index
+    first (stable sorts), so results never depend on the sort kernel.
+    """
+    by_key = torch.sort(order_key, stable=True).indices
+    by_group = by_key[torch.sort(group[by_key], stable=True).indices]
+    sorted_groups = group[by_group]
+    n = group.numel()
+    positions = torch.arange(n, device=group.device)
+    starts = torch.ones(n, dtype=torch.bool, device=group.device)
+    starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
+    group_start = torch.cummax(torch.where(starts, positions, 0), dim=0).values
+    ranks = torch.empty_like(positions)
+    ranks[by_group] = positions - group_start
+    return ranks
+
+
+def topk_per_group(scores: Tensor, group: Tensor, k: Tensor) -> Tensor:
+    """Boolean mask keeping the ``k[g]`` highest-scoring elements of every group ``g``.
+
+    ``scores`` and ``group`` have one shape; elements with ``group < 0`` are never kept. Equal scores
+    keep the lower flat index first. ``k`` is indexed by group id.
+    """
+    flat_group, flat_scores = group.flatten(), scores.flatten().float()
+    member = flat_group >= 0
+    keep = torch.zeros_like(member)
+    if not bool(member.any()):
+        return keep.view(group.shape)
+    members = member.nonzero().squeeze(1)
+    g = flat_group[members]
+    ranks = rank_in_group(g, -flat_scores[members])
+    keep[members] = ranks < k.to(g.device)[g]
+    return keep.view(group.shape)
+
+
+def fold_into_nearest(hidden: Tensor, kept: Tensor, group: Tensor) -> Tensor:
+    """Fold every dropped group member into its most similar kept member of the same group (HoliTom).
+
+    ``hidden`` (B, L, D); ``kept`` (B, L) bool; ``group`` (B, L) group ids, -1 for non-members. Each
+    dropped member picks the kept member of its group with the highest cosine similarity (lowest index on
+    ties), similarities taken before any update. The reference then averages pairwise in ascending source
+    order, ``h_d <- (h_d + h_s) / 2``; the closed form used here is
+    ``h_d' = 2^-m h_d + sum_k 2^-(m-k+1) h_{s_k}`` for sources ``s_1 < ... < s_m``, so later sources weigh
+    more. Accumulates in float32; returns ``hidden`` with the kept rows updated (dropped rows unchanged).
+    """
+    member = group >= 0
+    source = member & ~kept
+    if not bool(source.any()):
+        return hidden
+    unit = torch.nn.functional.normalize(hidden.float(), dim=-1)
+    similarity = unit @ unit.transpose(1, 2)  # (B, L, L)
+    allowed = (group.unsqueeze(2) == group.unsqueeze(1)) & kept.unsqueeze(1) & member.unsqueeze(2)
+    similarity = similarity.masked_fill(~allowed, float("-inf"))
+    batch, src = source.nonzero(as_tuple=True)
+    dst = similarity[batch, src].argmax(-1)  # lowest index among equal maxima
+    width = hidden.shape[1]
+    target = batch * width + dst  # flat id of the receiving token
+    # rank k (1-based) of each source among the sources of its target, in ascending source order
+    k = rank_in_group(target, src) + 1
+    m = torch.bincount(target, minlength=hidden.shape[0] * width)[target]
+    source_weight = torch.pow(2.0, -(m - k + 1).float())
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    out = flat.float().clone()
+    receivers = torch.unique(target)
+    receiver_m = torch.bincount(target, minlength=flat.shape[0])[receivers]
+    out[receivers] = flat[receivers].float() * torch.pow(2.0, -receiver_m.float()).unsqueeze(1)
+    out.index_add_(0, target, flat[batch * width + src].float() * source_weight.unsqueeze(1))
+    return out.to(hidden.dtype).view_as(hidden)
