@@ -112,7 +112,7 @@ def test_cached_generate_equals_uncached_recompute(tiny, name, kind, positions, 
     vtr.wrap(model, method, budget=7, positions=positions)
     got = model.generate(**inputs, **GREEDY)
     state = model._vtr_state
-    call = reduce_inputs(state.adapter, state.method, positions, dict(inputs), for_generate=True)
+    call = reduce_inputs(state.adapter, state.pipeline.pre_llm, positions, dict(inputs), for_generate=True)
     ids, logits = _greedy_recompute(model, call.kwargs, GREEDY["max_new_tokens"])
     n_new = GREEDY["max_new_tokens"]
     assert torch.equal(got.sequences[:, -n_new:], ids[:, -n_new:])

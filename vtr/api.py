@@ -84,7 +84,7 @@ def wrap(
     saved = {name: model.__dict__.get(name, _MISSING) for name in _PATCHED}
     state = WrapState(adapter=adapter, pipeline=pipeline, positions=positions, saved=saved)
     original_forward, original_generate = model.forward, model.generate
-    model.__dict__["forward"] = _reducing_forward(state, original_forward)
+    model.__dict__["forward"] = _reducing_forward(state, model, original_forward)
     model.__dict__["generate"] = _reducing_generate(state, original_generate)
     model.__dict__[_STATE_ATTR] = state
     return model
@@ -181,9 +181,8 @@ def _needs_reduction(state: WrapState, kwargs: dict[str, Any]) -> bool:
     return kwargs.get("mm_encoder_outputs") is None and bool(state.adapter.present_modalities(kwargs))
 
 
-def _reducing_forward(state: WrapState, original):
+def _reducing_forward(state: WrapState, model: torch.nn.Module, original):
     signature = inspect.signature(original)
-    model = original.__self__
 
     @functools.wraps(original)  # generate() inspects forward's signature: keep it visible
     def forward(*args: Any, **kwargs: Any):

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "methods", "unset") is None:
         import vtr
 
-        args.methods = vtr.available_methods()
+        args.methods = [m for m in vtr.available_methods() if m != "none"]  # "none" is the first row anyway
     return args.func(args)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vtr.budget import Budget
 from vtr.methods import DivPrune, Pool, RandomSelect, VisualItem, available_methods, make_method
 from vtr.ops.maxmin import greedy_maxmin
 from vtr.ops.similarity import cosine_distance
@@ -58,14 +59,19 @@ def test_pool_on_video_pools_space_first():
 
 
 def test_registry_and_option_errors():
-    assert available_methods() == ["divprune", "pool", "random"]
+    assert available_methods() == ["divprune", "fastv", "holitom_inner", "none", "pdrop", "pool", "random"]
     assert make_method("random", 0.5, seed=7) == RandomSelect(budget=0.5, seed=7)
-    with pytest.raises(ValueError, match="unknown method 'fastv2'.*available: divprune, pool, random"):
+    with pytest.raises(ValueError, match="unknown method 'fastv2'.*available: divprune, fastv, holitom_inner"):
         make_method("fastv2", 64)
     with pytest.raises(ValueError, match="has no option.*'bogus'"):
         make_method("divprune", 64, bogus=1)
     with pytest.raises(ValueError, match="needs a budget"):
         make_method("divprune")
+    with pytest.raises(ValueError, match="needs a budget"):
+        make_method("fastv")
+    with pytest.raises(ValueError, match="does not take a budget"):
+        make_method("none", 0.5)
+    assert make_method("pdrop").ratio == 0.5 and make_method("holitom_inner").budget == Budget(0.5)
     with pytest.raises(ValueError, match="already configured"):
         make_method(DivPrune(budget=3), 4)
 

@@ -10,6 +10,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from vtr.errors import ReductionError
 from vtr.methods.layer import LayerInput, LayerMethod, scaled_layer
 
 REFERENCE_DEPTH = 32
@@ -22,7 +23,8 @@ class PDrop(LayerMethod):
 
     ``budget`` (optional) replaces ``ratio`` so that the visual tokens averaged over all decoder layers
     equal the budget ("equivalent tokens", how papers compare PDrop with single-layer methods); the ratio
-    is solved per visual input. A budget below what the first stage alone costs gives ratio 0 (one token).
+    is solved per visual input. A budget below what the layers before the first stage already cost
+    cannot be met and raises ``ReductionError`` (move the first stage earlier).
     """
 
     name: ClassVar[str] = "pdrop"
@@ -58,6 +60,13 @@ class PDrop(LayerMethod):
                              device=entry.device)
         powers = torch.arange(1, len(layers) + 1, dtype=torch.float64, device=entry.device)
         target = self.budget.tokens_for_counts(entry).double() / entry.double().clamp(min=1)
+        floor = layers[0] / num_layers  # the fraction the unpruned first layers cost on their own
+        if bool((target < floor).any()):
+            raise ReductionError(
+                f"pdrop cannot average {self.budget} visual tokens per layer: layers 0-{layers[0] - 1} see all "
+                f"{int(entry.max())} tokens, at least {floor * float(entry.max()):.0f} per layer on average; "
+                f"pass earlier stage layers (e.g. layers=(2, 8, 16)) or a larger budget"
+            )
         low, high = torch.zeros_like(target), torch.ones_like(target)
         for _ in range(50):  # bisection on a monotone polynomial; 50 halvings reach float64 resolution
             mid = (low + high) / 2

@@ -56,7 +56,7 @@ def fold_into_nearest(hidden: Tensor, kept: Tensor, group: Tensor) -> Tensor:
     ties), similarities taken before any update. The reference then averages pairwise in ascending source
     order, ``h_d <- (h_d + h_s) / 2``; the closed form used here is
     ``h_d' = 2^-m h_d + sum_k 2^-(m-k+1) h_{s_k}`` for sources ``s_1 < ... < s_m``, so later sources weigh
-    more. Accumulates in float32; returns ``hidden`` with the kept rows updated (dropped rows unchanged).
+    more. Accumulates in float32 (or the input's wider type); returns ``hidden`` with the kept rows updated (dropped rows unchanged).
     """
     member = group >= 0
     source = member & ~kept
@@ -74,10 +74,12 @@ def fold_into_nearest(hidden: Tensor, kept: Tensor, group: Tensor) -> Tensor:
     k = rank_in_group(target, src) + 1
     m = torch.bincount(target, minlength=hidden.shape[0] * width)[target]
     source_weight = torch.pow(2.0, -(m - k + 1).float())
+    accumulate = torch.promote_types(hidden.dtype, torch.float32)
     flat = hidden.reshape(-1, hidden.shape[-1])
-    out = flat.float().clone()
+    out = flat.to(accumulate)  # a copy for half types; float32 round-trips them exactly
+    out = out.clone() if out.data_ptr() == flat.data_ptr() else out
     receivers = torch.unique(target)
     receiver_m = torch.bincount(target, minlength=flat.shape[0])[receivers]
-    out[receivers] = flat[receivers].float() * torch.pow(2.0, -receiver_m.float()).unsqueeze(1)
-    out.index_add_(0, target, flat[batch * width + src].float() * source_weight.unsqueeze(1))
+    out[receivers] = out[receivers] * torch.pow(2.0, -receiver_m.to(accumulate)).unsqueeze(1)
+    out.index_add_(0, target, flat[batch * width + src].to(accumulate) * source_weight.to(accumulate).unsqueeze(1))
     return out.to(hidden.dtype).view_as(hidden)

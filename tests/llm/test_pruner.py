@@ -1,0 +1,252 @@
+"""The layer-K engine end to end: exact KV cache, padding, cache lengths, and the masked-keys reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vtr
+from conftest import GREEDY, make_inputs
+from vtr.methods import DivPrune, FastV
+
+FAMILIES = ["llava", "qwen2_5_vl", "qwen3_vl"]
+IN_LLM = {
+    "fastv": dict(method="fastv", budget=0.5, layer=2),
+    "pdrop": dict(method="pdrop"),
+    "holitom_inner": dict(method="holitom_inner"),
+    "fastv_in_deepstack": dict(method="fastv", budget=5, layer=1, query="text"),
+}
+TWO_ROWS = dict(texts=["what ?", "describe this picture please , what is in it ?"], seeds=(0, 1))
+
+
+def _generate_kwargs(model) -> dict:
+    """Greedy decoding that never emits a visual placeholder (random weights might, and an uncached
+    recompute would then count one placeholder too many, wrapped or not)."""
+    placeholders = [model.config.image_token_id, getattr(model.config, "video_token_id", None)]
+    return dict(GREEDY, suppress_tokens=[t for t in placeholders if t is not None])
+
+
+def _padded_inputs(processor, name):
+    inputs = make_inputs(processor, name, **TWO_ROWS)
+    assert (inputs["attention_mask"] == 0).any(), "the test needs left padding"
+    return inputs
+
+
+def _row(inputs, i: int) -> dict:
+    """Row ``i`` of a processor batch, alone and without its padding (pixels split per image)."""
+    keep = inputs["attention_mask"][i].bool()
+    out = {k: v[i:i + 1][:, keep] for k, v in inputs.items() if k in ("input_ids", "attention_mask",
+                                                                      "mm_token_type_ids")}
+    if "image_grid_thw" in inputs:
+        sizes = inputs["image_grid_thw"].prod(-1).tolist()
+        out["pixel_values"] = inputs["pixel_values"].split(sizes)[i]
+        out["image_grid_thw"] = inputs["image_grid_thw"][i:i + 1]
+    else:
+        out["pixel_values"] = inputs["pixel_values"][i:i + 1]
+        if "image_sizes" in inputs:
+            out["image_sizes"] = inputs["image_sizes"][i:i + 1]
+    return out
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("config", list(IN_LLM))
+def test_cached_generate_equals_uncached_recompute(tiny, name, attention, config):
+    model, processor = tiny(name)
+    model.set_attn_implementation(attention)
+    inputs = _padded_inputs(processor, name)
+    vtr.wrap(model, **IN_LLM[config])
+    cached = model.generate(**inputs, **_generate_kwargs(model))
+    per_layer = [s.visual_per_layer for s in vtr.stats(model).samples]
+    uncached = model.generate(**inputs, **_generate_kwargs(model), use_cache=False)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for a, b in zip(cached.scores, uncached.scores):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert [s.visual_per_layer for s in vtr.stats(model).samples] == per_layer
+    assert all(p[-1] < p[0] for p in per_layer)  # the stage did drop tokens
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("config", ["fastv", "pdrop", "holitom_inner"])
+def test_padded_batch_equals_rows_alone(tiny, name, config):
+    model, processor = tiny(name)
+    inputs = _padded_inputs(processor, name)
+    vtr.wrap(model, **IN_LLM[config])
+    batch = model.generate(**inputs, **_generate_kwargs(model))
+    new = batch.sequences[:, inputs["input_ids"].shape[1]:]
+    for i in range(2):
+        alone = model.generate(**_row(inputs, i), **_generate_kwargs(model))
+        assert torch.equal(alone.sequences[0, -new.shape[1]:], new[i])
+        for step_batch, step_alone in zip(batch.scores, alone.scores):
+            assert torch.allclose(step_batch[i], step_alone[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_cache_holds_the_reduced_length_from_layer_k_on(tiny, name):
+    model, processor = tiny(name)
+    inputs = _padded_inputs(processor, name)
+    vtr.wrap(model, "pdrop", layers=(1, 3), ratio=0.5)
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    cache = out.past_key_values
+    per_layer = [s.visual_per_layer for s in vtr.stats(model).samples]
+    full = cache.get_seq_length(0)
+    assert full == inputs["input_ids"].shape[1] + 2  # the prompt + every fed new token
+    for layer in range(1, 4):
+        dropped = [p[0] - p[layer] for p in per_layer]
+        # rows of a batch share one length: the row that dropped least sets it (others get pad slots)
+        assert cache.get_seq_length(layer) == full - min(dropped), layer
+    assert cache.get_seq_length(1) > cache.get_seq_length(3)
+
+
+@pytest.mark.parametrize("name", FAMILIES + ["llava_next"])
+@pytest.mark.parametrize("method", ["fastv", "holitom_inner", "pdrop"])
+def test_keep_all_at_layer_k_is_identical_to_unwrapped(tiny, name, method):
+    model, processor = tiny(name)
+    inputs = _padded_inputs(processor, name)
+    expected = model.generate(**inputs, **_generate_kwargs(model))
+    with torch.no_grad():
+        expected_logits = model(**inputs).logits
+    options = dict(ratio=1.0) if method == "pdrop" else dict(budget=1.0)
+    with vtr.reduced(model, method, **options):
+        got = model.generate(**inputs, **_generate_kwargs(model))
+        with torch.no_grad():
+            got_logits = model(**inputs).logits
+    assert torch.equal(got.sequences, expected.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(got.scores, expected.scores))
+    assert torch.equal(got_logits, expected_logits)
+
+
+def _masked_keys_reference(model, inputs, first_layer: int, dropped: torch.Tensor) -> torch.Tensor:
+    """Logits of the unwrapped eager model with ``dropped`` (B, L) columns masked as keys from
+    ``first_layer`` on: what pruning at that layer means, computed without removing anything."""
+    handles = []
+
+    def mask_keys(module, args, kwargs):
+        mask = kwargs["attention_mask"]
+        blocked = dropped.view(dropped.shape[0], 1, 1, -1)
+        return args, {**kwargs, "attention_mask": mask.masked_fill(blocked, torch.finfo(mask.dtype).min)}
+
+    for layer in model.model.language_model.layers[first_layer:]:
+        handles.append(layer.register_forward_pre_hook(mask_keys, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            return model(**inputs).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("layer", [1, 2])
+def test_prefill_logits_equal_dropped_tokens_masked_as_keys(tiny, name, layer):
+    model, processor = tiny(name)
+    model.set_attn_implementation("eager")
+    inputs = _padded_inputs(processor, name)
+    with vtr.reduced(model, "fastv", budget=0.3, layer=layer):
+        with torch.no_grad():
+            out = model(**inputs)
+    kept = out.vtr_kept_index  # input column of every output column, -1 on pad slots
+    dropped = torch.ones_like(inputs["input_ids"], dtype=torch.bool)
+    for row in range(kept.shape[0]):
+        dropped[row, kept[row][kept[row] >= 0]] = False
+    dropped &= inputs["attention_mask"].bool()  # padding stays as the model masks it
+    assert dropped.any()
+    reference = _masked_keys_reference(model, inputs, layer, dropped)
+    valid = kept >= 0
+    real = inputs["attention_mask"].bool().gather(1, kept.clamp_min(0)) & valid
+    got = out.logits[real]
+    expected = reference.gather(1, kept.clamp_min(0).unsqueeze(-1).expand(-1, -1, reference.shape[-1]))[real]
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_pre_llm_and_in_llm_methods_compose(tiny):
+    model, processor = tiny("qwen2_5_vl")
+    inputs = _padded_inputs(processor, "qwen2_5_vl")
+    vtr.wrap(model, [DivPrune(budget=20), FastV(budget=8, layer=2)])
+    cached = model.generate(**inputs, **_generate_kwargs(model))
+    stats = vtr.stats(model)
+    assert "divprune" in stats.method and "fastv" in stats.method
+    for sample in stats.samples:
+        assert sample.visual_after == 20  # before the LLM
+        assert sample.visual_per_layer == (20, 20, 8, 8)  # per decoder layer
+    uncached = model.generate(**inputs, **_generate_kwargs(model), use_cache=False)
+    assert torch.equal(cached.sequences, uncached.sequences)
+
+
+def test_shared_options_route_to_the_methods_that_have_them(tiny):
+    model, _ = tiny("llava")
+    vtr.wrap(model, ["random", "fastv"], budget=0.5, layer=3, seed=4)
+    pipeline = model._vtr_state.pipeline
+    assert pipeline.pre_llm.seed == 4 and pipeline.in_llm.method.layer == 3
+    with pytest.raises(ValueError, match="no method in"):
+        vtr.wrap(model, ["random", "fastv"], budget=0.5, nonsense=1)
+    with pytest.raises(ValueError, match="at most one method per"):
+        vtr.wrap(model, ["fastv", "pdrop"], budget=0.5)
+
+
+def test_forward_with_labels_reports_the_loss_on_kept_tokens(tiny):
+    model, processor = tiny("llava")
+    inputs = _padded_inputs(processor, "llava")
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    vtr.wrap(model, "fastv", budget=0.25, layer=2)
+    with torch.no_grad():
+        out = model(**inputs, labels=labels)
+    kept = out.vtr_kept_index
+    kept_labels = labels.gather(1, kept.clamp_min(0)).masked_fill(kept < 0, -100)
+    expected = model.loss_function(logits=out.logits, labels=kept_labels, vocab_size=model.config.text_config.vocab_size)
+    assert torch.isfinite(out.loss) and torch.equal(out.loss, expected)
+    assert out.logits.shape[1] == kept.shape[1] < inputs["input_ids"].shape[1]
+
+
+def test_text_only_prompt_and_unwrap(tiny):
+    model, processor = tiny("llava")
+    text = make_inputs(processor, "llava", "text")
+    expected = model.generate(**text, **_generate_kwargs(model))
+    vtr.wrap(model, "fastv", budget=0.5)
+    got = model.generate(**text, **_generate_kwargs(model))
+    assert torch.equal(got.sequences, expected.sequences)
+    assert any(layer._forward_pre_hooks for layer in model.model.language_model.layers)
+    vtr.unwrap(model)
+    assert not any(layer._forward_pre_hooks for layer in model.model.language_model.layers)
+    assert not any(layer.self_attn._forward_pre_hooks for layer in model.model.language_model.layers)
+
+
+def test_manual_decoding_loop_continues_on_the_reduced_cache(tiny):
+    """A forward with pixels, then cached steps by hand (no generate), gives generate's tokens."""
+    model, processor = tiny("llava")
+    inputs = make_inputs(processor, "llava")
+    vtr.wrap(model, "fastv", budget=0.5, layer=2)
+    expected = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True)
+        past, mask = out.past_key_values, inputs["attention_mask"]
+        assert past.get_seq_length(2) < past.get_seq_length(0)
+        tokens = [out.logits[:, -1].argmax(-1)]
+        for _ in range(2):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            step = model(input_ids=tokens[-1][:, None], attention_mask=mask, past_key_values=past, use_cache=True)
+            tokens.append(step.logits[:, -1].argmax(-1))
+    assert torch.equal(torch.stack(tokens, 1), expected[:, inputs["input_ids"].shape[1]:])
+
+
+def test_bad_layers_and_quirk_option_are_rejected(tiny):
+    model, _ = tiny("llava")
+    with pytest.raises(ValueError, match="within 1..3"):
+        vtr.wrap(model, "fastv", budget=0.5, layer=4)
+    with pytest.raises(ValueError, match="within 1..3"):
+        vtr.wrap(model, "fastv", budget=0.5, layer=0)
+    with pytest.raises(ValueError, match="no option"):
+        vtr.wrap(model, "fastv", budget=0.5, reference_quirks=True)
+    assert not vtr.is_wrapped(model)
+
+
+def test_reference_quirks_change_hidden_states_but_not_the_choice(tiny):
+    model, processor = tiny("qwen2_5_vl")
+    inputs = make_inputs(processor, "qwen2_5_vl")
+    outs = {}
+    for quirks in (False, True):
+        with vtr.reduced(model, "holitom_inner", layer=2, reference_quirks=quirks):
+            with torch.no_grad():
+                outs[quirks] = model(**inputs)
+    assert torch.equal(outs[False].vtr_kept_index, outs[True].vtr_kept_index)
+    assert not torch.allclose(outs[False].logits, outs[True].logits)
