@@ -20,6 +20,8 @@ def test_demo_prints_a_table_for_every_method_and_budget(capsys):
     assert {(r[0], r[1]) for r in rows[1:]} == {(m, b) for m in methods for b in ("0.5", "8")}
     by_key = {(r[0], r[1]): r for r in rows}
     assert by_key[("divprune", "8")][3] == "8" and by_key[("random", "0.5")][3] == "32"
+    assert by_key[("fastv", "8")][3:5] == ["64", "8"]  # in-LLM: all enter the LLM, 8 reach the last layer
+    assert by_key[("pdrop", "8")][-1].startswith("not run: pdrop cannot average 8")  # unreachable, said so
 
 
 @pytest.mark.parametrize("name", ["llava", "qwen2_5_vl"])

@@ -21,10 +21,11 @@ class DemoRow:
     method: str
     budget: str
     visual_in: int
-    visual_out: int
+    visual_out: int | None  # entering the LLM (None: the configuration did not run)
+    visual_last_layer: int | None  # seen by the last decoder layer (differs for in-LLM methods)
     prompt_in: int
-    prompt_out: int
-    prefill_ms: float
+    prompt_out: int | None
+    prefill_ms: float | None
     text: str
 
 
@@ -63,15 +64,20 @@ def run_demo(model, processor, methods: list[str], budgets: list[int | float], m
     prompt_len = inputs["input_ids"].shape[1]
     rows = []
 
+    n_visual = int((inputs["input_ids"][0] == model.config.image_token_id).sum())
+
     def measure(method: str, budget: str) -> DemoRow:
-        with torch.no_grad():
-            prefill = _median_ms(lambda: model(**inputs), repeats)
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        try:
+            with torch.no_grad():
+                prefill = _median_ms(lambda: model(**inputs), repeats)
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        except vtr.ReductionError as error:  # e.g. a budget the method cannot meet on this model: say so
+            return DemoRow(method, budget, n_visual, None, None, prompt_len, None, None, f"not run: {error}")
         text = processor.tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
-        stats = vtr.stats(model) if vtr.is_wrapped(model) else None
-        n_visual = int((inputs["input_ids"][0] == model.config.image_token_id).sum())
-        sample = stats.samples[0] if stats else None
-        return DemoRow(method, budget, n_visual, sample.visual_after if sample else n_visual, prompt_len,
+        sample = vtr.stats(model).samples[0] if vtr.is_wrapped(model) else None
+        visual_out = sample.visual_after if sample else n_visual
+        last_layer = sample.visual_per_layer[-1] if sample and sample.visual_per_layer else visual_out
+        return DemoRow(method, budget, n_visual, visual_out, last_layer, prompt_len,
                        sample.prompt_after if sample else prompt_len, prefill, text)
 
     rows.append(measure("none", "-"))
@@ -82,10 +88,15 @@ def run_demo(model, processor, methods: list[str], budgets: list[int | float], m
     return rows
 
 
+def _cell(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
 def format_table(rows: list[DemoRow]) -> str:
-    header = ("method", "budget", "visual in", "visual out", "prompt", "prefill ms", "generated text")
-    body = [(r.method, r.budget, str(r.visual_in), str(r.visual_out), f"{r.prompt_in}->{r.prompt_out}",
-             f"{r.prefill_ms:.1f}", r.text) for r in rows]
+    header = ("method", "budget", "visual in", "visual out", "last layer", "prompt", "prefill ms", "generated text")
+    body = [(r.method, r.budget, str(r.visual_in), _cell(r.visual_out), _cell(r.visual_last_layer),
+             f"{r.prompt_in}->{_cell(r.prompt_out)}",
+             "-" if r.prefill_ms is None else f"{r.prefill_ms:.1f}", r.text) for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
