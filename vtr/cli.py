@@ -1,4 +1,4 @@
-"""The ``vtr`` command: demo, methods, models."""
+"""The ``vtr`` command: demo, bench, methods, models."""
 
 from __future__ import annotations
 
@@ -23,13 +23,58 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from vtr.demo import format_table, load, run_demo
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    model, processor = load(args.model, device=args.device, dtype=dtype)
+    model, processor = load(args.model, device=args.device, dtype=_dtype(args.dtype))
     rows = run_demo(model, processor, args.methods, [_budget(b) for b in args.budgets], args.max_new_tokens,
                     args.repeats)
     print(f"model: {args.model} ({model.config.model_type}, {args.device}, {args.dtype}); "
           f"prefill = median of {args.repeats} forward passes incl. vision encoder and reduction")
     print(format_table(rows))
+    return 0
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def _load_for_bench(args: argparse.Namespace):
+    """(model, inputs, description) for a preset, a tiny builder name, or a checkpoint."""
+    from vtr.measure.presets import PRESETS, build_preset
+
+    if args.model in PRESETS:
+        model, processor, preset = build_preset(args.model, args.device, _dtype(args.dtype), args.layers,
+                                                args.vision_layers)
+        inputs = preset.inputs(processor, frames=args.frames)
+        kind = f"preset of {preset.checkpoint}, random weights"
+    else:
+        from vtr.demo import demo_inputs, load
+
+        model, processor = load(args.model, device=args.device, dtype=_dtype(args.dtype))
+        inputs = demo_inputs(model, processor)
+        kind = "tiny built-in model" if "/" not in args.model else "checkpoint"
+    depth = model.config.get_text_config().num_hidden_layers
+    return model, inputs.to(args.device), f"{args.model} ({kind}; {depth} LLM layers, {args.device}, {args.dtype})"
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from vtr.measure.bench import BenchConfig, format_rows, rows_to_json, run_bench
+
+    model, inputs, description = _load_for_bench(args)
+    config = BenchConfig(warmup=args.warmup, repeats=args.repeats, new_tokens=args.new_tokens)
+    rows = run_bench(model, inputs, args.methods, [_budget(b) for b in args.budgets], config)
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    print(f"model: {description}; device: {device}; median [q1, q3] of {args.repeats} after {args.warmup} warm-up")
+    print(format_rows(rows))
+    if args.json:
+        meta = {"model": args.model, "description": description, "device": device, **vars(config)}
+        with open(args.json, "w") as f:
+            f.write(rows_to_json(rows, meta))
     return 0
 
 
@@ -61,8 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=8)
     demo.add_argument("--repeats", type=int, default=3)
     demo.add_argument("--device", default="cpu")
-    demo.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    demo.add_argument("--dtype", default="float32", choices=DTYPES)
     demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser("bench", help="TTFT / prefill / vtr overhead / decode / memory per method and budget")
+    bench.add_argument("--model", default="llava",
+                       help="a preset (llava-1.5-7b, llava-next-7b, llava-onevision-7b, qwen2.5-vl-7b, qwen3-vl-8b), "
+                            "a built-in tiny model, or a checkpoint dir / hub id")
+    bench.add_argument("--methods", type=_csv, default=["divprune", "random", "fastv"])
+    bench.add_argument("--budgets", type=_csv, default=["64"])
+    bench.add_argument("--layers", type=int, default=None, help="truncate a preset's LLM to N layers (CPU runs)")
+    bench.add_argument("--vision-layers", type=int, default=None, help="truncate a preset's vision encoder")
+    bench.add_argument("--frames", type=int, default=None, help="video frames for video presets")
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--new-tokens", type=int, default=16, help="tokens generated for the decode rate")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--dtype", default="bfloat16", choices=DTYPES)
+    bench.add_argument("--json", default=None, help="also write the rows as JSON to this file")
+    bench.set_defaults(func=_cmd_bench)
 
     sub.add_parser("methods", help="list reduction methods").set_defaults(func=_cmd_methods)
     models = sub.add_parser("models", help="list supported model types")

@@ -21,6 +21,7 @@ from torch import Tensor
 from vtr.adapters.base import Adapter
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
+from vtr.measure.timing import section
 from vtr.methods.base import Method, Reduction, VisualItem
 from vtr.stats import CallStats, ItemStats, SampleStats
 
@@ -43,6 +44,13 @@ def reduce_inputs(
     adapter: Adapter, method: Method, positions: str, inputs: dict[str, Any], for_generate: bool
 ) -> ReducedCall:
     """Reduce every visual input in ``inputs`` with ``method`` and shrink the prompt to match."""
+    with section("pre_llm"):
+        return _reduce_inputs(adapter, method, positions, inputs, for_generate)
+
+
+def _reduce_inputs(
+    adapter: Adapter, method: Method, positions: str, inputs: dict[str, Any], for_generate: bool
+) -> ReducedCall:
     if inputs.get("input_ids") is None:
         raise ReductionError(
             "vtr needs input_ids to find the visual placeholder tokens; pass input_ids (not inputs_embeds) "
@@ -113,7 +121,8 @@ class _EncodedModality:
 
 
 def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor, mask: Tensor) -> _EncodedModality:
-    output = adapter.encode(modality, inputs)
+    with section("encode"):  # the model's own encoder: not vtr's overhead
+        output = adapter.encode(modality, inputs)
     features = adapter.item_features(modality, output)
     _check_finite(modality, features)
     slots = _placeholder_slots(adapter, modality, ids, mask, features)

@@ -63,14 +63,14 @@ def token_id(token: str) -> int:
     return tokenizer().convert_tokens_to_ids(token)
 
 
-def _special_ids() -> dict[str, int]:
+def special_ids() -> dict[str, int]:
     return dict(bos_token_id=token_id("<s>"), eos_token_id=token_id("</s>"), pad_token_id=token_id("[PAD]"))
 
 
 def _text_config(**extra) -> dict:
     return dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                **_special_ids(), **extra)
+                **special_ids(), **extra)
 
 
 def _clip_config(image_size: int = 32, patch_size: int = 4):
@@ -85,7 +85,7 @@ def _siglip_config():
                               image_size=32, patch_size=8)
 
 
-def _video_processor(cls_name: str, **kwargs):
+def make_video_processor(cls_name: str, **kwargs):
     """A video processor when torchvision is installed (HF video processors need it), else None."""
     try:
         import torchvision  # noqa: F401
@@ -122,7 +122,7 @@ def build_llava(seed: int = 0):
     torch.manual_seed(seed)
     config = LlavaConfig(vision_config=_clip_config(), text_config=_text_config(model_type="llama"),
                          image_token_id=token_id("<image>"), vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", **_special_ids())
+                         vision_feature_select_strategy="default", **special_ids())
     model = LlavaForConditionalGeneration(config)
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer(), patch_size=4,
@@ -137,7 +137,7 @@ def build_llava_next(seed: int = 0):
     torch.manual_seed(seed)
     config = LlavaNextConfig(vision_config=_clip_config(patch_size=8), text_config=_text_config(model_type="llama"),
                              image_token_id=token_id("<image>"), image_grid_pinpoints=ANYRES_PINPOINTS,
-                             vision_feature_layer=-2, **_special_ids())
+                             vision_feature_layer=-2, **special_ids())
     model = LlavaNextForConditionalGeneration(config)
     image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
                                                  image_grid_pinpoints=ANYRES_PINPOINTS)
@@ -154,11 +154,11 @@ def build_llava_onevision(seed: int = 0):
     config = LlavaOnevisionConfig(vision_config=_siglip_config(), text_config=_text_config(model_type="qwen2"),
                                   image_token_id=token_id("<image>"), video_token_id=token_id("<video>"),
                                   image_grid_pinpoints=ANYRES_PINPOINTS, vision_feature_layer=-1,
-                                  vision_feature_select_strategy="full", **_special_ids())
+                                  vision_feature_select_strategy="full", **special_ids())
     model = LlavaOnevisionForConditionalGeneration(config)
     image_processor = LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32},
                                                       image_grid_pinpoints=ANYRES_PINPOINTS)
-    video_processor = _video_processor("LlavaOnevisionVideoProcessor", size={"height": 32, "width": 32})
+    video_processor = make_video_processor("LlavaOnevisionVideoProcessor", size={"height": 32, "width": 32})
     processor = LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tokenizer(),
                                         video_processor=video_processor, num_image_tokens=16,
                                         vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE_LLAVA)
@@ -172,11 +172,11 @@ def build_llava_next_video(seed: int = 0):
     config = LlavaNextVideoConfig(vision_config=_clip_config(patch_size=8), text_config=_text_config(model_type="llama"),
                                   image_token_id=token_id("<image>"), video_token_id=token_id("<video>"),
                                   image_grid_pinpoints=ANYRES_PINPOINTS, vision_feature_layer=-2,
-                                  spatial_pool_stride=2, **_special_ids())
+                                  spatial_pool_stride=2, **special_ids())
     model = LlavaNextVideoForConditionalGeneration(config)
     image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
                                                  image_grid_pinpoints=ANYRES_PINPOINTS)
-    video_processor = _video_processor("LlavaNextVideoVideoProcessor", size={"shortest_edge": 32},
+    video_processor = make_video_processor("LlavaNextVideoVideoProcessor", size={"shortest_edge": 32},
                                        crop_size={"height": 32, "width": 32})
     processor = LlavaNextVideoProcessor(image_processor=image_processor, tokenizer=tokenizer(),
                                         video_processor=video_processor, patch_size=8,
@@ -188,7 +188,7 @@ def build_llava_next_video(seed: int = 0):
 QWEN_PATCH, QWEN_MERGE = 4, 2
 
 
-def _qwen_ids() -> dict[str, int]:
+def qwen_ids() -> dict[str, int]:
     return dict(image_token_id=token_id("<|image_pad|>"), video_token_id=token_id("<|video_pad|>"),
                 vision_start_token_id=token_id("<|vision_start|>"), vision_end_token_id=token_id("<|vision_end|>"))
 
@@ -200,7 +200,7 @@ def _qwen_processor(processor_cls):
     image_processor = Qwen2VLImageProcessorPil(patch_size=QWEN_PATCH, merge_size=QWEN_MERGE, temporal_patch_size=2,
                                                size=pixels)
     video_cls = "Qwen3VLVideoProcessor" if "Qwen3" in processor_cls.__name__ else "Qwen2VLVideoProcessor"
-    video_processor = _video_processor(video_cls, patch_size=QWEN_PATCH, merge_size=QWEN_MERGE,
+    video_processor = make_video_processor(video_cls, patch_size=QWEN_PATCH, merge_size=QWEN_MERGE,
                                        temporal_patch_size=2, size=pixels, do_sample_frames=False,
                                        cap_pixels_per_frame=True)
     return processor_cls(image_processor=image_processor, tokenizer=tokenizer(), video_processor=video_processor,
@@ -214,7 +214,7 @@ def _mrope(**extra) -> dict:
 
 def _build_qwen(config_cls, model_cls, processor_cls, seed: int, vision: dict, text: dict):
     torch.manual_seed(seed)
-    config = config_cls(vision_config=vision, text_config=text, **_qwen_ids())
+    config = config_cls(vision_config=vision, text_config=text, **qwen_ids())
     return _finish(model_cls(config)), _qwen_processor(processor_cls)
 
 

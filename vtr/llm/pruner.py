@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from vtr.errors import ReductionError
 from vtr.llm.masks import bidirectional_mask, decode_mask, full_pass_mask
 from vtr.llm.scores import attention_to_keys
+from vtr.measure.timing import section
 from vtr.methods.layer import LayerInput, LayerMethod
 
 
@@ -119,7 +120,7 @@ class LayerPruner:
 
     def _capture_hook(self, k: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
-            if self._full_pass(kwargs, k - 1):
+            if self.run is not None and self._full_pass(kwargs, k - 1):
                 states = args[0] if args else kwargs["hidden_states"]
                 self.run.captured[k] = (states, kwargs["position_embeddings"])
             return None
@@ -139,27 +140,32 @@ class LayerPruner:
 
     def _layer_hook(self, layer: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
-            run = self.run
-            if run is None:
+            if self.run is None:
                 return None
-            states = args[0] if args else kwargs["hidden_states"]
-            cache = kwargs.get("past_key_values")
-            run.current_layer = layer
-            if self._full_pass(kwargs, layer):
-                if layer == self.prune_at[0]:
-                    self._begin_full_pass(states, cache)
-                if layer in self.prune_at:
-                    states = self._prune(layer, states)
-                kwargs = self._full_pass_kwargs(layer, kwargs)
-            elif cache is not None and run.cache is not None and run.cache() is cache and run.kept:
-                kwargs = self._decode_kwargs(layer, kwargs, cache, states.shape[1])
-            else:
-                return None
-            if args:
-                return (states, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": states}
+            with section("in_llm"):
+                return self._at_layer(layer, args, kwargs)
 
         return hook
+
+    def _at_layer(self, layer: int, args: tuple, kwargs: dict[str, Any]):
+        """The new (args, kwargs) of decoder layer ``layer`` (``None`` = leave the call as it is)."""
+        run = self.run
+        states = args[0] if args else kwargs["hidden_states"]
+        cache = kwargs.get("past_key_values")
+        run.current_layer = layer
+        if self._full_pass(kwargs, layer):
+            if layer == self.prune_at[0]:
+                self._begin_full_pass(states, cache)
+            if layer in self.prune_at:
+                states = self._prune(layer, states)
+            kwargs = self._full_pass_kwargs(layer, kwargs)
+        elif cache is not None and run.cache is not None and run.cache() is cache and run.kept:
+            kwargs = self._decode_kwargs(layer, kwargs, cache, states.shape[1])
+        else:
+            return None
+        if args:
+            return (states, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": states}
 
     # ------------------------------------------------------------------ full passes
     def _begin_full_pass(self, states: Tensor, cache: Any) -> None:

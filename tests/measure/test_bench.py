@@ -1,0 +1,55 @@
+"""`vtr bench` on a tiny model: every field, ideal and reduced rows, overhead recorded."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import vtr
+from conftest import make_inputs
+from vtr.cli import main
+from vtr.measure.bench import BenchConfig, run_bench
+from vtr.measure.timing import recording, section
+
+FAST = BenchConfig(warmup=1, repeats=2, new_tokens=3)
+
+
+def test_run_bench_returns_unreduced_ideal_and_method_rows(tiny):
+    model, processor = tiny("llava")
+    inputs = make_inputs(processor, "llava")
+    rows = run_bench(model, inputs, ["divprune", "fastv"], [16], FAST)
+    assert [(r.method, r.budget) for r in rows] == [("none", "-"), ("ideal", "16"), ("divprune", "16"),
+                                                    ("fastv", "16")]
+    none, ideal, divprune, fastv = rows
+    assert (none.visual_in, none.visual_llm, none.visual_last_layer) == (64, 64, 64)
+    assert (ideal.visual_llm, divprune.visual_llm, divprune.visual_last_layer) == (16, 16, 16)
+    assert (fastv.visual_llm, fastv.visual_last_layer) == (64, 16)
+    for row in rows:
+        assert row.ttft_ms.q1 <= row.ttft_ms.median <= row.ttft_ms.q3 and row.ttft_ms.median > 0
+        assert row.prefill_ms.median > 0 and row.decode_tok_s > 0 and math.isfinite(row.decode_tok_s)
+    assert none.reduction_ms is None and ideal.reduction_ms is None
+    assert 0 < divprune.reduction_ms.median < divprune.ttft_ms.median
+    assert 0 < fastv.reduction_ms.median < fastv.ttft_ms.median
+    assert divprune.ttft_over_ideal == divprune.ttft_ms.median / ideal.ttft_ms.median
+    assert not vtr.is_wrapped(model)
+
+
+def test_sections_record_only_while_recording():
+    with section("outside"):
+        pass
+    with recording(lambda: None) as recorder:
+        with section("inside"):
+            pass
+    assert set(recorder.seconds) == {"inside"} and recorder.seconds["inside"] >= 0
+
+
+def test_bench_command_prints_a_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "qwen2_5_vl", "--methods", "random", "--budgets", "0.5", "--repeats", "1",
+                 "--new-tokens", "2", "--dtype", "float32", "--json", str(out)]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["none", "ideal", "random"]
+    data = json.loads(out.read_text())
+    assert data["meta"]["model"] == "qwen2_5_vl" and len(data["rows"]) == 3
+    assert set(data["rows"][2]) >= {"ttft_ms", "prefill_ms", "reduction_ms", "decode_tok_s", "peak_mem_mb",
+                                    "tflops", "ttft_over_ideal", "visual_llm"}

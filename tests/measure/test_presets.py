@@ -1,0 +1,57 @@
+"""Presets copy real checkpoints: parameter counts and visual token counts match the published models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+from vtr.measure.presets import PRESETS, build_preset
+
+# parameter counts of the published checkpoints (model cards / safetensors index)
+PUBLISHED_PARAMS = {
+    "llava-1.5-7b": 7_063_427_072,
+    "llava-next-7b": 7_063_431_168,
+    "llava-onevision-7b": 8_030_807_584,
+    "qwen2.5-vl-7b": 8_292_166_656,
+    "qwen3-vl-8b": 8_767_123_696,
+}
+# visual tokens of the preset's synthetic input, as the real processor + model produce them
+VISUAL_TOKENS = {"llava-1.5-7b": 576, "llava-next-7b": 2928, "llava-onevision-7b": 4 * 196 + 1,
+                 "qwen2.5-vl-7b": 256, "qwen3-vl-8b": 196}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_has_the_published_size_and_token_count(name):
+    preset = PRESETS[name]
+    config, processor = preset.build()
+    with torch.device("meta"):  # no memory, no weights: only the shapes
+        model = AutoModelForImageTextToText.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == PUBLISHED_PARAMS[name]
+    inputs = preset.inputs(processor, frames=4)
+    placeholders = {config.image_token_id, getattr(config, "video_token_id", None)}
+    assert int(sum((inputs["input_ids"] == t).sum() for t in placeholders if t is not None)) == VISUAL_TOKENS[name]
+
+
+def test_truncated_preset_builds_on_the_device_and_runs():
+    model, processor, preset = build_preset("llava-1.5-7b", "cpu", torch.bfloat16, layers=1, vision_layers=2)
+    encoder_layers = [m for m in model.model.vision_tower.modules() if type(m).__name__ == "CLIPEncoderLayer"]
+    assert len(model.model.language_model.layers) == 1 and len(encoder_layers) == 2
+    assert next(model.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        out = model(**preset.inputs(processor), logits_to_keep=1)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_truncation_keeps_vision_indexes_valid():
+    from vtr.measure.presets import _truncate
+
+    config, _ = PRESETS["qwen3-vl-8b"].build()
+    _truncate(config, layers=2, vision_layers=3)
+    assert config.text_config.num_hidden_layers == 2
+    assert config.vision_config.depth == 3 and config.vision_config.deepstack_visual_indexes == [2]
+
+
+def test_unknown_preset_is_named():
+    with pytest.raises(ValueError, match="unknown preset 'llava-13b'.*llava-1.5-7b"):
+        build_preset("llava-13b")

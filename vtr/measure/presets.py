@@ -1,0 +1,179 @@
+"""Real checkpoints' published dimensions with random weights, built offline on the target device.
+
+Timings on a random-weight model of the real size are honest timings: the arithmetic and memory traffic
+do not depend on the weights' values. Each preset builds the model from config objects directly on the
+device in the requested dtype (construction under ``torch.device(device)``, so a 7B model never passes
+through CPU RAM), and an offline processor with the checkpoint's real image/video preprocessing and the
+built-in tiny tokenizer (its special-token ids are written into the config; the embedding keeps the
+real vocabulary size). ``layers`` / ``vision_layers`` truncate depth for CPU runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from vtr import testing
+
+CLIP_L_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                  image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
+SIGLIP_SO400M_384 = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16,
+                         image_size=384, patch_size=14, vision_use_head=False, hidden_act="gelu_pytorch_tanh")
+LLAMA2_7B = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096,
+                 rms_norm_eps=1e-5)
+QWEN2_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                num_key_value_heads=4, rms_norm_eps=1e-6, max_position_embeddings=32768)
+NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+OV_PINPOINTS = [[384 * w, 384 * h] for h in range(1, 7) for w in range(1, 7)]  # anyres_max_9 grid
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One real checkpoint's architecture and the input a benchmark feeds it."""
+
+    name: str
+    checkpoint: str  # the Hugging Face id whose config this copies
+    build: Callable[[], tuple[Any, Any]]  # () -> (config, processor)
+    modality: str  # "image" or "video"
+    image_size: tuple[int, int] = (336, 336)  # (width, height) of the synthetic image
+    frames: int = 0  # synthetic video frames
+
+    def inputs(self, processor, frames: int | None = None, question: str = "describe the picture .") -> dict:
+        """Processor outputs for one synthetic image or video of the preset's real resolution."""
+        if self.modality == "video":
+            video = testing.random_video(frames or self.frames, *self.image_size)
+            return processor(videos=[video], text=[testing.prompt(processor, question, images=0, videos=1)],
+                             return_tensors="pt")
+        image = testing.random_image(*self.image_size)
+        return processor(images=[image], text=[testing.prompt(processor, question)], return_tensors="pt")
+
+
+def _llava_ids() -> dict:
+    return dict(image_token_id=testing.token_id("<image>"), **testing.special_ids())
+
+
+def _clip_processor_kwargs() -> dict:
+    return dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+
+
+def _llava_15_7b():
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaProcessor
+    config = LlavaConfig(vision_config=CLIPVisionConfig(**CLIP_L_336), text_config=LLAMA2_7B, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default", projector_hidden_act="gelu", **_llava_ids())
+    processor = LlavaProcessor(image_processor=CLIPImageProcessorPil(**_clip_processor_kwargs()),
+                               tokenizer=testing.tokenizer(), patch_size=14, vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1, chat_template=testing.CHAT_TEMPLATE_LLAVA)
+    return config, processor
+
+
+def _llava_next_7b():
+    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextImageProcessorPil, LlavaNextProcessor
+    config = LlavaNextConfig(vision_config=CLIPVisionConfig(**CLIP_L_336), text_config=LLAMA2_7B,
+                             image_grid_pinpoints=NEXT_PINPOINTS, vision_feature_layer=-2,
+                             vision_feature_select_strategy="default", **_llava_ids())
+    image_processor = LlavaNextImageProcessorPil(**_clip_processor_kwargs(), image_grid_pinpoints=NEXT_PINPOINTS)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=testing.tokenizer(), patch_size=14,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=testing.CHAT_TEMPLATE_LLAVA)
+    return config, processor
+
+
+def _llava_onevision_7b():
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor,
+                              SiglipVisionConfig)
+    config = LlavaOnevisionConfig(vision_config=SiglipVisionConfig(**SIGLIP_SO400M_384),
+                                  text_config=dict(model_type="qwen2", vocab_size=152128, rope_theta=1e6, **QWEN2_7B),
+                                  image_grid_pinpoints=OV_PINPOINTS, vision_feature_layer=-1,
+                                  vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
+                                  video_token_id=testing.token_id("<video>"), **_llava_ids())
+    size = {"height": 384, "width": 384}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessorPil(size=size, image_grid_pinpoints=OV_PINPOINTS),
+        video_processor=testing.make_video_processor("LlavaOnevisionVideoProcessor", size=size),
+        tokenizer=testing.tokenizer(), num_image_tokens=729, vision_feature_select_strategy="full",
+        chat_template=testing.CHAT_TEMPLATE_LLAVA)
+    return config, processor
+
+
+def _qwen_processor(processor_cls, patch: int):
+    from transformers import Qwen2VLImageProcessorPil
+    pixels = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
+    video_cls = "Qwen3VLVideoProcessor" if "Qwen3" in processor_cls.__name__ else "Qwen2VLVideoProcessor"
+    return processor_cls(
+        image_processor=Qwen2VLImageProcessorPil(patch_size=patch, merge_size=2, temporal_patch_size=2, size=pixels),
+        video_processor=testing.make_video_processor(video_cls, patch_size=patch, merge_size=2, temporal_patch_size=2,
+                                                size=pixels, do_sample_frames=False),
+        tokenizer=testing.tokenizer(), chat_template=testing.CHAT_TEMPLATE_QWEN)
+
+
+def _qwen2_5_vl_7b():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
+    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                  fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu")
+    text = dict(vocab_size=152064, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                                    "mrope_section": [16, 24, 24]}, **QWEN2_7B)
+    config = Qwen2_5_VLConfig(vision_config=vision, text_config=text, **testing.qwen_ids())
+    return config, _qwen_processor(Qwen2_5_VLProcessor, 14)
+
+
+def _qwen3_vl_8b():
+    from transformers import Qwen3VLConfig, Qwen3VLProcessor
+    vision = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
+                  patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+                  deepstack_visual_indexes=[8, 16, 24], hidden_act="gelu_pytorch_tanh")
+    text = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=262144,
+                rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
+                                 "mrope_interleaved": True})
+    config = Qwen3VLConfig(vision_config=vision, text_config=text, **testing.qwen_ids())
+    return config, _qwen_processor(Qwen3VLProcessor, 16)
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", _llava_15_7b, "image"),
+    Preset("llava-next-7b", "llava-hf/llava-v1.6-vicuna-7b-hf", _llava_next_7b, "image", image_size=(672, 672)),
+    Preset("llava-onevision-7b", "llava-hf/llava-onevision-qwen2-7b-ov-hf", _llava_onevision_7b, "video",
+           image_size=(384, 384), frames=32),
+    Preset("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", _qwen2_5_vl_7b, "image", image_size=(448, 448)),
+    Preset("qwen3-vl-8b", "Qwen/Qwen3-VL-8B-Instruct", _qwen3_vl_8b, "image", image_size=(448, 448)),
+)}
+
+
+def build_preset(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
+                 layers: int | None = None, vision_layers: int | None = None, seed: int = 0):
+    """``(model, processor, preset)`` with random weights, constructed directly on ``device``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    config, processor = preset.build()
+    _truncate(config, layers, vision_layers)
+    from transformers import AutoModelForImageTextToText
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    model.eval()
+    model.generation_config.pad_token_id = testing.token_id("[PAD]")
+    return model, processor, preset
+
+
+def _truncate(config, layers: int | None, vision_layers: int | None) -> None:
+    """Cut the LLM (and optionally the vision encoder) to fewer layers, keeping every index valid."""
+    if layers is not None:
+        config.get_text_config().num_hidden_layers = layers
+        layer_types = getattr(config.get_text_config(), "layer_types", None)
+        if layer_types is not None:
+            config.get_text_config().layer_types = layer_types[:layers]
+    if vision_layers is None:
+        return
+    vision = config.vision_config
+    depth_key = "depth" if hasattr(vision, "depth") else "num_hidden_layers"
+    setattr(vision, depth_key, vision_layers)
+    for key in ("fullatt_block_indexes", "deepstack_visual_indexes"):
+        if getattr(vision, key, None):
+            setattr(vision, key, sorted({min(i, vision_layers - 1) for i in getattr(vision, key)}))
