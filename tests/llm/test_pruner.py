@@ -229,6 +229,13 @@ def test_manual_decoding_loop_continues_on_the_reduced_cache(tiny):
     assert torch.equal(torch.stack(tokens, 1), expected[:, inputs["input_ids"].shape[1]:])
 
 
+def test_a_static_cache_is_refused_with_the_fix(tiny):
+    model, processor = tiny("llava")
+    vtr.wrap(model, "fastv", budget=0.5)
+    with pytest.raises(vtr.ReductionError, match="dynamic KV cache"):
+        model.generate(**make_inputs(processor, "llava"), max_new_tokens=2, cache_implementation="static")
+
+
 def test_bad_layers_and_quirk_option_are_rejected(tiny):
     model, _ = tiny("llava")
     with pytest.raises(ValueError, match="within 1..3"):

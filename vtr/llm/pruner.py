@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers import DynamicCache
 
 from vtr.errors import ReductionError
 from vtr.llm.masks import bidirectional_mask, decode_mask, full_pass_mask
@@ -176,6 +177,11 @@ class LayerPruner:
             raise ReductionError(
                 f"the in-LLM stage expected the {prompt_len}-token prompt it was set up for, got a pass of "
                 f"{batch}x{length} tokens; call generate()/forward() with the inputs vtr reduced"
+            )
+        if cache is not None and not isinstance(cache, DynamicCache):
+            raise ReductionError(
+                f"in-LLM methods need transformers' dynamic KV cache (layers from K on cache fewer tokens), got "
+                f"{type(cache).__name__}; do not pass cache_implementation='static' or a preallocated cache"
             )
         run.full_len, run.kept = length, {}
         run.cache = None if cache is None else weakref.ref(cache)  # never keep a finished KV cache alive
