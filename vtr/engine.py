@@ -12,6 +12,7 @@ rebuilt, which makes a padded batch equal to its rows run alone.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from vtr.adapters.base import Adapter
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
 from vtr.measure.timing import section
+from vtr.vision.attention import AttentionRequest
 from vtr.methods.base import Method, Reduction, VisualItem
 from vtr.stats import CallStats, ItemStats, SampleStats
 
@@ -63,7 +65,9 @@ def _reduce_inputs(
         mask = torch.ones_like(ids)
     # encode and locate everything first: a placeholder mismatch must be reported as such, before
     # position computation trips over it with an opaque shape error
-    encoded = [_encode(adapter, modality, inputs, ids, mask) for modality in adapter.present_modalities(inputs)]
+    requests = method.attention_requests(adapter.vision_info()) if _wants_attention(method) else {}
+    encoded = [_encode(adapter, modality, inputs, ids, mask, requests)
+               for modality in adapter.present_modalities(inputs)]
     full_positions = adapter.positions({**inputs, "attention_mask": mask}, for_generate)
 
     keep = mask.bool().clone()  # original padding is dropped here and rebuilt below
@@ -118,11 +122,24 @@ class _EncodedModality:
     features: list[Tensor]
     slots: list[tuple[int, Tensor]]  # (batch row, placeholder columns) per item
     layouts: list[ItemLayout]
+    attention: list[dict[str, tuple[Tensor, Tensor]]]  # per item: what the method asked of the encoder
 
 
-def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor, mask: Tensor) -> _EncodedModality:
-    with section("encode"):  # the model's own encoder: not vtr's overhead
-        output = adapter.encode(modality, inputs)
+def _wants_attention(method: Method) -> bool:
+    """Whether the method overrides ``attention_requests`` (asking costs ``vision_info``, which only some
+    adapters have)."""
+    return type(method).attention_requests is not Method.attention_requests
+
+
+def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor, mask: Tensor,
+            requests: dict[str, AttentionRequest]) -> _EncodedModality:
+    attention: list[dict[str, tuple[Tensor, Tensor]]] = []
+    with contextlib.ExitStack() as stack:
+        capture = stack.enter_context(adapter.capture_attention(requests)) if requests else None
+        with section("encode"):  # the model's own encoder: not vtr's overhead
+            output = adapter.encode(modality, inputs)
+    if capture is not None:
+        attention = adapter.item_attention(modality, capture, requests, inputs)
     features = adapter.item_features(modality, output)
     _check_finite(modality, features)
     slots = _placeholder_slots(adapter, modality, ids, mask, features)
@@ -136,7 +153,8 @@ def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor
             f"{adapter.config.model_type} model ({error}); this is a vtr adapter bug, please report it with "
             f"the model config and image size"
         ) from error
-    return _EncodedModality(modality, output, features, slots, layouts)
+    return _EncodedModality(modality, output, features, slots, layouts,
+                            attention or [{} for _ in features])
 
 
 def _reduce_modality(
@@ -153,8 +171,10 @@ def _reduce_modality(
     """
     rank_in_row = [0] * keep.shape[0]
     new_features, reductions = [], []
-    for feats, (row, cols), layout in zip(visual.features, visual.slots, visual.layouts):
-        item = VisualItem(feats[layout.content], layout.segments, visual.modality, index=rank_in_row[row])
+    for feats, (row, cols), layout, attention in zip(visual.features, visual.slots, visual.layouts,
+                                                     visual.attention):
+        attention = {name: (scores[layout.content], keys[layout.content]) for name, (scores, keys) in attention.items()}
+        item = VisualItem(feats[layout.content], layout.segments, visual.modality, rank_in_row[row], attention)
         rank_in_row[row] += 1
         reduction = method.reduce(item)
         _check_reduction(method, item, reduction)

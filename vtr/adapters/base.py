@@ -9,15 +9,18 @@ per-modality outputs that must be reduced alongside the features.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import Tensor
 from transformers.utils import ModelOutput
 
+from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
-from vtr.methods.base import Reduction
+from vtr.methods.base import Reduction, VisionInfo
+from vtr.vision.attention import AttentionCapture, AttentionRequest
 
 MODALITIES = ("image", "video")
 PIXEL_KEYS = ("pixel_values", "pixel_values_videos", "pixel_values_images")
@@ -86,6 +89,29 @@ class Adapter:
         else:
             reduced.pooler_output = type(output.pooler_output)(features)
         return reduced
+
+    # ------------------------------------------------------------------ the vision encoder
+    def vision_info(self) -> VisionInfo:
+        """Depth, feature layer and CLS presence of the vision encoder (methods derive defaults from it)."""
+        raise ReductionError(
+            f"vtr cannot yet map vision-encoder attention to the LLM tokens of {self.config.model_type} models; "
+            f"methods that need it (hiprune, visionzip) run on llava, qwen2_vl, qwen2_5_vl and qwen3_vl"
+        )
+
+    @contextlib.contextmanager
+    def capture_attention(self, requests: dict[str, AttentionRequest]) -> Iterator[AttentionCapture]:
+        """Keep the inputs of the requested encoder layers' attention during the block."""
+        layers = {request.layer for request in requests.values()}
+        with AttentionCapture().on({layer: self.vision_attention_module(layer) for layer in layers}) as capture:
+            yield capture
+
+    def vision_attention_module(self, layer: int) -> torch.nn.Module:  # pragma: no cover - per family
+        raise NotImplementedError
+
+    def item_attention(self, modality: str, capture: AttentionCapture, requests: dict[str, AttentionRequest],
+                       inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:
+        """Per item, per request name: (scores (N,), keys (N, d)) aligned with the item's content tokens."""
+        raise NotImplementedError  # pragma: no cover - per family
 
     # ------------------------------------------------------------------ the LLM
     def decoder(self) -> torch.nn.Module:

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from vtr.adapters.base import Adapter
+from vtr.errors import ReductionError
 from vtr.layout import ItemLayout, layout_with_newlines, square_grid
+from vtr.methods.base import VisionInfo
+from vtr.vision.attention import AttentionCapture, AttentionRequest, clip_like_attention
 
 
 class LlavaAdapter(Adapter):
@@ -24,6 +28,36 @@ class LlavaAdapter(Adapter):
 
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         return [ItemLayout.grid_only(square_grid(f.shape[0]), f.device) for f in features]
+
+    def _feature_layer(self) -> int:
+        layer = self.config.vision_feature_layer
+        if not isinstance(layer, int):
+            raise ReductionError(
+                f"vision attention needs one feature layer; this model concatenates layers {layer}")
+        return layer
+
+    def vision_info(self) -> VisionInfo:
+        depth = self.config.vision_config.num_hidden_layers
+        layer = self._feature_layer()
+        # hidden_states[f] is the output of encoder layer f - 1 (index 0 holds the embeddings)
+        feature_attention = layer + depth if layer < 0 else layer - 1
+        return VisionInfo(depth=depth, feature_layer=feature_attention, has_cls=True, encoder="clip")
+
+    def vision_attention_module(self, layer: int) -> nn.Module:
+        return self.model.model.vision_tower.encoder.layers[layer].self_attn
+
+    def item_attention(self, modality: str, capture: AttentionCapture, requests: dict[str, AttentionRequest],
+                       inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:
+        drop_cls = 1 if self.config.vision_feature_select_strategy == "default" else 0
+        per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in range(inputs["pixel_values"].shape[0])]
+        for name, request in requests.items():
+            args, kwargs = capture.inputs[request.layer]
+            hidden = args[0] if args else kwargs["hidden_states"]
+            with torch.no_grad():
+                attention = clip_like_attention(self.vision_attention_module(request.layer), hidden, request.query)
+            for item, scores, keys in zip(per_item, attention.scores, attention.keys):
+                item[name] = (scores[drop_cls:], keys[drop_cls:])
+        return per_item
 
 
 class LlavaNextAdapter(Adapter):

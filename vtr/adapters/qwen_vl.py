@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
 from vtr.adapters.base import Adapter, consecutive_positions
 from vtr.layout import ItemLayout
-from vtr.methods.base import Reduction
+from vtr.methods.base import Reduction, VisionInfo
+from vtr.vision.attention import AttentionCapture, AttentionRequest, qwen_vit_attention
 
 MM_TOKEN_TYPE = {"image": 1, "video": 2}
 
@@ -47,6 +49,55 @@ class QwenVLAdapter(Adapter):
 
         decoder.__dict__["_deepstack_process"] = deepstack_process
         return lambda: decoder.__dict__.pop("_deepstack_process", None)
+
+    def vision_info(self) -> VisionInfo:
+        depth = self.config.vision_config.depth
+        return VisionInfo(depth=depth, feature_layer=depth - 1, has_cls=False, encoder="qwen")
+
+    def vision_attention_module(self, layer: int) -> nn.Module:
+        return self.model.model.visual.blocks[layer].attn
+
+    @contextlib.contextmanager
+    def capture_attention(self, requests: dict[str, AttentionRequest]) -> Iterator[AttentionCapture]:
+        """Also keep Qwen2.5-VL's window permutation: the encoder runs on window-ordered merge units."""
+        visual = self.model.model.visual
+        original = getattr(visual, "permute_input_for_window_attn", None)
+        with super().capture_attention(requests) as capture:
+            if original is None:
+                yield capture
+                return
+
+            def permute(input_tensor: Tensor, window_index: Tensor, seq_len: int) -> Tensor:
+                capture.window_index = window_index
+                return original(input_tensor, window_index, seq_len)
+
+            visual.__dict__["permute_input_for_window_attn"] = permute
+            try:
+                yield capture
+            finally:
+                visual.__dict__.pop("permute_input_for_window_attn", None)
+
+    def item_attention(self, modality: str, capture: AttentionCapture, requests: dict[str, AttentionRequest],
+                       inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:
+        """Scores per patch become scores per merged token: mean over each 2x2 merge unit (consecutive in the
+        encoder's order), then the window permutation is undone, then split per item."""
+        unit = int(self.config.vision_config.spatial_merge_size) ** 2
+        sizes = [t * h * w // unit for t, h, w in inputs[f"{modality}_grid_thw"].tolist()]
+        per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in sizes]
+        for name, request in requests.items():
+            args, kwargs = capture.inputs[request.layer]
+            hidden = args[0] if args else kwargs["hidden_states"]
+            with torch.no_grad():
+                attention = qwen_vit_attention(self.vision_attention_module(request.layer), hidden,
+                                               kwargs["cu_seqlens"], kwargs["position_embeddings"], request.query)
+            scores = torch.cat(attention.scores).view(-1, unit).mean(-1)
+            keys = torch.cat(attention.keys).view(-1, unit, attention.keys[0].shape[-1]).mean(1)
+            if capture.window_index is not None:
+                order = torch.argsort(capture.window_index.to(scores.device))
+                scores, keys = scores[order], keys[order]
+            for item, item_scores, item_keys in zip(per_item, scores.split(sizes), keys.split(sizes)):
+                item[name] = (item_scores, item_keys)
+        return per_item
 
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         merge = int(self.config.vision_config.spatial_merge_size)

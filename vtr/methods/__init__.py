@@ -8,14 +8,16 @@ from typing import Any, Sequence
 from vtr.methods.base import BudgetedMethod, KeepAll, Method, Reduction, Stage, VisualItem
 from vtr.methods.divprune import DivPrune
 from vtr.methods.fastv import FastV
+from vtr.methods.hiprune import HiPrune
 from vtr.methods.holitom_inner import HoliTomInner
 from vtr.methods.layer import LayerMethod
 from vtr.methods.pdrop import PDrop
 from vtr.methods.pooling import Pool
 from vtr.methods.random import RandomSelect
+from vtr.methods.visionzip import VisionZip
 
 REGISTRY: dict[str, type[Method]] = {
-    cls.name: cls for cls in (KeepAll, DivPrune, RandomSelect, Pool, FastV, PDrop, HoliTomInner)
+    cls.name: cls for cls in (KeepAll, DivPrune, RandomSelect, Pool, HiPrune, VisionZip, FastV, PDrop, HoliTomInner)
 }
 
 
@@ -92,6 +94,7 @@ __all__ = [
     "BudgetedMethod",
     "DivPrune",
     "FastV",
+    "HiPrune",
     "HoliTomInner",
     "KeepAll",
     "LayerMethod",
@@ -101,6 +104,7 @@ __all__ = [
     "RandomSelect",
     "Reduction",
     "Stage",
+    "VisionZip",
     "VisualItem",
     "available_methods",
     "make_method",

@@ -7,9 +7,9 @@ whole video) and knows nothing about model classes; the adapter and the engine f
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
@@ -17,6 +17,9 @@ from torch import Tensor
 from vtr.budget import Budget
 from vtr.layout import Segment
 from vtr.ops.grid import group_mean
+
+if TYPE_CHECKING:
+    from vtr.vision.attention import AttentionRequest
 
 
 class Stage(str, Enum):
@@ -28,6 +31,16 @@ class Stage(str, Enum):
 
 
 @dataclass(frozen=True)
+class VisionInfo:
+    """What a method may know about the vision encoder to pick default layers."""
+
+    depth: int  # encoder layers
+    feature_layer: int  # 0-based index of the layer whose output becomes the features
+    has_cls: bool
+    encoder: str  # "clip" (CLIP/SigLIP-style) or "qwen" (Qwen ViT)
+
+
+@dataclass(frozen=True)
 class VisualItem:
     """One visual input as a method sees it.
 
@@ -36,16 +49,20 @@ class VisualItem:
     reach a method. ``segments`` tile those tokens with raster (t, h, w) grids (see ``vtr.layout``).
     ``index`` is the item's rank among the visual inputs of the same modality in its sample: seeded
     methods derive their randomness from it, so a sample gets the same reduction alone or in a batch.
+    ``attention``: the vision-encoder attention a method asked for (``attention_requests``), by request
+    name: (scores (N,), mean keys (N, d)), aligned with ``features``.
     """
 
     features: Tensor
     segments: tuple[Segment, ...]
     modality: str
     index: int = 0
+    attention: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
     @classmethod
-    def on_grid(cls, features: Tensor, grid: tuple[int, int, int], modality: str = "image", index: int = 0):
-        return cls(features, (Segment(0, grid),), modality, index)
+    def on_grid(cls, features: Tensor, grid: tuple[int, int, int], modality: str = "image", index: int = 0,
+                attention: dict[str, tuple[Tensor, Tensor]] | None = None):
+        return cls(features, (Segment(0, grid),), modality, index, attention or {})
 
     @property
     def num_tokens(self) -> int:
@@ -59,9 +76,11 @@ class VisualItem:
             frames = [(segment.start + f * h * w, (1, h, w)) for f in range(t)] if per_frame else [
                 (segment.start, segment.grid)]
             for start, grid in frames:
-                size = grid[0] * grid[1] * grid[2]
-                pieces.append((start, VisualItem.on_grid(self.features[start:start + size], grid, self.modality,
-                                                         self.index)))
+                stop = start + grid[0] * grid[1] * grid[2]
+                attention = {name: (scores[start:stop], keys[start:stop])
+                             for name, (scores, keys) in self.attention.items()}
+                pieces.append((start, VisualItem.on_grid(self.features[start:stop], grid, self.modality,
+                                                         self.index, attention)))
         return pieces
 
 
@@ -146,6 +165,10 @@ class Method:
 
     def reduce(self, item: VisualItem) -> Reduction:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def attention_requests(self, info: VisionInfo) -> dict[str, "AttentionRequest"]:
+        """Vision-encoder attention this method needs, by name (default: none)."""
+        return {}
 
     def describe(self) -> str:
         opts = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from vtr.layout import Segment
 
 
 def _axis_bins(n: int, m: int, device: torch.device) -> Tensor:
@@ -54,3 +57,30 @@ def pooled_grid(grid: tuple[int, int, int], budget: int) -> tuple[int, int, int]
     w_out = min(w, max(1, per_frame // h_out))
     h_out = min(h, max(1, per_frame // w_out))
     return t_out, h_out, w_out
+
+
+def cross_neighbourhood(segments: Sequence[Segment], tokens: Tensor) -> Tensor:
+    """``tokens`` and their up/down/left/right neighbours on their own (t, h, w) grid, ascending, unique.
+
+    Neighbours never wrap across a row, frame or segment edge: a token in column 0 has no left neighbour.
+    """
+    device = tokens.device
+    starts = torch.tensor([s.start for s in segments], device=device)
+    stops = torch.tensor([s.stop for s in segments], device=device)
+    heights = torch.tensor([s.grid[1] for s in segments], device=device)
+    widths = torch.tensor([s.grid[2] for s in segments], device=device)
+    segment = torch.searchsorted(stops, tokens, right=True)
+    h, w = heights[segment].unsqueeze(1), widths[segment].unsqueeze(1)
+    local = (tokens - starts[segment]).unsqueeze(1)
+    frame, y, x = local // (h * w), local % (h * w) // w, local % w
+    dy = torch.tensor([0, -1, 1, 0, 0], device=device)
+    dx = torch.tensor([0, 0, 0, -1, 1], device=device)
+    ny, nx = y + dy, x + dx
+    inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+    flat = starts[segment].unsqueeze(1) + (frame * h + ny) * w + nx
+    return torch.unique(flat[inside])
+
+
+def top_indices(scores: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` highest scores; equal scores keep the lower index (stable on every device)."""
+    return torch.sort(scores, descending=True, stable=True).indices[:k]

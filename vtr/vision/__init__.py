@@ -1,0 +1,1 @@
+"""The vision-encoder side: attention scores captured without eager attention."""

@@ -1,0 +1,108 @@
+"""Attention inside the vision encoder, recomputed from q/k under any attention implementation.
+
+SDPA and flash attention return no weights, and forcing eager on the encoder costs memory and time.
+A forward pre-hook on a chosen encoder layer's attention module keeps its input; the scores a method
+needs are then recomputed from the module's own projections (and rotary embedding, for the Qwen ViT)
+segment by segment, so windowed attention (Qwen2.5-VL, ``cu_seqlens``) is scored exactly as the model
+attends. Softmax runs in float32, like transformers' eager path.
+
+Two reductions over the query rows are offered: ``"cls"`` (the attention the CLS token pays every
+token; CLIP) and ``"received"`` (mean over every query row: the attention a token receives; encoders
+without CLS, and HiPrune's "global attention"). Keys averaged over heads are returned as well (VisionZip
+merges contextual tokens by key similarity).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+QUERIES = ("cls", "received")
+
+
+@dataclass(frozen=True)
+class AttentionRequest:
+    """Scores of one encoder layer (0-based index into the encoder's layers)."""
+
+    layer: int
+    query: str = "received"
+
+    def __post_init__(self) -> None:
+        if self.query not in QUERIES:
+            raise ValueError(f"vision attention query must be one of {QUERIES}, got {self.query!r}")
+
+
+@dataclass(frozen=True)
+class LayerAttention:
+    """Per encoder sequence (an image, crop or attention segment): scores (n,) and mean keys (n, head_dim)."""
+
+    scores: list[Tensor]
+    keys: list[Tensor]
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _probabilities(q: Tensor, k: Tensor, scale: float, query: str) -> Tensor:
+    """(..., H, n, hd) q/k -> (..., n) head-averaged attention of the requested query rows."""
+    if query == "cls":
+        q = q[..., :1, :]
+    logits = (q.float() @ k.float().transpose(-1, -2)) * scale
+    return torch.softmax(logits, dim=-1).mean(-3).mean(-2)
+
+
+def clip_like_attention(attention: nn.Module, hidden_states: Tensor, query: str) -> LayerAttention:
+    """CLIP / SigLIP attention (separate q/k projections, no rotary) on (B, L, D) inputs."""
+    shape = (*hidden_states.shape[:-1], -1, attention.head_dim)
+    q = attention.q_proj(hidden_states).view(shape).transpose(1, 2)
+    k = attention.k_proj(hidden_states).view(shape).transpose(1, 2)
+    scores = _probabilities(q, k, attention.scale, query)
+    return LayerAttention(list(scores.unbind(0)), list(k.float().mean(1).unbind(0)))
+
+
+def qwen_vit_attention(attention: nn.Module, hidden_states: Tensor, cu_seqlens: Tensor,
+                       position_embeddings: tuple[Tensor, Tensor], query: str) -> LayerAttention:
+    """Qwen ViT attention (fused qkv, 2-D rotary) on (T, D) inputs, one result per ``cu_seqlens`` segment.
+
+    The loop is over attention segments (windows or images), each a block of the model's own attention.
+    """
+    length = hidden_states.shape[0]
+    q, k, _ = attention.qkv(hidden_states).reshape(length, 3, attention.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = (t.unsqueeze(-2).float() for t in position_embeddings)
+    q = (q.float() * cos + _rotate_half(q.float()) * sin).to(q.dtype).transpose(0, 1)  # (H, T, hd)
+    k = (k.float() * cos + _rotate_half(k.float()) * sin).to(k.dtype).transpose(0, 1)
+    bounds = cu_seqlens.tolist()
+    scores, keys = [], []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        scores.append(_probabilities(q[:, start:end], k[:, start:end], attention.scaling, query))
+        keys.append(k[:, start:end].float().mean(0))
+    return LayerAttention(scores, keys)
+
+
+class AttentionCapture:
+    """Keeps the inputs of chosen attention modules during one encoder call."""
+
+    def __init__(self) -> None:
+        self.inputs: dict[int, tuple[tuple, dict]] = {}
+        self.window_index: Tensor | None = None  # Qwen2.5-VL: the encoder's order of merge units
+
+    @contextlib.contextmanager
+    def on(self, modules: dict[int, nn.Module]) -> Iterator["AttentionCapture"]:
+        def keep(layer: int):
+            def hook(module: nn.Module, args: tuple, kwargs: dict):
+                self.inputs[layer] = (args, kwargs)
+
+            return hook
+
+        handles = [m.register_forward_pre_hook(keep(layer), with_kwargs=True) for layer, m in modules.items()]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
