@@ -45,3 +45,14 @@ def test_methods_and_models_lists(capsys):
 def test_bad_budget_on_the_command_line():
     with pytest.raises(ValueError, match="fraction"):
         main(["demo", "--methods", "random", "--budgets", "1.5", "--repeats", "1"])
+
+
+def test_flops_command_costs_a_preset_with_its_real_dimensions(capsys):
+    assert main(["flops", "--model", "llava-1.5-7b", "--method", "divprune", "--budget", "64",
+                 "--new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "visual tokens: 576 -> 64 entering the LLM" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line and line.split()[0] in
+            ("vision", "reduction", "total")}
+    assert float(rows["vision"][1]) > 0.3  # CLIP-L/336 at its real width: ~0.38 TFLOPs
+    assert float(rows["reduction"][1]) > 0 and float(rows["total"][1]) > float(rows["vision"][1])

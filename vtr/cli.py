@@ -1,4 +1,4 @@
-"""The ``vtr`` command: demo, bench, methods, models."""
+"""The ``vtr`` command: demo, bench, flops, methods, models (and sweep)."""
 
 from __future__ import annotations
 
@@ -78,6 +78,55 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(items: list[str]) -> dict:
+    """``["layer=2", "seed=3"]`` -> method options, numbers parsed."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--option takes key=value, got {item!r}")
+        options[key] = _budget(value) if value.replace(".", "", 1).lstrip("-").isdigit() else value
+    return options
+
+
+def _cmd_flops(args: argparse.Namespace) -> int:
+    """FLOPs of one call: a preset runs its narrow shape proxy (same token counts, real dimensions)."""
+    import torch
+
+    import vtr
+    from vtr.measure.flops import call_flops, format_breakdown
+    from vtr.measure.presets import PRESETS, shape_proxy
+
+    if args.model in PRESETS:
+        from transformers import AutoModelForImageTextToText
+
+        preset = PRESETS[args.model]
+        config, processor = preset.build()
+        model = AutoModelForImageTextToText.from_config(shape_proxy(config)).eval()
+        inputs = preset.inputs(processor, frames=args.frames)
+        source = f"preset of {preset.checkpoint} (token counts from its shape proxy)"
+    else:
+        from vtr.demo import demo_inputs, load
+
+        model, processor = load(args.model)
+        config, inputs = model.config, demo_inputs(model, processor)
+        source = args.model
+    if args.method not in (None, "none"):
+        vtr.wrap(model, args.method, budget=None if args.budget is None else _budget(args.budget),
+                 **_options(args.option))
+    with torch.no_grad():
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    (breakdown,) = call_flops(model, inputs, new_tokens=args.new_tokens, config=config)
+    method = vtr.stats(model).method if vtr.is_wrapped(model) else "unreduced"
+    print(f"model: {source}; method: {method}; {args.new_tokens} generated tokens")
+    if vtr.is_wrapped(model):
+        sample = vtr.stats(model).samples[0]
+        per_layer = f", last decoder layer {sample.visual_per_layer[-1]}" if sample.visual_per_layer else ""
+        print(f"visual tokens: {sample.visual_before} -> {sample.visual_after} entering the LLM{per_layer}")
+    print(format_breakdown(breakdown))
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     import vtr
 
@@ -125,6 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     bench.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     bench.set_defaults(func=_cmd_bench)
+
+    flops = sub.add_parser("flops", help="analytical FLOPs breakdown of one call (vision, projector, LLM, decode)")
+    flops.add_argument("--model", default="llava-1.5-7b", help="a preset, a built-in tiny model or a checkpoint")
+    flops.add_argument("--method", default=None, help="a method name (default: unreduced)")
+    flops.add_argument("--budget", default=None, help="tokens (int) or fraction kept per visual input")
+    flops.add_argument("--option", action="append", default=[], help="method option key=value (repeatable)")
+    flops.add_argument("--new-tokens", type=int, default=1, help="tokens generated (the first comes from prefill)")
+    flops.add_argument("--frames", type=int, default=None, help="video frames for video presets")
+    flops.set_defaults(func=_cmd_flops)
 
     sub.add_parser("methods", help="list reduction methods").set_defaults(func=_cmd_methods)
     models = sub.add_parser("models", help="list supported model types")

@@ -55,3 +55,23 @@ def test_truncation_keeps_vision_indexes_valid():
 def test_unknown_preset_is_named():
     with pytest.raises(ValueError, match="unknown preset 'llava-13b'.*llava-1.5-7b"):
         build_preset("llava-13b")
+
+
+@pytest.mark.parametrize("name", ["llava_next", "qwen2_5_vl", "qwen3_vl"])
+def test_shape_proxy_gives_the_real_models_flops(tiny, name):
+    """Token counts do not depend on widths: a weight-independent method on the proxy costs the same."""
+    import vtr
+    from conftest import make_inputs
+    from vtr.measure.flops import call_flops
+    from vtr.measure.presets import shape_proxy
+
+    model, processor = tiny(name)
+    proxy = AutoModelForImageTextToText.from_config(shape_proxy(model.config)).eval()
+    inputs = make_inputs(processor, name)
+    results = []
+    for m in (model, proxy):
+        vtr.wrap(m, ["random", "pdrop"], budget=0.5, layers=(1, 2))
+        with torch.no_grad():
+            m.generate(**inputs, max_new_tokens=1, do_sample=False)
+        results.append(call_flops(m, inputs, new_tokens=4, config=model.config)[0])
+    assert results[0] == results[1]

@@ -22,6 +22,16 @@ from vtr.methods.base import VisionInfo
 from vtr.vision.attention import AttentionCapture, AttentionRequest, clip_like_attention
 
 
+def llava_vision_info(config) -> VisionInfo:
+    """The CLIP tower of LLaVA-1.5: its depth, and the layer whose output becomes the features."""
+    depth, layer = config.vision_config.num_hidden_layers, config.vision_feature_layer
+    if not isinstance(layer, int):
+        raise ReductionError(f"vision attention needs one feature layer; this model concatenates layers {layer}")
+    # hidden_states[f] is the output of encoder layer f - 1 (index 0 holds the embeddings)
+    return VisionInfo(depth=depth, feature_layer=layer + depth if layer < 0 else layer - 1, has_cls=True,
+                      encoder="clip")
+
+
 class LlavaAdapter(Adapter):
     model_types = ("llava",)
     modalities_handled = ("image",)
@@ -29,19 +39,8 @@ class LlavaAdapter(Adapter):
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         return [ItemLayout.grid_only(square_grid(f.shape[0]), f.device) for f in features]
 
-    def _feature_layer(self) -> int:
-        layer = self.config.vision_feature_layer
-        if not isinstance(layer, int):
-            raise ReductionError(
-                f"vision attention needs one feature layer; this model concatenates layers {layer}")
-        return layer
-
     def vision_info(self) -> VisionInfo:
-        depth = self.config.vision_config.num_hidden_layers
-        layer = self._feature_layer()
-        # hidden_states[f] is the output of encoder layer f - 1 (index 0 holds the embeddings)
-        feature_attention = layer + depth if layer < 0 else layer - 1
-        return VisionInfo(depth=depth, feature_layer=feature_attention, has_cls=True, encoder="clip")
+        return llava_vision_info(self.config)
 
     def vision_attention_module(self, layer: int) -> nn.Module:
         return self.model.model.vision_tower.encoder.layers[layer].self_attn

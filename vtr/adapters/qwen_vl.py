@@ -17,6 +17,12 @@ from vtr.vision.attention import AttentionCapture, AttentionRequest, qwen_vit_at
 MM_TOKEN_TYPE = {"image": 1, "video": 2}
 
 
+def qwen_vision_info(config) -> VisionInfo:
+    """The Qwen ViT: no CLS token, the merger reads the last block."""
+    depth = config.vision_config.depth
+    return VisionInfo(depth=depth, feature_layer=depth - 1, has_cls=False, encoder="qwen")
+
+
 class QwenVLAdapter(Adapter):
     """Qwen2-VL, Qwen2.5-VL and Qwen3-VL (whose deepstack features are reduced like the main ones)."""
 
@@ -51,8 +57,7 @@ class QwenVLAdapter(Adapter):
         return lambda: decoder.__dict__.pop("_deepstack_process", None)
 
     def vision_info(self) -> VisionInfo:
-        depth = self.config.vision_config.depth
-        return VisionInfo(depth=depth, feature_layer=depth - 1, has_cls=False, encoder="qwen")
+        return qwen_vision_info(self.config)
 
     def vision_attention_module(self, layer: int) -> nn.Module:
         return self.model.model.visual.blocks[layer].attn

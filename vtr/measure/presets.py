@@ -10,11 +10,10 @@ real vocabulary size). ``layers`` / ``vision_layers`` truncate depth for CPU run
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from vtr import testing
@@ -177,3 +176,39 @@ def _truncate(config, layers: int | None, vision_layers: int | None) -> None:
     for key in ("fullatt_block_indexes", "deepstack_visual_indexes"):
         if getattr(vision, key, None):
             setattr(vision, key, sorted({min(i, vision_layers - 1) for i in getattr(vision, key)}))
+
+
+PROXY_TEXT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
+PROXY_VISION = dict(hidden_size=32, intermediate_size=64)
+
+
+def shape_proxy(config):
+    """A copy of ``config`` with tiny widths but the same depth and visual geometry.
+
+    Which tokens a method keeps, and how many, depends on the input geometry, the budget and the LLM
+    depth, never on widths: the proxy runs a reduction in milliseconds on a CPU, and its token counts
+    with the real config give the real model's FLOPs (``call_flops(proxy, inputs, config=real)``).
+    The weights are random, so attention-ranked choices differ from a trained model's; the counts do not.
+    """
+    proxy = copy.deepcopy(config)
+    text = proxy.get_text_config()
+    for key, value in PROXY_TEXT.items():
+        setattr(text, key, value)
+    if getattr(text, "head_dim", None):
+        text.head_dim = PROXY_TEXT["hidden_size"] // PROXY_TEXT["num_attention_heads"]
+    rope = getattr(text, "rope_parameters", None) or {}
+    if "mrope_section" in rope:  # t/h/w sections must fill half the (new) head dim
+        text.rope_parameters = {**rope, "mrope_section": [2, 3, 3]}
+    vision = proxy.vision_config
+    for key, value in PROXY_VISION.items():
+        setattr(vision, key, value)
+    for heads in ("num_attention_heads", "num_heads"):
+        if hasattr(vision, heads):
+            setattr(vision, heads, 2)
+    if hasattr(vision, "out_hidden_size"):
+        vision.out_hidden_size = PROXY_TEXT["hidden_size"]
+    if proxy.model_type == "qwen2_vl":  # embed_dim is the ViT width, hidden_size the merger's output
+        vision.embed_dim, vision.hidden_size = PROXY_VISION["hidden_size"], PROXY_TEXT["hidden_size"]
+    if hasattr(vision, "projection_dim"):
+        vision.projection_dim = PROXY_VISION["hidden_size"]
+    return proxy

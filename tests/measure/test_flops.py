@@ -1,0 +1,216 @@
+"""The analytical FLOPs model against torch's FlopCounterMode, per component, on every tiny family."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+import vtr
+from conftest import MODELS, VIDEO_MODELS, make_inputs
+from vtr import testing
+from vtr.measure.flops import (FlopsBreakdown, VisualInput, call_flops, format_breakdown, model_flops,
+                               tokens_per_layer, visual_inputs)
+
+TOLERANCE = 0.02
+CASES = [(name, "image") for name in MODELS] + [(name, "video") for name in VIDEO_MODELS]
+WRAPS = {
+    "plain": None,
+    "divprune": dict(method="divprune", budget=0.5),
+    "fastv": dict(method="fastv", budget=0.5, layer=2),
+}
+VISION_MODULES = ("model.vision_tower", "model.visual")
+PROJECTOR_MODULES = re.compile(r"model\.(multi_modal_projector|vision_resampler|visual\.merger"
+                               r"|visual\.deepstack_merger_list\.\d+)")
+
+
+def _cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FlopCounterMode's SDPA formula, for the CPU flash kernel it has none for."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _counted(run) -> dict[str, float]:
+    """Measured FLOPs of ``run()``: total, vision, projector, and the rest (LLM + vtr's own work)."""
+    custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        run()
+    per_module = {name.partition(".")[2]: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    projector = sum(v for name, v in per_module.items() if PROJECTOR_MODULES.fullmatch(name))
+    vision = sum(per_module.get(name, 0) for name in VISION_MODULES)
+    if "model.visual" in per_module:  # Qwen-VL's mergers live inside the vision model
+        vision -= projector
+    total = counter.get_total_flops()
+    return dict(total=total, vision=vision, projector=projector, rest=total - vision - projector)
+
+
+def _modelled(breakdown: FlopsBreakdown) -> dict[str, float]:
+    return dict(total=breakdown.total, vision=breakdown.vision, projector=breakdown.projector,
+                rest=breakdown.llm_prefill + breakdown.decode + breakdown.reduction)
+
+
+def _assert_close(measured: dict[str, float], modelled: dict[str, float]) -> None:
+    for key, value in measured.items():
+        assert modelled[key] == pytest.approx(value, rel=TOLERANCE), (key, measured, modelled)
+
+
+def _wrap(model, config: str):
+    return model if WRAPS[config] is None else vtr.wrap(model, **WRAPS[config])
+
+
+def _no_placeholders(model) -> dict:
+    """Greedy decoding that never emits a visual placeholder (random weights might)."""
+    placeholders = [model.config.image_token_id, getattr(model.config, "video_token_id", None)]
+    return dict(do_sample=False, suppress_tokens=[t for t in placeholders if t is not None])
+
+
+@pytest.mark.parametrize("name, kind", CASES)
+def test_forward_prefill_matches_flop_counter(tiny, name, kind):
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name, kind)
+    for config in WRAPS:
+        _wrap(model, config)
+        measured = _counted(lambda: model(**inputs))
+        (breakdown,) = call_flops(model, inputs, logits="all")
+        _assert_close(measured, _modelled(breakdown))
+        assert breakdown.vision > 0 and breakdown.projector > 0
+        if config == "divprune":
+            assert breakdown.reduction > 0 and vtr.stats(model).visual_after < vtr.stats(model).visual_before
+        if config == "fastv":
+            per_layer = breakdown.llm_prefill_per_layer
+            assert breakdown.reduction > 0 and per_layer[2] < per_layer[1]
+        if vtr.is_wrapped(model):
+            vtr.unwrap(model)
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("method", ["hiprune", "visionzip"])
+def test_vision_attention_methods_match_flop_counter(tiny, name, method):
+    """The attention capture runs vision-tower projections, so only totals compare component-free."""
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name)
+    vtr.wrap(model, method, budget=0.5)
+    measured = _counted(lambda: model(**inputs))
+    (breakdown,) = call_flops(model, inputs, logits="all")
+    assert breakdown.reduction > 0
+    assert breakdown.total == pytest.approx(measured["total"], rel=TOLERANCE)
+
+
+@pytest.mark.parametrize("name, kind", [("llava_next", "image"), ("qwen2_5_vl", "video")])
+def test_holitom_inner_matches_flop_counter(tiny, name, kind):
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name, kind)
+    vtr.wrap(model, "holitom_inner", budget=0.5, layer=2)
+    measured = _counted(lambda: model(**inputs))
+    (breakdown,) = call_flops(model, inputs, logits="all")
+    _assert_close(measured, _modelled(breakdown))
+
+
+@pytest.mark.parametrize("name, kind, allocation", [("llava_onevision", "image", "per_segment"),
+                                                    ("qwen2_vl", "video", "per_frame")])
+def test_divprune_allocations_match_flop_counter(tiny, name, kind, allocation):
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name, kind)
+    vtr.wrap(model, "divprune", budget=0.3, allocation=allocation)
+    measured = _counted(lambda: model(**inputs))
+    (breakdown,) = call_flops(model, inputs, logits="all")
+    _assert_close(measured, _modelled(breakdown))
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("config", ["plain", "fastv"])
+def test_generate_and_decode_step_match_flop_counter(tiny, name, config):
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name)
+    _wrap(model, config)
+    options = _no_placeholders(model)
+    prefill = _counted(lambda: model.generate(**inputs, max_new_tokens=1, **options))["total"]
+    two = _counted(lambda: model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, **options))["total"]
+    (breakdown,) = call_flops(model, inputs, new_tokens=2)
+    assert breakdown.decode == pytest.approx(two - prefill, rel=TOLERANCE)
+    assert breakdown.total == pytest.approx(two, rel=TOLERANCE)
+
+
+@pytest.mark.parametrize("name, sizes, wrap", [
+    ("qwen2_5_vl", [(72, 40), (40, 88)], dict(method="divprune", budget=0.3)),  # partial attention windows
+    ("llava_next", [(32, 32), (40, 32)], dict(method="fastv", budget=0.5, layer=2)),  # 2 and 3 crops, padded
+])
+def test_padded_batch_of_mixed_sizes_costs_each_row_alone(tiny, name, sizes, wrap):
+    model, processor = tiny(name)
+    texts = [testing.prompt(processor, "what ?"), testing.prompt(processor, "describe this picture please ?")]
+    images = [testing.random_image(w, h, seed=i) for i, (w, h) in enumerate(sizes)]
+    vtr.wrap(model, **wrap)
+    batch = processor(images=images, text=texts, return_tensors="pt", padding=True)
+    model(**batch)
+    rows = call_flops(model, batch, logits="all")
+    for row, image, text in zip(rows, images, texts):
+        alone = processor(images=[image], text=[text], return_tensors="pt")
+        _assert_close(_counted(lambda: model(**alone)), _modelled(row))
+
+
+def test_visual_inputs_follow_the_prompt_rows(tiny):
+    model, processor = tiny("qwen2_vl")
+    batch = make_inputs(processor, "qwen2_vl", kind="two_images", seeds=(0, 1))
+    assert [[(i.frames, i.height, i.width) for i in row] for row in visual_inputs(model.config, batch)] == [
+        [(1, 12, 16)] * 2] * 2
+
+
+def test_visual_inputs_of_adjacent_placeholders_come_from_stats(tiny):
+    """The tiny tokenizer drops the newline between two LLaVA images: their placeholder runs touch, so
+    only a wrapped model's stats tell the rows apart."""
+    model, processor = tiny("llava_next")
+    batch = make_inputs(processor, "llava_next", kind="two_images", seeds=(0, 1))
+    with pytest.raises(ValueError, match="vtr.wrap"):
+        visual_inputs(model.config, batch)
+    vtr.wrap(model, "none")
+    model(**batch)
+    rows = visual_inputs(model.config, batch, vtr.stats(model))
+    assert [[(i.frames, i.height, i.width) for i in row] for row in rows] == [[(3, 4, 4)] * 2] * 2
+
+
+def test_model_flops_for_an_unbuilt_geometry(tiny):
+    """The low-level entry point prices a geometry without inputs: fewer tokens, fewer FLOPs, linearly
+    in the projections and quadratically in attention."""
+    model, _ = tiny("qwen2_5_vl")
+    item = VisualInput("image", 1, 12, 16)
+    layers = model.config.text_config.num_hidden_layers
+    full = model_flops(model.config, [item], [61] * layers, new_tokens=8)
+    pruned = model_flops(model.config, [item], [61] * 2 + [37] * (layers - 2), new_tokens=8)
+    assert pruned.vision == full.vision and pruned.llm_prefill < full.llm_prefill and pruned.decode < full.decode
+    assert full.llm_prefill_per_layer[0] == pruned.llm_prefill_per_layer[0]
+    with pytest.raises(ValueError, match="one count per decoder layer"):
+        model_flops(model.config, [item], [61], new_tokens=8)
+    with pytest.raises(ValueError, match="logits"):
+        model_flops(model.config, [item], [61] * layers, logits="first")
+
+
+def test_stale_stats_are_refused(tiny):
+    model, processor = tiny("llava")
+    vtr.wrap(model, "divprune", budget=0.5)
+    with pytest.raises(ValueError, match="does not describe"):
+        call_flops(model, make_inputs(processor, "llava"))
+    model(**make_inputs(processor, "llava"))
+    with pytest.raises(ValueError, match="does not describe"):
+        call_flops(model, make_inputs(processor, "llava", texts=["what ?"]))
+
+
+def test_tokens_per_layer_reads_the_in_llm_stats(tiny):
+    model, processor = tiny("llava")
+    vtr.wrap(model, "fastv", budget=0.5, layer=2)
+    model(**make_inputs(processor, "llava"))
+    sample = vtr.stats(model).samples[0]
+    assert tokens_per_layer(sample, 4) == [74, 74, 42, 42]
+
+
+def test_format_breakdown_lists_every_component(tiny):
+    model, processor = tiny("llava")
+    inputs = make_inputs(processor, "llava")
+    breakdown = call_flops(model, inputs, new_tokens=4)[0]
+    table = format_breakdown(breakdown)
+    assert table.splitlines()[0].split() == ["MFLOPs", "sample", "0", "share"]
+    assert [line.split()[0] for line in table.splitlines()[1:]] == ["vision", "projector", "reduction", "llm",
+                                                                   "decode", "total"]
+    assert table.splitlines()[-1].endswith("100.0%")
+    assert "GFLOPs" in format_breakdown([breakdown, breakdown], unit="G")
+    assert breakdown.as_dict()["total"] == breakdown.total
