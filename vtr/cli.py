@@ -184,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--frames", type=int, default=None, help="video frames for video presets")
     flops.set_defaults(func=_cmd_flops)
 
+    from vtr.eval.sweep import add_sweep_arguments, run_sweep
+
+    sweep = sub.add_parser("sweep", help="methods x budgets x tasks through lmms-eval: resumable, with a summary")
+    add_sweep_arguments(sweep)
+    sweep.set_defaults(func=run_sweep)
+
     sub.add_parser("methods", help="list reduction methods").set_defaults(func=_cmd_methods)
     models = sub.add_parser("models", help="list supported model types")
     models.add_argument("--markdown", action="store_true", help="the support matrix (model x image/video) as a table")

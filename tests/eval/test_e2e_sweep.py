@@ -1,0 +1,139 @@
+"""``vtr sweep`` end to end: real lmms-eval subprocesses on tiny checkpoints saved with save_pretrained.
+
+Each scenario is a chain of steps on one sweep directory. Both run at once from one test: their time
+goes into lmms-eval subprocesses, and pytest-xdist would otherwise likely give both to one worker.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+GRID = ["--budgets", "8,4"]
+HAS_FLOPS = importlib.util.find_spec("vtr.measure.flops") is not None
+LLAVA_ARGS = "device=cpu,device_map=cpu,dtype=float32"
+QWEN_ARGS = "device=cpu,device_map=cpu,min_pixels=1024,max_pixels=4096,max_num_frames=4"
+
+
+def vtr_sweep(*argv: str) -> subprocess.CompletedProcess:
+    """``vtr sweep ARGV`` in a subprocess; one thread each, as the scenarios run side by side on tiny models."""
+    return subprocess.run([sys.executable, "-m", "vtr.eval.sweep", *argv], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def rows_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def keyed(rows: list[dict]) -> dict[tuple, dict]:
+    return {(row["method"], row["budget"]): row for row in rows}
+
+
+def logged_samples(row: dict, task: str) -> list[dict]:
+    [path] = Path(row["output_dir"]).glob(f"*_samples_{task}.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def check_report(out: Path, rows: list[dict], columns: list[str]) -> None:
+    lines = [line for line in (out / "summary.md").read_text().splitlines() if line.startswith("| ")]
+    header, *body = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines]
+    assert header == ["method", "budget", *columns, "visual tokens", "TFLOPs / sample"]
+    assert [cells[:2] for cells in body] == [[row["method"], "–" if row["budget"] is None else str(row["budget"])]
+                                             for row in rows]
+    for name in ("score_vs_budget.png", "score_vs_tflops.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def check_flops(rows: list[dict]) -> None:
+    """FLOPs are recorded when vtr.measure.flops exists (and every reduction is cheaper than none)."""
+    flops = {key: row["tflops_per_sample"] for key, row in keyed(rows).items()}
+    if not HAS_FLOPS:
+        assert set(flops.values()) == {None}
+        return
+    reference = flops.pop(("none", None))
+    assert all(0 < value < reference for value in flops.values())
+
+
+def llava_scenario(out: Path, checkpoint: str) -> None:
+    """Image + multiple-choice tasks; resume does nothing; failures before and during a run."""
+    common = ["--model", "vtr_llava_hf", "--pretrained", checkpoint, "--tasks", "vtr_colors,vtr_colors_mc",
+              "--limit", "2", "--out", str(out), "--force-simple"]
+    command = [*common, "--model-args", LLAVA_ARGS, "--methods", "none,divprune,fastv", *GRID]
+
+    first = vtr_sweep(*command)
+    assert first.returncode == 0, first.stderr
+    rows = rows_of(out)
+    assert [(row["method"], row["budget"]) for row in rows] == [
+        ("none", None), ("divprune", 8), ("divprune", 4), ("fastv", 8), ("fastv", 4)]
+    for row in rows:
+        assert set(row["scores"]) == {"vtr_colors", "vtr_colors_mc"} and row["samples"] == 4  # 2 docs x 2 tasks
+        assert Path(row["results_file"]).is_file()
+    tokens = {key: row["visual_tokens"] for key, row in keyed(rows).items()}
+    assert tokens[("none", None)] == {"before": 64, "llm_input": 64, "kept": 64}
+    assert tokens[("divprune", 8)] == {"before": 64, "llm_input": 8, "kept": 8}
+    assert tokens[("divprune", 4)] == {"before": 64, "llm_input": 4, "kept": 4}
+    assert tokens[("fastv", 4)] == {"before": 64, "llm_input": 64, "kept": 4}  # pruned inside the LLM
+    check_flops(rows)
+    check_report(out, rows, ["vtr_colors exact_match", "vtr_colors_mc acc"])
+    # loglikelihood requests run reduced: each of the 6 choices of a sample logs its own record
+    choices = logged_samples(keyed(rows)[("divprune", 4)], "vtr_colors_mc")
+    assert [len(sample["token_counts"]) for sample in choices] == [6, 6]
+    assert {entry["vtr"]["visual_kept"] for sample in choices for entry in sample["token_counts"]} == {4}
+    assert "[5/5] fastv budget=4: done" in first.stdout
+
+    results = (out / "results.jsonl").read_text()
+    again = vtr_sweep(*command)
+    assert again.returncode == 0 and "5 config(s), 5 done earlier, 0 to run" in again.stdout
+    assert "running" not in again.stdout and (out / "results.jsonl").read_text() == results
+
+    # an option divprune does not have fails before anything runs, naming the config
+    unknown = vtr_sweep(*common, "--model-args", LLAVA_ARGS + ",layer=2", "--methods", "fastv,divprune",
+                        "--budgets", "4")
+    assert unknown.returncode == 1 and "running" not in unknown.stdout
+    assert "divprune budget=4: method 'divprune' has no option(s) ['layer']" in unknown.stderr
+    # pdrop cannot average 8 tokens over 4 layers: the model raises at generate time, lmms-eval logs it and
+    # exits 0; the sweep must notice, name the config and keep what is done
+    failing = vtr_sweep(*common, "--model-args", LLAVA_ARGS, "--methods", "pdrop", "--budgets", "8")
+    assert failing.returncode == 1
+    assert "pdrop budget=8 failed" in failing.stderr and "cannot average 8 visual tokens" in failing.stderr
+    assert (out / "results.jsonl").read_text() == results
+
+
+def qwen_scenario(out: Path, checkpoint: str) -> None:
+    """Image + video tasks; deleting one line of results.jsonl re-runs that config only."""
+    command = ["--model", "vtr_qwen2_5_vl", "--pretrained", checkpoint, "--methods", "none,divprune,pool", *GRID,
+               "--tasks", "vtr_colors,vtr_video_colors", "--limit", "2", "--out", str(out), "--model-args", QWEN_ARGS]
+    first = vtr_sweep(*command)
+    assert first.returncode == 0, first.stderr
+    rows = rows_of(out)
+    assert [(row["method"], row["budget"]) for row in rows] == [
+        ("none", None), ("divprune", 8), ("divprune", 4), ("pool", 8), ("pool", 4)]
+    check_flops(rows)
+    check_report(out, rows, ["vtr_colors exact_match", "vtr_video_colors exact_match"])
+    for row in rows[1:]:  # one image or one video per sample: the budget is what each keeps
+        kept = {entry["vtr"]["visual_kept"] for task in ("vtr_colors", "vtr_video_colors")
+                for sample in logged_samples(row, task) for entry in sample["token_counts"]}
+        assert kept == {row["budget"]}
+    reference = rows[0]["visual_tokens"]
+    assert reference["kept"] == reference["before"] > 8
+
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    (out / "results.jsonl").write_text("".join(lines[:3] + lines[4:]))  # forget pool budget=8
+    rerun = vtr_sweep(*command)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 to run" in rerun.stdout and "[4/5] pool budget=8: done" in rerun.stdout
+    after = rows_of(out)
+    assert after[:4] == rows[:3] + rows[4:] and (after[4]["method"], after[4]["budget"]) == ("pool", 8)
+
+
+def test_sweeps_end_to_end_on_tiny_llava_and_qwen(tmp_path, checkpoint):
+    scenarios = {llava_scenario: checkpoint("llava"), qwen_scenario: checkpoint("qwen2_5_vl")}
+    with ThreadPoolExecutor(len(scenarios)) as pool:
+        futures = [pool.submit(scenario, tmp_path / scenario.__name__, path) for scenario, path in scenarios.items()]
+    for future in futures:
+        future.result()

@@ -1,0 +1,216 @@
+"""``vtr sweep``: one lmms-eval run per (method, budget), resumable, then a table and plots.
+
+    vtr sweep --model vtr_llava_hf --pretrained llava-hf/llava-1.5-7b-hf --methods none,divprune,fastv \\
+        --budgets 192,128,64 --tasks mme,gqa --out runs/llava
+
+Each finished config becomes one line of ``DIR/results.jsonl`` (written atomically); a config whose
+line is there is skipped, so re-running the command resumes an interrupted sweep, and deleting a line
+re-runs that config only. A run that leaves no results for every task stops the sweep with a non-zero
+exit code and the config named; finished lines stay. ``DIR/summary.md`` and the plots are rebuilt
+from ``results.jsonl`` at the end of every invocation. The CLI registers ``add_sweep_arguments`` and
+calls ``run_sweep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vtr.eval.lmms import MODEL_IDS
+from vtr.eval.outputs import summarize_run
+from vtr.eval.plan import Config, SweepError, SweepSetup, plan_configs
+from vtr.eval.report import write_report
+from vtr.eval.runner import LOG_FILE, RunFailed, lmms_eval_command, run_lmms_eval, write_task_paths
+from vtr.eval.store import ResultStore
+
+RESERVED_MODEL_ARGS = {"pretrained": "--pretrained", "method": "--methods", "budget": "--budgets"}
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, choices=MODEL_IDS, help="vtr's lmms-eval model (family)")
+    parser.add_argument("--pretrained", required=True, help="checkpoint directory or hub id")
+    parser.add_argument("--methods", type=_names, required=True,
+                        help="comma-separated; 'none' = the unreduced reference (run once); '+' composes stages")
+    parser.add_argument("--budgets", type=_budgets, default=[],
+                        help="comma-separated ints (visual tokens kept per image/video) or fractions in (0, 1]")
+    parser.add_argument("--tasks", type=_names, required=True,
+                        help="comma-separated lmms-eval tasks; vtr's offline tasks (vtr_colors, vtr_colors_mc, "
+                             "vtr_video_colors) are always found")
+    parser.add_argument("--limit", type=_number, default=None,
+                        help="documents per task (int) or fraction of each task; for quick checks only")
+    parser.add_argument("--out", type=Path, required=True, help="sweep directory (created; resumed if it exists)")
+    parser.add_argument("--include-path", action="append", default=[],
+                        help="another directory of lmms-eval task YAMLs (repeatable)")
+    parser.add_argument("--num-processes", type=int, default=1,
+                        help="> 1: run each config with `accelerate launch --num_processes N` (one GPU each)")
+    parser.add_argument("--model-args", default="",
+                        help="more k=v,... for the model: lmms-eval's (device_map=auto, dtype=..., max_pixels=...) "
+                             "and method options (layer=2)")
+    parser.add_argument("--force-simple", action="store_true",
+                        help="use lmms-eval's simple model class; needed for multiple-choice (loglikelihood) tasks")
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """Run every config not yet in ``DIR/results.jsonl``; 0 when all are done, 1 (message on stderr) if not."""
+    try:
+        _sweep(args)
+    except SweepError as error:
+        print(f"vtr sweep: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vtr sweep: interrupted; finished configs are in results.jsonl, run the same command to go on",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    setup = _setup(args)
+    configs = plan_configs(args.methods, args.budgets)
+    _check_configs(configs, setup.model_args)
+    out = args.out.resolve()
+    store = ResultStore(out)
+    store.claim(setup)
+    done = store.done()
+    pending = [config for config in configs if config.key not in done]
+    print(f"vtr sweep -> {out}: {len(configs)} config(s), {len(configs) - len(pending)} done earlier, "
+          f"{len(pending)} to run", flush=True)
+    task_paths = write_task_paths(out, args.include_path)
+    progress = _Progress(configs, len(pending))
+    try:
+        for config in pending:
+            run_dir = out / "runs" / config.slug
+            command = lmms_eval_command(setup, config, run_dir, task_paths, args.num_processes)
+            store.append(_run_config(config, command, run_dir, setup.tasks, progress))
+    finally:
+        rows = store.rows()
+        if rows:
+            written = write_report(out, setup, rows)
+            print(f"vtr sweep: {len(rows)} config(s) in {store.path}; report: "
+                  f"{', '.join(path.name for path in written)}", flush=True)
+
+
+def _run_config(config: Config, command: list[str], run_dir: Path, tasks: tuple[str, ...],
+                progress: _Progress) -> dict[str, Any]:
+    """Run one config and return its results.jsonl line; ``SweepError`` naming it if it fails."""
+    prefix = progress.start(config)
+    log = run_dir / LOG_FILE
+    print(f"{prefix}: running (log: {log})", flush=True)
+    try:
+        run = run_lmms_eval(command, run_dir, tasks,
+                            on_wait=lambda elapsed: print(f"{prefix}: still running, {_clock(elapsed)}", flush=True))
+    except RunFailed as failure:
+        raise SweepError(
+            f"{prefix} failed: {failure}\n  log: {log}\n  finished configs stay in results.jsonl; fix the cause "
+            f"and run the same command to go on"
+        ) from None
+    row = {"method": config.method, "budget": config.budget, **summarize_run(run),
+           "wall_time_s": round(run.wall_time_s, 1), "output_dir": str(run.results_file.parent),
+           "results_file": str(run.results_file),
+           "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    print(f"{prefix}: done in {_clock(run.wall_time_s)}; {progress.finish(run.wall_time_s)}; {_brief(row)}",
+          flush=True)
+    return row
+
+
+class _Progress:
+    """``[i/n] config`` (its place in the whole sweep), time since this invocation started, and a naive
+    estimate of what is left (mean run time so far x runs still to go)."""
+
+    def __init__(self, configs: list[Config], to_run: int) -> None:
+        self.configs, self.to_run, self.finished, self.spent = configs, to_run, 0, 0.0
+        self.started = time.monotonic()
+
+    def start(self, config: Config) -> str:
+        return f"[{self.configs.index(config) + 1}/{len(self.configs)}] {config.label}"
+
+    def finish(self, wall_time_s: float) -> str:
+        self.finished += 1
+        self.spent += wall_time_s
+        left = (self.to_run - self.finished) * self.spent / self.finished
+        return f"sweep elapsed {_clock(time.monotonic() - self.started)}, about {_clock(left)} left"
+
+
+def _setup(args: argparse.Namespace) -> SweepSetup:
+    model_args = args.model_args.strip().strip(",")
+    for key in _parse_model_args(model_args):
+        if key in RESERVED_MODEL_ARGS:
+            raise SweepError(f"--model-args sets {key!r}; the sweep sets it per run: use {RESERVED_MODEL_ARGS[key]}")
+    return SweepSetup(model=args.model, pretrained=args.pretrained, tasks=tuple(args.tasks), limit=args.limit,
+                      model_args=model_args, force_simple=args.force_simple)
+
+
+def _check_configs(configs: list[Config], model_args: str) -> None:
+    """Reject up front a config every run of which would fail: an unknown method, an invalid budget, or a
+    method option (a ``--model-args`` key that some vtr method takes) that its methods lack. Keys no vtr
+    method takes are lmms-eval's to judge, at run time."""
+    from vtr.eval.models.base import configure
+    from vtr.methods import REGISTRY
+
+    option_names = {field.name for method in REGISTRY.values() for field in dataclasses.fields(method)}
+    options = {key: value for key, value in _parse_model_args(model_args).items() if key in option_names}
+    for config in configs:
+        try:
+            configure(config.method, config.budget, options)
+        except ValueError as error:
+            raise SweepError(
+                f"{config.label}: {error}. Nothing ran; fix --methods, --budgets or --model-args") from None
+
+
+def _parse_model_args(model_args: str) -> dict[str, Any]:
+    """``k=v,...`` exactly as lmms-eval will parse it (numbers, booleans, bracketed lists kept whole)."""
+    from lmms_eval.utils import simple_parse_args_string
+
+    return simple_parse_args_string(model_args)
+
+
+def _brief(row: dict[str, Any]) -> str:
+    scores = ", ".join(f"{task} {metric.removesuffix(',none')}={value:.4g}"
+                       for task, metrics in row["scores"].items() for metric, value in metrics.items())
+    tokens = row["visual_tokens"]
+    visual = "visual tokens n/a" if tokens is None else f"visual tokens kept {tokens['kept']:.4g}"
+    tflops = row["tflops_per_sample"]
+    return f"{scores}; {visual}; " + ("TFLOPs n/a" if tflops is None else f"{tflops:.4g} TFLOPs/sample")
+
+
+def _clock(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def _names(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return names
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _budgets(text: str) -> list[int | float]:
+    """'192,0.25' -> [192, 0.25]: ints are tokens kept per image/video, floats fractions (vtr.Budget)."""
+    return [_number(part) for part in _names(text)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vtr.eval.sweep ...``: the sweep without the ``vtr`` command."""
+    parser = argparse.ArgumentParser(prog="vtr sweep", description="one lmms-eval run per (method, budget)")
+    add_sweep_arguments(parser)
+    return run_sweep(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
