@@ -97,7 +97,8 @@ def _decode_rate(model, inputs: dict, sync, config: BenchConfig, ttft_ms: float)
     total = statistics.median(_timed(lambda: model.generate(**inputs, **_greedy(config.new_tokens)), sync,
                                      dataclasses.replace(config, warmup=0, repeats=max(1, config.repeats // 2))))
     peak = torch.cuda.max_memory_allocated(model.device) / 2**20 if on_cuda else None
-    rate = (config.new_tokens - 1) / max(total - ttft_ms, 1e-6) * 1e3
+    # timing noise can exceed the decoding time of very few tokens: report no rate rather than a wrong one
+    rate = (config.new_tokens - 1) / (total - ttft_ms) * 1e3 if total > ttft_ms else float("nan")
     return rate, peak
 
 
