@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# also read by the lmms-eval subprocesses the sweep tests start
+for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_name, "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
 
 import pytest
 import torch
@@ -54,6 +56,24 @@ def tiny():
         return testing.build(name)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """``checkpoint(name)`` -> directory holding a tiny model and its processor, saved once per session
+    with ``save_pretrained`` (what a user's local checkpoint looks like)."""
+    saved = {}
+
+    def get(name: str) -> str:
+        if name not in saved:
+            model, processor = testing.build(name)
+            directory = tmp_path_factory.mktemp(name)
+            model.save_pretrained(directory)
+            processor.save_pretrained(directory)
+            saved[name] = str(directory)
+        return saved[name]
+
+    return get
 
 
 @pytest.fixture(autouse=True)

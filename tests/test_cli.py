@@ -56,3 +56,16 @@ def test_flops_command_costs_a_preset_with_its_real_dimensions(capsys):
             ("vision", "reduction", "total")}
     assert float(rows["vision"][1]) > 0.3  # CLIP-L/336 at its real width: ~0.38 TFLOPs
     assert float(rows["reduction"][1]) > 0 and float(rows["total"][1]) > float(rows["vision"][1])
+
+
+def test_calibrate_command_writes_thresholds_dymu_loads(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for seed in range(4):
+        testing.random_image(32, 32, seed=seed).save(images / f"{seed}.png")
+    out = tmp_path / "thresholds.json"
+    assert main(["calibrate", "--model", "llava", "--images", str(images), "--target-removed", "4",
+                 "--out", str(out)]) == 0
+    from vtr.methods.dymu import DyMU
+
+    assert len(DyMU(thresholds=str(out)).thresholds) >= 1

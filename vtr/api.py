@@ -20,7 +20,8 @@ from torch import Tensor
 from vtr.adapters import Adapter, adapter_for
 from vtr.engine import POSITION_MODES, ReducedCall, reduce_inputs
 from vtr.llm.pruner import LayerPruner, LayerRun, PromptRoles
-from vtr.methods import KeepAll, LayerMethod, Method, Stage, make_methods
+from vtr.llm.unmerge import UnmergeRun, VirtualUnmerging
+from vtr.methods import KeepAll, LayerMethod, Method, Stage, VisionMethod, make_methods
 from vtr.stats import CallStats, SampleStats
 
 _STATE_ATTR = "_vtr_state"
@@ -30,16 +31,20 @@ _MISSING = object()
 
 @dataclass
 class Pipeline:
-    """The configured stages of one wrap: a pre-LLM method (``KeepAll`` if none) and an in-LLM one."""
+    """The configured stages of one wrap: a vision-encoder method (or none), a pre-LLM method (``KeepAll``
+    if none), an in-LLM one, and the virtual unmerging hooks of a vision method with ``vtu=True``."""
 
     methods: list[Method]  # as configured by the user (to restore after a ``reduced`` block)
     pre_llm: Method
     in_llm: LayerPruner | None
     description: str
+    vision: VisionMethod | None = None
+    unmerging: VirtualUnmerging | None = None
 
     def close(self) -> None:
-        if self.in_llm is not None:
-            self.in_llm.remove()
+        for hooks in (self.in_llm, self.unmerging):
+            if hooks is not None:
+                hooks.remove()
 
 
 @dataclass
@@ -65,15 +70,18 @@ def wrap(
     """Make ``model`` see fewer visual tokens in ``generate()`` and ``forward()``; returns the same object.
 
     ``method``: a registered name (``vtr.available_methods()``), a configured method object, or a list
-    of them to compose stages (at most one before the LLM and one inside it), e.g.
-    ``["divprune", "fastv"]``. ``budget``: int = visual tokens kept per image/video, float in (0, 1] =
-    fraction kept. ``positions``: ``"original"`` (kept tokens keep their original 1-D or M-RoPE
-    positions) or ``"compact"`` (kept tokens are re-indexed consecutively); in-LLM stages always keep
-    positions. Extra keyword arguments are method options.
+    of them to compose stages (at most one before the LLM and one inside it; a vision-encoder method
+    such as ``tome`` composes with an in-LLM one only), e.g. ``["divprune", "fastv"]``. ``budget``:
+    int = visual tokens kept per image/video, float in (0, 1] = fraction kept. ``positions``: ``"original"`` (kept tokens keep their original 1-D or M-RoPE
+    positions) or ``"compact"`` (kept tokens are re-indexed consecutively); in-LLM stages and virtual
+    unmerging always keep positions. Extra keyword arguments are method options.
     """
     if positions not in POSITION_MODES:
         raise ValueError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
     methods = make_methods(method, budget, **options)
+    if positions == "compact" and any(isinstance(m, VisionMethod) and m.vtu for m in methods):
+        raise ValueError("virtual token unmerging (vtu=True) attends at every original position; it cannot take "
+                         "positions='compact' (pass vtu=False to shrink the prompt with compact positions)")
     state: WrapState | None = getattr(model, _STATE_ATTR, None)
     adapter = adapter_for(model) if state is None else state.adapter
     pipeline = _pipeline(adapter, methods)
@@ -150,23 +158,41 @@ def _pipeline(adapter: Adapter, methods: list[Method]) -> Pipeline:
     for m in methods:
         by_stage.setdefault(m.stage, []).append(m)
     for stage, members in by_stage.items():
-        if stage not in (Stage.PRE_LLM, Stage.LLM):
-            raise ValueError(f"{members[0].name} runs at stage {stage.value!r}, which vtr does not run yet")
         if len(members) > 1:
             raise ValueError(
                 f"{[m.name for m in members]} all run at stage {stage.value!r}; compose at most one method per "
-                f"stage (one before the LLM, one inside it)"
+                f"stage (one in the vision encoder, one before the LLM, one inside it)"
             )
+    vision = by_stage.get(Stage.VISION, [None])[0]
+    if vision is not None:
+        _check_vision_composition(adapter, vision, by_stage)
     pre_llm = by_stage.get(Stage.PRE_LLM, [KeepAll()])[0]
     in_llm = by_stage.get(Stage.LLM, [None])[0]
     description = " + ".join(m.describe() for m in methods)
+    unmerging = VirtualUnmerging(adapter.decoder()) if vision is not None and vision.vtu else None
     if in_llm is None:
-        return Pipeline(methods, pre_llm, None, description)
+        return Pipeline(methods, pre_llm, None, description, vision, unmerging)
     assert isinstance(in_llm, LayerMethod)
     pruner = LayerPruner(adapter.decoder(), in_llm, adapter.text_attn_implementation())
     undo = adapter.patch_decoder(pruner)
     pruner.remove = _chained(pruner.remove, undo)
-    return Pipeline(methods, pre_llm, pruner, description)
+    return Pipeline(methods, pre_llm, pruner, description, vision)
+
+
+def _check_vision_composition(adapter: Adapter, vision: VisionMethod, by_stage: dict[Stage, list[Method]]) -> None:
+    """What a vision-encoder method composes with (checked at wrap time, before any hook exists)."""
+    adapter.merge_target()  # families without vision-encoder merging say so here
+    if Stage.PRE_LLM in by_stage:
+        raise ValueError(
+            f"{vision.name} merges inside the vision encoder; composing it with the pre-LLM method "
+            f"{by_stage[Stage.PRE_LLM][0].name} is not supported yet: use it alone or with an in-LLM method "
+            f"(e.g. ['{vision.name}', 'fastv'])"
+        )
+    if vision.vtu and Stage.LLM in by_stage:
+        raise ValueError(
+            f"{vision.name} with vtu=True runs every decoder layer's attention at the original length, which an "
+            f"in-LLM method ({by_stage[Stage.LLM][0].name}) cannot shorten; pass vtu=False to compose them"
+        )
 
 
 def _chained(*steps):
@@ -215,9 +241,12 @@ def _reducing_forward(state: WrapState, model: torch.nn.Module, original):
 
 def _start(state: WrapState, kwargs: dict[str, Any], for_generate: bool) -> tuple[ReducedCall, LayerRun | None]:
     """Reduce before the LLM and arm the in-LLM stage (if any) for the passes of this call."""
-    call = reduce_inputs(state.adapter, state.pipeline.pre_llm, state.positions, kwargs, for_generate)
-    state.last_stats = dataclasses.replace(call.stats, method=state.pipeline.description)
-    pruner = state.pipeline.in_llm
+    pipeline = state.pipeline
+    call = reduce_inputs(state.adapter, pipeline.pre_llm, state.positions, kwargs, for_generate, pipeline.vision)
+    state.last_stats = dataclasses.replace(call.stats, method=pipeline.description)
+    if pipeline.unmerging is not None:
+        pipeline.unmerging.run = UnmergeRun(call.token_representative)
+    pruner = pipeline.in_llm
     if pruner is None:
         return call, None
     pruner.run = LayerRun(PromptRoles.from_columns(call.token_item, call.token_structural,
@@ -227,6 +256,8 @@ def _start(state: WrapState, kwargs: dict[str, Any], for_generate: bool) -> tupl
 
 def _finish(state: WrapState, run: LayerRun | None) -> None:
     """Close a call's in-LLM run (later cached steps on its cache still work) and record per-layer stats."""
+    if state.pipeline.unmerging is not None:  # cached steps after the call need no unmerging: nothing to keep
+        state.pipeline.unmerging.run = None
     if run is None:
         return
     run.accepts_full_passes = False

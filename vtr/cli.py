@@ -1,4 +1,4 @@
-"""The ``vtr`` command: demo, bench, flops, methods, models (and sweep)."""
+"""The ``vtr`` command: demo, bench, flops, sweep, calibrate, methods, models."""
 
 from __future__ import annotations
 
@@ -189,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="methods x budgets x tasks through lmms-eval: resumable, with a summary")
     add_sweep_arguments(sweep)
     sweep.set_defaults(func=run_sweep)
+
+    from vtr.vision.calibrate import add_calibrate_arguments, run_calibrate
+
+    calibrate = sub.add_parser("calibrate", help="per-layer DyMU merge thresholds from a folder of images")
+    add_calibrate_arguments(calibrate)
+    calibrate.set_defaults(func=run_calibrate)
 
     sub.add_parser("methods", help="list reduction methods").set_defaults(func=_cmd_methods)
     models = sub.add_parser("models", help="list supported model types")

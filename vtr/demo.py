@@ -14,6 +14,7 @@ import torch
 
 import vtr
 from vtr import testing
+from vtr.methods import takes_budget
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,10 @@ def run_demo(model, processor, methods: list[str], budgets: list[int | float], m
     rows.append(measure("none", "-"))
     for method in methods:
         for budget in budgets:
+            if not takes_budget(method):  # e.g. dymu: its token count follows calibrated thresholds
+                rows.append(DemoRow(method, str(budget), n_visual, None, None, prompt_len, None, None,
+                                    f"not run: {method} takes no budget"))
+                continue
             with vtr.reduced(model, method, budget=budget):
                 rows.append(measure(method, str(budget)))
     return rows

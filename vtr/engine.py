@@ -8,6 +8,13 @@ tokens, and generation continues from the kept positions.
 Rows of a batch may keep different numbers of tokens (different images, prompts without images), so
 the reduced batch is re-packed with left padding to the longest row. Original padding is dropped and
 rebuilt, which makes a padded batch equal to its rows run alone.
+
+A vision-stage method (tome, dymu) merges inside the encoder instead (``vtr.vision.merging``). Its
+merged features are spread back over every patch (``merged[assignment]``), so the placeholder and
+layout checks run unchanged, and each item gets the merge's ``Reduction`` in place of a pre-LLM
+method's. With virtual token unmerging (``vtu=True``) nothing is dropped from the prompt: every
+placeholder carries its merged token's features, and ``ReducedCall.token_representative`` tells the
+in-LLM hooks (``vtr.llm.unmerge``) which columns are copies of which merged token.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from vtr.layout import ItemLayout
 from vtr.measure.timing import section
 from vtr.vision.attention import AttentionRequest
 from vtr.methods.base import Method, Reduction, VisualItem
+from vtr.methods.vision import VisionMethod
 from vtr.stats import CallStats, ItemStats, SampleStats
+from vtr.vision.merging import EncoderMerging
 
 POSITION_MODES = ("original", "compact")
 
@@ -40,18 +49,23 @@ class ReducedCall:
     gapped_positions: bool  # 1-D positions with gaps: uncached passes need an explicit mask
     token_item: Tensor  # (B, L'): item id (unique in the batch) of each content column, -1 elsewhere
     token_structural: Tensor  # (B, L'): True on kept structural (newline) columns
+    # (B, L') with virtual unmerging: the column whose token stands for each column (itself unless merged)
+    token_representative: Tensor | None = None
 
 
 def reduce_inputs(
-    adapter: Adapter, method: Method, positions: str, inputs: dict[str, Any], for_generate: bool
+    adapter: Adapter, method: Method, positions: str, inputs: dict[str, Any], for_generate: bool,
+    vision: VisionMethod | None = None,
 ) -> ReducedCall:
-    """Reduce every visual input in ``inputs`` with ``method`` and shrink the prompt to match."""
+    """Reduce every visual input in ``inputs`` with ``method`` (or ``vision``, merging inside the encoder)
+    and shrink the prompt to match."""
     with section("pre_llm"):
-        return _reduce_inputs(adapter, method, positions, inputs, for_generate)
+        return _reduce_inputs(adapter, method, positions, inputs, for_generate, vision)
 
 
 def _reduce_inputs(
-    adapter: Adapter, method: Method, positions: str, inputs: dict[str, Any], for_generate: bool
+    adapter: Adapter, method: Method, positions: str, inputs: dict[str, Any], for_generate: bool,
+    vision: VisionMethod | None,
 ) -> ReducedCall:
     if inputs.get("input_ids") is None:
         raise ReductionError(
@@ -66,15 +80,18 @@ def _reduce_inputs(
     # encode and locate everything first: a placeholder mismatch must be reported as such, before
     # position computation trips over it with an opaque shape error
     requests = method.attention_requests(adapter.vision_info()) if _wants_attention(method) else {}
-    encoded = [_encode(adapter, modality, inputs, ids, mask, requests)
+    encoded = [_encode(adapter, modality, inputs, ids, mask, requests, vision)
                for modality in adapter.present_modalities(inputs)]
     full_positions = adapter.positions({**inputs, "attention_mask": mask}, for_generate)
 
     keep = mask.bool().clone()  # original padding is dropped here and rebuilt below
     items_per_row: list[list[ItemStats]] = [[] for _ in range(ids.shape[0])]
-    roles = _TokenRoles(torch.full_like(ids, -1), torch.zeros_like(keep))
+    columns = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    roles = _TokenRoles(torch.full_like(ids, -1), torch.zeros_like(keep), columns.clone())
+    expand = vision is not None and vision.vtu
     mm_encoder_outputs = {
-        visual.modality: _reduce_modality(adapter, method, visual, keep, items_per_row, roles) for visual in encoded
+        visual.modality: _reduce_modality(adapter, method, visual, keep, items_per_row, roles, expand)
+        for visual in encoded
     }
 
     kept_index = _left_packed_index(keep)
@@ -91,9 +108,13 @@ def _reduce_inputs(
     )
     kwargs["mm_encoder_outputs"] = mm_encoder_outputs
 
+    representative = _reduced_representatives(roles.representative, kept_index) if expand else None
+    n_after = valid.sum(1)
+    if representative is not None:  # copies of a merged token only widen the attention, not the prompt
+        n_after = n_after - (representative != torch.arange(kept_index.shape[1], device=ids.device)).sum(1)
     samples = tuple(
-        SampleStats(tuple(items), int(n_before), int(n_after))
-        for items, n_before, n_after in zip(items_per_row, mask.sum(1).tolist(), valid.sum(1).tolist())
+        SampleStats(tuple(items), int(n_before), int(n_kept))
+        for items, n_before, n_kept in zip(items_per_row, mask.sum(1).tolist(), n_after.tolist())
     )
     dropped_any = bool((mask.bool() & ~keep).any())
     return ReducedCall(
@@ -103,15 +124,18 @@ def _reduce_inputs(
         gapped_positions=dropped_any and not compact and full_positions.shape[0] == 1,
         token_item=_gather_columns(roles.item, kept_index, pad=-1),
         token_structural=_gather_columns(roles.structural, kept_index, pad=False),
+        token_representative=representative,
     )
 
 
 @dataclass
 class _TokenRoles:
-    """Per input column: the visual item a content token belongs to (-1 = none), and structural tokens."""
+    """Per input column: the visual item a content token belongs to (-1 = none), structural tokens, and
+    the column whose token stands for it (itself, unless virtual unmerging copies a merged token)."""
 
     item: Tensor
     structural: Tensor
+    representative: Tensor
     count: int = 0
 
 
@@ -123,6 +147,8 @@ class _EncodedModality:
     slots: list[tuple[int, Tensor]]  # (batch row, placeholder columns) per item
     layouts: list[ItemLayout]
     attention: list[dict[str, tuple[Tensor, Tensor]]]  # per item: what the method asked of the encoder
+    merges: list[Reduction | None]  # per item: the vision stage's merge, if one ran
+    encoder_tokens: list[tuple[int, ...]]  # per item: tokens each encoder layer processed (vision stage)
 
 
 def _wants_attention(method: Method) -> bool:
@@ -132,15 +158,24 @@ def _wants_attention(method: Method) -> bool:
 
 
 def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor, mask: Tensor,
-            requests: dict[str, AttentionRequest]) -> _EncodedModality:
+            requests: dict[str, AttentionRequest], vision: VisionMethod | None) -> _EncodedModality:
     attention: list[dict[str, tuple[Tensor, Tensor]]] = []
+    merging = None if vision is None else EncoderMerging(adapter.merge_target(), vision.matcher)
     with contextlib.ExitStack() as stack:
         capture = stack.enter_context(adapter.capture_attention(requests)) if requests else None
+        if merging is not None:
+            stack.enter_context(merging.installed())
         with section("encode"):  # the model's own encoder: not vtr's overhead
             output = adapter.encode(modality, inputs)
     if capture is not None:
         attention = adapter.item_attention(modality, capture, requests, inputs)
     features = adapter.item_features(modality, output)
+    merges: list[Reduction | None] = [None] * len(features)
+    encoder_tokens: list[tuple[int, ...]] = [()] * len(features)
+    if merging is not None:
+        merges = merging.reductions(features)
+        encoder_tokens = [tuple(row) for row in merging.per_layer_counts().tolist()]
+        features = [m.features[m.assignment] for m in merges]  # each patch carries its merged token's features
     _check_finite(modality, features)
     slots = _placeholder_slots(adapter, modality, ids, mask, features)
     try:
@@ -154,7 +189,7 @@ def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor
             f"the model config and image size"
         ) from error
     return _EncodedModality(modality, output, features, slots, layouts,
-                            attention or [{} for _ in features])
+                            attention or [{} for _ in features], merges, encoder_tokens)
 
 
 def _reduce_modality(
@@ -164,36 +199,67 @@ def _reduce_modality(
     keep: Tensor,
     items_per_row: list[list[ItemStats]],
     roles: _TokenRoles,
+    expand: bool,
 ) -> Any:
     """Reduce each item of one modality; clear its dropped slots in ``keep``; return the reduced encoder output.
 
     The method sees the content tokens only; structural tokens follow the rows they close (``vtr.layout``).
+    ``expand`` (virtual unmerging) keeps every slot, each carrying its output token's features.
     """
     rank_in_row = [0] * keep.shape[0]
     new_features, reductions = [], []
-    for feats, (row, cols), layout, attention in zip(visual.features, visual.slots, visual.layouts,
-                                                     visual.attention):
+    for feats, (row, cols), layout, attention, merge, encoder_tokens in zip(
+            visual.features, visual.slots, visual.layouts, visual.attention, visual.merges, visual.encoder_tokens):
         attention = {name: (scores[layout.content], keys[layout.content]) for name, (scores, keys) in attention.items()}
         item = VisualItem(feats[layout.content], layout.segments, visual.modality, rank_in_row[row], attention)
         rank_in_row[row] += 1
-        reduction = method.reduce(item)
+        reduction = merge if merge is not None else method.reduce(item)
         _check_reduction(method, item, reduction)
-        content_kept = torch.zeros(item.num_tokens, dtype=torch.bool, device=feats.device)
-        content_kept[reduction.kept] = True
-        structural = layout.structural[layout.structural_kept(content_kept)]
-        slots = torch.cat([layout.content[reduction.kept], structural])
-        order = slots.argsort()
-        new_features.append(torch.cat([reduction.output_features(item), feats[structural]])[order])
-        dropped = torch.ones(feats.shape[0], dtype=torch.bool, device=cols.device)
-        dropped[slots.to(cols.device)] = False
-        keep[row, cols[dropped]] = False
+        provenance = reduction.provenance(item.num_tokens)
+        if expand:
+            new_features.append(_expanded_features(method, item, feats, layout, reduction, provenance))
+            structural = layout.structural
+            roles.representative[row, cols[layout.content]] = cols[layout.content[reduction.kept[provenance]]]
+        else:
+            content_kept = torch.zeros(item.num_tokens, dtype=torch.bool, device=feats.device)
+            content_kept[reduction.kept] = True
+            structural = layout.structural[layout.structural_kept(content_kept)]
+            slots = torch.cat([layout.content[reduction.kept], structural])
+            new_features.append(torch.cat([reduction.output_features(item), feats[structural]])[slots.argsort()])
+            dropped = torch.ones(feats.shape[0], dtype=torch.bool, device=cols.device)
+            dropped[slots.to(cols.device)] = False
+            keep[row, cols[dropped]] = False
         roles.item[row, cols[layout.content[reduction.kept].to(cols.device)]] = roles.count
         roles.structural[row, cols[structural.to(cols.device)]] = True
         roles.count += 1
         reductions.append(reduction)
-        items_per_row[row].append(ItemStats(visual.modality, feats.shape[0], slots.numel(),
-                                            layout.structural.numel(), structural.numel()))
+        items_per_row[row].append(ItemStats(
+            visual.modality, feats.shape[0], reduction.kept.numel() + structural.numel(), layout.structural.numel(),
+            structural.numel(), stage="vision" if merge is not None else "pre_llm",
+            vision_per_layer=encoder_tokens, provenance=tuple(provenance.tolist())))
     return adapter.with_features(visual.modality, visual.output, new_features, reductions)
+
+
+def _expanded_features(method: Method, item: VisualItem, feats: Tensor, layout: ItemLayout, reduction: Reduction,
+                       provenance: Tensor) -> Tensor:
+    """Every slot of the item, each content token carrying the features of the output token it went into."""
+    if bool((provenance < 0).any()):
+        raise ReductionError(f"virtual token unmerging needs every token merged into an output token, but "
+                             f"{method.describe()} dropped some")
+    expanded = feats.clone()
+    expanded[layout.content] = reduction.output_features(item)[provenance]
+    return expanded
+
+
+def _reduced_representatives(representative: Tensor, kept_index: Tensor) -> Tensor:
+    """(B, L') the reduced column whose token stands for each reduced column (padding: itself)."""
+    valid = kept_index >= 0
+    own = torch.arange(kept_index.shape[1], device=kept_index.device).expand_as(kept_index)
+    reduced_of = torch.zeros_like(representative)  # original column -> reduced column
+    rows, cols = valid.nonzero(as_tuple=True)
+    reduced_of[rows, kept_index[rows, cols]] = cols
+    original = _gather_columns(representative, kept_index, pad=0)
+    return torch.where(valid, reduced_of.gather(1, original), own)
 
 
 def _check_finite(modality: str, features: list[Tensor]) -> None:

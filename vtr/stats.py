@@ -10,7 +10,11 @@ class ItemStats:
     """One image or video: tokens the model would have seen and tokens it saw.
 
     ``before``/``after`` count every placeholder token; ``structural_before``/``structural_after`` how
-    many of them are structural (LLaVA-NeXT/OneVision newlines), which budgets do not count.
+    many of them are structural (LLaVA-NeXT/OneVision newlines), which budgets do not count. ``stage``:
+    where the tokens were reduced (``"vision"`` for merging inside the encoder, else ``"pre_llm"``).
+    ``vision_per_layer``: tokens each vision-encoder layer processed, class token included (vision stage
+    only). ``provenance``: the output token each content token went into (-1 = dropped), the
+    reduction's own record of which original patches every LLM token stands for.
     """
 
     modality: str
@@ -19,6 +23,8 @@ class ItemStats:
     structural_before: int = 0
     structural_after: int = 0
     stage: str = "pre_llm"
+    vision_per_layer: tuple[int, ...] = ()
+    provenance: tuple[int, ...] = field(default=(), repr=False)
 
     @property
     def content_before(self) -> int:
@@ -74,10 +80,13 @@ class CallStats:
         rows = [f"{self.method} (positions={self.positions})"]
         for i, s in enumerate(self.samples):
             per_item = ", ".join(f"{it.modality} {it.before}->{it.after}" for it in s.items) or "no visual input"
+            encoder = [list(it.vision_per_layer) for it in s.items if it.vision_per_layer]
             rows.append(
                 f"  sample {i}: visual {s.visual_before}->{s.visual_after} ({per_item}); "
                 f"prompt {s.prompt_before}->{s.prompt_after} tokens"
             )
+            if encoder:
+                rows.append(f"    tokens per vision-encoder layer (class token included): {encoder}")
             if s.visual_per_layer:
                 rows.append(f"    visual tokens per decoder layer: {list(s.visual_per_layer)}")
         return "\n".join(rows)

@@ -107,6 +107,35 @@ def test_holitom_inner_matches_flop_counter(tiny, name, kind):
     _assert_close(measured, _modelled(breakdown))
 
 
+VISION_WRAPS = {
+    "tome": dict(method="tome", budget=20),
+    "tome_vtu": dict(method="tome", r=12, vtu=True),
+    "dymu": dict(method="dymu", thresholds=[0.6, 0.6]),
+    "dymu_no_vtu": dict(method="dymu", thresholds=[0.6, 0.6], vtu=False),
+    "tome_fastv": dict(method=["tome", "fastv"], budget=0.5, layer=2),
+}
+
+
+@pytest.mark.parametrize("config", list(VISION_WRAPS))
+def test_vision_merging_matches_flop_counter(tiny, config):
+    """Encoder layers at their merged token counts, the merge similarities (booked under the vision tower by
+    the counter, under reduction by the model), virtual unmerging's full-length attention and KV cache."""
+    model, processor = tiny("llava")
+    inputs = make_inputs(processor, "llava")
+    vtr.wrap(model, **VISION_WRAPS[config])
+    measured = _counted(lambda: model(**inputs))
+    (breakdown,) = call_flops(model, inputs, logits="all")
+    assert breakdown.total == pytest.approx(measured["total"], rel=1e-9)
+    if config != "tome_fastv":  # there reduction also holds FastV's score recompute, outside the tower
+        _assert_close(measured, dict(_modelled(breakdown), vision=breakdown.vision + breakdown.reduction,
+                                     rest=breakdown.llm_prefill))
+    assert breakdown.vision < call_flops(vtr.unwrap(model), inputs, logits="all")[0].vision
+    vtr.wrap(model, **VISION_WRAPS[config])
+    options = _no_placeholders(model)
+    generated = _counted(lambda: model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, **options))["total"]
+    assert call_flops(model, inputs, new_tokens=3)[0].total == pytest.approx(generated, rel=1e-9)
+
+
 @pytest.mark.parametrize("name, kind, allocation", [("llava_onevision", "image", "per_segment"),
                                                     ("qwen2_vl", "video", "per_frame")])
 def test_divprune_allocations_match_flop_counter(tiny, name, kind, allocation):

@@ -59,10 +59,10 @@ def test_pool_on_video_pools_space_first():
 
 
 def test_registry_and_option_errors():
-    assert available_methods() == ["divprune", "fastv", "hiprune", "holitom_inner", "none", "pdrop", "pool", "random",
-                                   "visionzip"]
+    assert available_methods() == ["divprune", "dymu", "fastv", "hiprune", "holitom_inner", "none", "pdrop", "pool",
+                                   "random", "tome", "visionzip"]
     assert make_method("random", 0.5, seed=7) == RandomSelect(budget=0.5, seed=7)
-    with pytest.raises(ValueError, match="unknown method .fastv2.*available: divprune, fastv, hiprune"):
+    with pytest.raises(ValueError, match="unknown method .fastv2.*available: divprune, dymu, fastv, hiprune"):
         make_method("fastv2", 64)
     with pytest.raises(ValueError, match="has no option.*'bogus'"):
         make_method("divprune", 64, bogus=1)

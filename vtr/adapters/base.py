@@ -21,6 +21,7 @@ from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
 from vtr.methods.base import Reduction, VisionInfo
 from vtr.vision.attention import AttentionCapture, AttentionRequest
+from vtr.vision.merging import MergeTarget
 
 MODALITIES = ("image", "video")
 PIXEL_KEYS = ("pixel_values", "pixel_values_videos", "pixel_values_images")
@@ -104,6 +105,16 @@ class Adapter:
         layers = {request.layer for request in requests.values()}
         with AttentionCapture().on({layer: self.vision_attention_module(layer) for layer in layers}) as capture:
             yield capture
+
+    def merge_target(self) -> MergeTarget:
+        """The encoder layers a vision-stage method (tome, dymu) merges between; raises where unsupported."""
+        raise ReductionError(
+            f"vision-encoder merging (tome, dymu) runs on llava models (LLaVA-1.5's CLIP tower) only, not on "
+            f"{self.config.model_type}: LLaVA-NeXT/OneVision pack AnyRes crops into fixed grids with newline rows, "
+            f"and the Qwen ViT's 2x2 patch merger needs whole 2x2 blocks (with windowed attention in Qwen2.5-VL), "
+            f"so merging inside those encoders is a different problem; use a pre-LLM method (divprune, "
+            f"visionzip, ...) there"
+        )
 
     def vision_attention_module(self, layer: int) -> torch.nn.Module:  # pragma: no cover - per family
         raise NotImplementedError

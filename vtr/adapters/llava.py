@@ -20,6 +20,7 @@ from vtr.errors import ReductionError
 from vtr.layout import ItemLayout, layout_with_newlines, square_grid
 from vtr.methods.base import VisionInfo
 from vtr.vision.attention import AttentionCapture, AttentionRequest, clip_like_attention
+from vtr.vision.merging import MergeTarget
 
 
 def llava_vision_info(config) -> VisionInfo:
@@ -32,9 +33,30 @@ def llava_vision_info(config) -> VisionInfo:
                       encoder="clip")
 
 
+def llava_merge_target_shape(config) -> tuple[int, int]:
+    """(merging layers, tokens dropped before the projector) of a LLaVA-1.5 CLIP tower: merges follow every
+    layer up to the feature layer; the "default" strategy drops the class token."""
+    if config.vision_config.model_type != "clip_vision_model":
+        raise ReductionError(f"vision-encoder merging needs a CLIP tower (it protects the class token), this llava "
+                             f"model has a {config.vision_config.model_type!r} tower")
+    if not isinstance(config.vision_feature_layer, int):
+        raise ReductionError(f"vision-encoder merging needs one feature layer; this model concatenates layers "
+                             f"{config.vision_feature_layer}, whose merged sequences would differ in length")
+    dropped = 1 if config.vision_feature_select_strategy == "default" else 0
+    return llava_vision_info(config).feature_layer + 1, dropped
+
+
 class LlavaAdapter(Adapter):
     model_types = ("llava",)
     modalities_handled = ("image",)
+
+    def merge_target(self) -> MergeTarget:
+        merge_layers, dropped = llava_merge_target_shape(self.config)
+        tower = self.model.model.vision_tower
+        if str(tower.config._attn_implementation).startswith("flash"):
+            raise ReductionError("vision-encoder merging passes proportional attention as an additive float mask, "
+                                 "which flash attention cannot take; load the vision tower with sdpa or eager")
+        return MergeTarget(tower.encoder.layers, merge_layers, dropped)
 
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         return [ItemLayout.grid_only(square_grid(f.shape[0]), f.device) for f in features]

@@ -22,7 +22,9 @@ Assumptions, each the behaviour of transformers 5.x:
 
 * One breakdown per batch row, as if the row ran alone: padding and pad slots cost nothing.
 * Vision encoders run every layer, whatever ``vision_feature_layer`` selects. SigLIP's attention-pooling
-  head runs when ``vision_use_head`` is set, though LLaVA-OneVision discards its output.
+  head runs when ``vision_use_head`` is set, though LLaVA-OneVision discards its output. After a
+  vision-stage merge (tome, dymu) each encoder layer costs its real token count (``vtr.stats`` records
+  it per layer) and the projector sees the merged tokens.
 * CLIP sequences carry a CLS token, SigLIP's none. LLaVA-NeXT/OneVision encode the base image and
   every AnyRes crop (``image_size_to_num_patches`` on ``image_sizes``; OneVision encodes the base
   image only when ``batch_num_images`` says a row has several images). Videos encode every frame.
@@ -36,7 +38,10 @@ Assumptions, each the behaviour of transformers 5.x:
   experts are not modelled).
 * Decoder layer l of the prefill sees ``prompt_after`` tokens, minus the visual tokens an in-LLM
   method dropped before it. ``logits="all"`` applies the LM head to every token leaving the last layer
-  (``forward``), ``"last"`` to the last one only (``generate``).
+  (``forward``), ``"last"`` to the last one only (``generate``). With virtual token unmerging
+  (``vtr.llm.unmerge``) every attention module (projections and attention) runs at the original prompt
+  length, the MLPs at the merged one, the KV cache holds the original length and the LM head of
+  ``forward`` sees every original position.
 * ``new_tokens`` counts the tokens generated: the first comes from the prefill, each later one costs
   a decoding step of one token against every cached key of each layer plus the LM head.
 * ``reduction`` holds vtr's own matmuls: DivPrune's cosine-similarity matrix (N x N x D over the
@@ -45,12 +50,15 @@ Assumptions, each the behaviour of transformers 5.x:
   HoliTom's token-similarity matrix at layer K (L x L x D, L the tokens entering layer K); the vision
   attention HiPrune / VisionZip ask for (q/k projections of the requested encoder layer and the score
   matmul of the requested query rows, per attention sequence: image, crop, frame or window), and
-  VisionZip's key similarity to its contextual targets. Keep-all, random and pooling multiply nothing;
-  methods vtr does not ship count 0.
+  VisionZip's key similarity to its contextual targets; a vision-stage merge's A x B key similarity
+  after every merging layer that merges at all (it runs inside the encoder, so a flop counter books it
+  under the vision tower). Keep-all, random and pooling multiply nothing; methods vtr does not ship
+  count 0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
@@ -60,10 +68,11 @@ from torch import Tensor
 from transformers import PreTrainedConfig
 
 from vtr.api import _state, is_wrapped
-from vtr.adapters.llava import llava_vision_info
+from vtr.adapters.llava import llava_merge_target_shape, llava_vision_info
 from vtr.adapters.qwen_vl import qwen_vision_info
-from vtr.methods import DivPrune, HiPrune, HoliTomInner, LayerMethod, Method, VisionZip
+from vtr.methods import DivPrune, HiPrune, HoliTomInner, LayerMethod, Method, VisionMethod, VisionZip
 from vtr.methods.base import BudgetedMethod, VisionInfo, split_budget
+from vtr.methods.vision import EncoderGeometry
 from vtr.stats import CallStats, ItemStats, SampleStats
 
 LLAVA = ("llava", "llava_next", "llava_onevision", "llava_next_video")
@@ -80,13 +89,17 @@ class VisualInput:
 
     ``frames``: sequences the encoder runs: LLaVA-family crops (base image + AnyRes crops) or video
     frames; Qwen-VL temporal patches (``grid_thw[0]``). ``height`` x ``width``: the patch grid of each
-    (Qwen-VL: before merging, as in ``grid_thw``).
+    (Qwen-VL: before merging, as in ``grid_thw``). After a vision-stage merge (LLaVA-1.5):
+    ``encoder_tokens``, the tokens each encoder layer processed (class token included), and
+    ``projected``, the tokens the projector saw.
     """
 
     modality: str
     frames: int
     height: int
     width: int
+    encoder_tokens: tuple[int, ...] = ()
+    projected: int | None = None
 
     @property
     def patches(self) -> int:
@@ -156,14 +169,15 @@ def _tokens_per_frame(config: PreTrainedConfig, item: VisualInput) -> int:
 def _vit_flops(config: PreTrainedConfig, item: VisualInput) -> float:
     """CLIP / SigLIP: patch embedding, encoder layers and SigLIP's pooling head, per frame."""
     vc = config.vision_config
-    d, seq = vc.hidden_size, _tokens_per_frame(config, item)
+    d = vc.hidden_size
+    per_layer = item.encoder_tokens or (_tokens_per_frame(config, item),) * vc.num_hidden_layers
     embed = _linear(item.patches, vc.num_channels * vc.patch_size ** 2, d)
-    layer = _block(seq, d, d, d, 2 * _scores(1, d, seq, seq), vc.intermediate_size, 2)
-    head = 0.0
+    layers = sum(_block(n, d, d, d, 2 * _scores(1, d, n, n), vc.intermediate_size, 2) for n in per_layer)
+    seq, head = per_layer[-1], 0.0
     if getattr(vc, "vision_use_head", False):  # one probe query attends to the sequence, then an MLP
         head = (2 * _linear(1, d, d) + 2 * _linear(seq, d, d) + 2 * _scores(1, d, 1, seq)
                 + 2 * _linear(1, d, vc.intermediate_size))
-    return embed + item.frames * (vc.num_hidden_layers * layer + head)
+    return embed + item.frames * (layers + head)
 
 
 def _window_sizes(vc: Any, height: int, width: int) -> list[int]:
@@ -197,6 +211,8 @@ def _qwen_vit_flops(config: PreTrainedConfig, item: VisualInput) -> float:
 
 def _llava_projector_rows(config: PreTrainedConfig, item: VisualInput) -> int:
     """Rows per frame the LLaVA projector sees: the encoder tokens minus CLS under "default"."""
+    if item.projected is not None:
+        return item.projected
     return _tokens_per_frame(config, item) - (config.vision_feature_select_strategy == "default")
 
 
@@ -238,12 +254,16 @@ def projector_flops(config: PreTrainedConfig, item: VisualInput) -> float:
 
 
 # ---------------------------------------------------------------------- the LLM
-def decoder_layer_flops(config: PreTrainedConfig, queries: float, keys: float) -> float:
-    """One decoder layer running ``queries`` tokens against ``keys`` keys (prefill: both = its tokens)."""
+def decoder_layer_flops(config: PreTrainedConfig, queries: float, keys: float, mlp_rows: float | None = None) -> float:
+    """One decoder layer running ``queries`` tokens against ``keys`` keys (prefill: both = its tokens).
+
+    ``mlp_rows``: tokens the MLP sees when they are fewer than the attention's (virtual unmerging).
+    """
     d, heads, kv_heads, head_dim = _text_dims(config)
     attention = 2 * _scores(heads, head_dim, queries, keys)
-    return _block(queries, d, heads * head_dim, kv_heads * head_dim, attention,
-                  config.get_text_config().intermediate_size, 3)
+    mlp = config.get_text_config().intermediate_size
+    return (_block(queries, d, heads * head_dim, kv_heads * head_dim, attention, mlp, 0)
+            + 3 * _linear(queries if mlp_rows is None else mlp_rows, d, mlp))
 
 
 def _lm_head_flops(config: PreTrainedConfig, rows: int) -> float:
@@ -269,12 +289,15 @@ def model_flops(
     new_tokens: int = 0,
     logits: str = "last",
     reduction: float = 0.0,
+    virtual_tokens: int | None = None,
 ) -> FlopsBreakdown:
     """FLOPs of one sample from the config and its geometry, e.g. for a checkpoint never run.
 
     ``visual``: the sample's images and videos. ``llm_tokens``: tokens each decoder layer sees during
     the prefill (``[prompt_tokens] * num_layers`` without an in-LLM stage; ``tokens_per_layer`` reads
-    them off ``vtr.stats``). ``reduction``: vtr's own FLOPs (``reduction_flops``).
+    them off ``vtr.stats``). ``reduction``: vtr's own FLOPs (``reduction_flops``). ``virtual_tokens``:
+    with virtual token unmerging, the original prompt length every attention module (and the KV cache)
+    runs at, while the MLPs see ``llm_tokens``.
     """
     _check_supported(config)
     if logits not in LOGITS:
@@ -282,14 +305,19 @@ def model_flops(
     num_layers = config.get_text_config().num_hidden_layers
     if len(llm_tokens) != num_layers:
         raise ValueError(f"llm_tokens needs one count per decoder layer ({num_layers}), got {len(llm_tokens)}")
-    per_layer = tuple(decoder_layer_flops(config, n, n) for n in llm_tokens)
-    head_rows = llm_tokens[-1] if logits == "all" else 1
+    if virtual_tokens is None:
+        per_layer = tuple(decoder_layer_flops(config, n, n) for n in llm_tokens)
+        cached = list(llm_tokens)
+    else:
+        per_layer = tuple(decoder_layer_flops(config, virtual_tokens, virtual_tokens, n) for n in llm_tokens)
+        cached = [virtual_tokens] * num_layers
+    head_rows = cached[-1] if logits == "all" else 1
     return FlopsBreakdown(
         vision=sum(vision_flops(config, item) for item in visual),
         projector=sum(projector_flops(config, item) for item in visual),
         llm_prefill=sum(per_layer) + _lm_head_flops(config, head_rows),
         llm_prefill_per_layer=per_layer,
-        decode=decode_flops(config, llm_tokens, new_tokens),
+        decode=decode_flops(config, cached, new_tokens),
         reduction=reduction,
     )
 
@@ -388,14 +416,30 @@ def _layer_method_flops(config: PreTrainedConfig, method: LayerMethod, sample: S
     return total
 
 
+def _merging_flops(config: PreTrainedConfig, method: VisionMethod, item: VisualInput) -> float:
+    """The A x B key similarity after every merging layer whose matcher is active (``vtr.vision.merging``)."""
+    if not item.encoder_tokens:
+        return 0.0
+    vc = config.vision_config
+    merge_layers, dropped = llava_merge_target_shape(config)
+    tokens = item.encoder_tokens[0]
+    matcher = method.matcher(EncoderGeometry(tokens, tokens - dropped, merge_layers, vc.num_hidden_layers))
+    head_dim = vc.hidden_size // vc.num_attention_heads
+    return item.frames * sum(2.0 * math.ceil(n / 2) * (n // 2) * head_dim
+                             for layer, n in enumerate(item.encoder_tokens[:merge_layers])
+                             if matcher.active(layer) and n >= 3)
+
+
 def reduction_flops(
     config: PreTrainedConfig,
     sample: SampleStats,
     visual: Sequence[VisualInput],
     pre_llm: Method | None,
     in_llm: LayerMethod | None,
+    vision: VisionMethod | None = None,
 ) -> float:
-    """vtr's own FLOPs for one recorded sample; ``visual`` in the order of ``sample.items``."""
+    """vtr's own FLOPs for one recorded sample; ``visual`` in the order of ``sample.items`` (with the
+    encoder token counts a vision-stage ``vision`` method recorded, see ``call_flops``)."""
     modalities = [item.modality for item in visual]
     if modalities != [item.modality for item in sample.items]:
         raise ValueError(f"the visual inputs {modalities} do not match the recorded items {sample.items}")
@@ -408,6 +452,8 @@ def reduction_flops(
         total += sum(_visionzip_flops(config, pre_llm, s, item) for s, item in zip(sample.items, visual))
     if in_llm is not None:
         total += _layer_method_flops(config, in_llm, sample)
+    if vision is not None:
+        total += sum(_merging_flops(config, vision, item) for item in visual)
     return total
 
 
@@ -524,11 +570,21 @@ def call_flops(model: torch.nn.Module, inputs: dict[str, Any], new_tokens: int =
                          "them first")
     visual, pipeline = visual_inputs(config, inputs, recorded), state.pipeline
     in_llm = None if pipeline.in_llm is None else pipeline.in_llm.method
-    return [
-        model_flops(config, items, tokens_per_layer(sample, num_layers), new_tokens, logits,
-                    reduction_flops(config, sample, items, pipeline.pre_llm, in_llm))
-        for items, sample in zip(visual, recorded.samples)
-    ]
+    breakdowns = []
+    for items, sample in zip(visual, recorded.samples):
+        items = [_as_merged(item, stats) for item, stats in zip(items, sample.items)]
+        virtual = sample.prompt_before if pipeline.unmerging is not None else None
+        breakdowns.append(model_flops(
+            config, items, tokens_per_layer(sample, num_layers), new_tokens, logits,
+            reduction_flops(config, sample, items, pipeline.pre_llm, in_llm, pipeline.vision), virtual))
+    return breakdowns
+
+
+def _as_merged(item: VisualInput, stats: ItemStats) -> VisualInput:
+    """``item`` with the encoder token counts a vision-stage merge recorded (unchanged without one)."""
+    if not stats.vision_per_layer:
+        return item
+    return dataclasses.replace(item, encoder_tokens=stats.vision_per_layer, projected=stats.content_after)
 
 
 # ---------------------------------------------------------------------- presentation

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from vtr.methods.base import BudgetedMethod, KeepAll, Method, Reduction, Stage, VisualItem
 from vtr.methods.divprune import DivPrune
+from vtr.methods.dymu import DyMU
 from vtr.methods.fastv import FastV
 from vtr.methods.hiprune import HiPrune
 from vtr.methods.holitom_inner import HoliTomInner
@@ -14,10 +15,13 @@ from vtr.methods.layer import LayerMethod
 from vtr.methods.pdrop import PDrop
 from vtr.methods.pooling import Pool
 from vtr.methods.random import RandomSelect
+from vtr.methods.tome import ToMe
+from vtr.methods.vision import VisionMethod
 from vtr.methods.visionzip import VisionZip
 
 REGISTRY: dict[str, type[Method]] = {
-    cls.name: cls for cls in (KeepAll, DivPrune, RandomSelect, Pool, HiPrune, VisionZip, FastV, PDrop, HoliTomInner)
+    cls.name: cls for cls in (KeepAll, DivPrune, RandomSelect, Pool, HiPrune, VisionZip, FastV, PDrop, HoliTomInner,
+                              ToMe, DyMU)
 }
 
 
@@ -26,8 +30,13 @@ def available_methods() -> list[str]:
     return sorted(REGISTRY)
 
 
+def takes_budget(name: str) -> bool:
+    """Whether the registered method ``name`` takes a budget (DyMU's token count follows its thresholds)."""
+    return "budget" in _options_of(_registered(name))
+
+
 def _options_of(cls: type[Method]) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
+    return {f.name for f in dataclasses.fields(cls) if f.init}
 
 
 def make_method(method: str | Method, budget: Any = None, **options: Any) -> Method:
@@ -93,6 +102,7 @@ def _registered(name: Any) -> type[Method]:
 __all__ = [
     "BudgetedMethod",
     "DivPrune",
+    "DyMU",
     "FastV",
     "HiPrune",
     "HoliTomInner",
@@ -104,9 +114,12 @@ __all__ = [
     "RandomSelect",
     "Reduction",
     "Stage",
+    "ToMe",
+    "VisionMethod",
     "VisionZip",
     "VisualItem",
     "available_methods",
     "make_method",
     "make_methods",
+    "takes_budget",
 ]

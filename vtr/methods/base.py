@@ -109,6 +109,10 @@ class Reduction:
         members = self.assignment >= 0
         return group_mean(values[members], self.assignment[members], self.kept.numel())
 
+    def provenance(self, num_tokens: int) -> Tensor:
+        """(N,) the output token each of the item's ``num_tokens`` tokens went into, -1 where dropped."""
+        return self.assignment if self.assignment is not None else _selection_assignment(self.kept, num_tokens)
+
     def output_features(self, item: VisualItem) -> Tensor:
         """The features the LLM receives: the method's own merged rows, else ``apply(item.features)``."""
         return self.apply(item.features) if self.features is None else self.features
@@ -125,7 +129,7 @@ class Reduction:
             return cls(kept=kept)
         assignments, out_offset = [], 0
         for _, part, r in parts:
-            local = r.assignment if r.assignment is not None else _selection_assignment(r.kept, part.num_tokens)
+            local = r.provenance(part.num_tokens)
             assignments.append(torch.where(local >= 0, local + out_offset, local))
             out_offset += r.kept.numel()
         features = torch.cat([r.output_features(part) for _, part, r in parts])
@@ -171,7 +175,7 @@ class Method:
         return {}
 
     def describe(self) -> str:
-        opts = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+        opts = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self) if f.init)
         return f"{self.name}({opts})"
 
 

@@ -1,0 +1,105 @@
+"""Bipartite matching and size-weighted merging against naive loops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vtr.methods.tome import merge_schedule
+from vtr.ops.matching import MergeState, bipartite_matching, max_merges, merge_tokens, top_r_per_row
+
+
+def _padded_state(sizes: list[list[float]], originals: int = 12) -> MergeState:
+    """A state whose rows hold tokens of ``sizes`` (0 = padding) at slots 0, 2, 4, ..., and ``originals``
+    original tokens spread over each row's valid tokens."""
+    size = torch.tensor(sizes, dtype=torch.float32)
+    batch, n = size.shape
+    index = torch.arange(n).expand(batch, -1)
+    slot = torch.where(size > 0, 2 * index, -1)
+    source = torch.arange(originals).expand(batch, -1) % (size > 0).sum(1, keepdim=True)
+    return MergeState(size, slot, source)
+
+
+def _naive_merge(x, state, merged, partner):
+    """Per row, a loop over tokens: survivors in order, each the size-weighted mean of its members."""
+    rows = []
+    for b in range(x.shape[0]):
+        n = int((state.size[b] > 0).sum())
+        into = list(range(n))
+        for a in range(0, n, 2):
+            if merged[b, a // 2]:
+                into[a] = int(partner[b, a // 2])
+        survivors = [t for t in range(n) if into[t] == t]
+        values, sizes = [], []
+        for t in survivors:
+            members = [m for m in range(n) if into[m] == t]
+            weights = [float(state.size[b, m]) for m in members]
+            values.append(sum(w * x[b, m] for w, m in zip(weights, members)) / sum(weights))
+            sizes.append(sum(weights))
+        source = [survivors.index(into[int(state.source[b, o])]) for o in range(state.source.shape[1])]
+        rows.append((torch.stack(values), sizes, [int(state.slot[b, t]) for t in survivors], source))
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_merged_tokens_are_size_weighted_means_in_order(seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 9, 5, generator=generator)
+    state = _padded_state([[1, 3, 2, 1, 4, 1, 2, 5, 1], [2, 1, 1, 3, 1, 2, 1, 0, 0]])
+    matching = bipartite_matching(torch.randn(2, 9, 3, generator=generator), state.valid)
+    merged = matching.eligible & (torch.rand(matching.eligible.shape, generator=generator) < 0.7)
+    new_x, new_state = merge_tokens(x, state, merged, matching.partner)
+    for b, (values, sizes, slots, source) in enumerate(_naive_merge(x, state, merged, matching.partner)):
+        n = len(sizes)
+        torch.testing.assert_close(new_x[b, :n], values, rtol=1e-6, atol=1e-6)
+        assert new_state.size[b, :n].tolist() == sizes and new_state.slot[b, :n].tolist() == slots
+        assert slots == sorted(slots)  # order is preserved
+        assert new_state.source[b].tolist() == source
+        assert not new_state.size[b, n:].any() and not new_x[b, n:].any()  # padding: size 0, zero rows
+    assert new_x.shape[1] == int(new_state.counts.max())
+
+
+def test_unmerged_tokens_keep_their_exact_values():
+    x = torch.randn(1, 7, 4) * 1e3
+    state = _padded_state([[1, 3, 7, 1, 1, 1, 1]])
+    merged = torch.tensor([[False, True, False, False]])  # token 2 into its partner
+    partner = torch.tensor([[1, 3, 5, 5]])
+    new_x, new_state = merge_tokens(x, state, merged, partner)
+    assert torch.equal(new_x[0, [0, 1, 3, 4, 5]], x[0, [0, 1, 4, 5, 6]])
+    assert new_state.size[0].tolist() == [1, 3, 8, 1, 1, 1]
+    assert new_state.source[0].tolist() == [0, 1, 2, 2, 3, 4, 5, 0, 1, 2, 2, 3]
+
+
+def test_matching_never_merges_the_class_token_or_into_padding():
+    metric = torch.ones(2, 7, 3)  # everything equally similar
+    state = _padded_state([[1] * 7, [1, 1, 1, 1, 1, 0, 0]])
+    matching = bipartite_matching(metric, state.valid)
+    assert matching.eligible.tolist() == [[False, True, True, True], [False, True, True, False]]
+    assert matching.partner[1, :3].tolist() == [1, 1, 1]  # ties pick the lowest B index, a valid one
+    unit = torch.nn.functional.normalize(torch.randn(1, 7, 3), dim=-1)
+    matching = bipartite_matching(unit, torch.ones(1, 7, dtype=torch.bool))
+    expected = (unit[0, ::2] @ unit[0, 1::2].T).max(-1)
+    torch.testing.assert_close(matching.similarity[0], expected.values)
+    assert matching.partner[0].tolist() == (2 * expected.indices + 1).tolist()
+
+
+def test_top_r_per_row_takes_the_most_similar_eligible_tokens():
+    similarity = torch.tensor([[0.9, 0.1, 0.8, 0.8], [0.5, 0.4, 0.3, 0.2]])
+    eligible = torch.tensor([[False, True, True, True], [True, True, False, True]])
+    assert top_r_per_row(similarity, eligible, 2).tolist() == [[False, False, True, True], [True, True, False, False]]
+    assert top_r_per_row(similarity, eligible, 10).tolist() == eligible.tolist()
+
+
+@pytest.mark.parametrize("tokens, remove, layers", [(65, 44, 2), (577, 512, 23), (65, 10, 2), (65, 48, 2), (9, 0, 3)])
+def test_merge_schedule_removes_exactly_what_is_asked(tokens, remove, layers):
+    schedule = merge_schedule(tokens, remove, layers)
+    assert sum(schedule) == remove and len(schedule) == layers
+    for r in schedule:
+        assert r <= max_merges(tokens)
+        tokens -= r
+    assert max(schedule, default=0) - min(schedule, default=0) <= max(1, remove // layers)
+
+
+def test_merge_schedule_refuses_the_unreachable():
+    with pytest.raises(ValueError, match="at most 48 of 65"):
+        merge_schedule(65, 49, 2)

@@ -1,0 +1,52 @@
+"""The protocol of methods that merge tokens inside the vision encoder (ToMe, DyMU).
+
+The engine (``vtr.vision.merging``) runs the encoder with hooks that, after each merging layer, pair
+every A token (even index) with its most similar B token (odd index) and ask the method's matcher which
+A tokens merge. The matcher is built once per encoder call, when the token count is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+from torch import Tensor
+
+from vtr.methods.base import Method, Stage
+
+
+@dataclass(frozen=True)
+class EncoderGeometry:
+    """What a matcher may know about one encoder call."""
+
+    tokens: int  # tokens per encoder sequence entering layer 0 (class token included)
+    features: int  # how many of them become LLM features (the model drops the class token)
+    merge_layers: int  # merges follow layers 0 .. merge_layers - 1 (up to the feature layer)
+    depth: int  # encoder layers
+
+
+class Matcher(Protocol):
+    """Per-layer merge decisions of one encoder call."""
+
+    def active(self, layer: int) -> bool:
+        """Whether layer ``layer`` merges at all (an inactive layer skips the similarity computation)."""
+
+    def select(self, layer: int, similarity: Tensor, eligible: Tensor) -> Tensor:
+        """(B, Na) bool: the A tokens that merge into their best B partner after layer ``layer``."""
+
+
+@dataclass(frozen=True)
+class VisionMethod(Method):
+    """Base of vision-encoder merging methods.
+
+    ``vtu``: virtual token unmerging in the LLM (``vtr.llm.unmerge``): every decoder layer's attention
+    runs as if each original patch were present at its own position, the rest of the layer on the
+    merged tokens. Keyword-only, so that a method's own first option stays its first positional one.
+    """
+
+    stage: ClassVar[Stage] = Stage.VISION
+
+    vtu: bool = field(default=False, kw_only=True)
+
+    def matcher(self, geometry: EncoderGeometry) -> Matcher:  # pragma: no cover - interface
+        raise NotImplementedError

@@ -1,0 +1,126 @@
+"""Bipartite soft matching and size-weighted merging of encoder tokens (ToMe, DyMU's DToMe), batched.
+
+A batch holds one encoder sequence per row. Rows lose different numbers of tokens (DyMU), so every row
+keeps its valid tokens packed at the front, in their original order, followed by padding tokens of
+size 0. The first token of every row is the class token: it is never merged.
+
+Unlike the ToMe reference, which concatenates the unmerged A tokens before the B tokens, a merge here
+keeps the sequence order: a merged token stays where its surviving B token was. Tokens therefore reach
+the LLM in raster order, and the next layer's even/odd split is the same for a row alone or in a
+batch (the reference's batch and single-image paths disagree on this, see the reference notes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class MergeState:
+    """The bookkeeping of merged encoder sequences (B rows, N current tokens, N0 original tokens).
+
+    ``size``: original tokens each current token stands for (0 on padding), float32. ``slot``: the
+    original index of each current token's surviving representative (ascending per row; -1 on padding).
+    ``source``: the current token each original token belongs to (provenance).
+    """
+
+    size: Tensor  # (B, N)
+    slot: Tensor  # (B, N)
+    source: Tensor  # (B, N0)
+
+    @classmethod
+    def start(cls, batch: int, tokens: int, device: torch.device) -> "MergeState":
+        index = torch.arange(tokens, device=device).expand(batch, -1)
+        return cls(torch.ones(batch, tokens, device=device), index.clone(), index.clone())
+
+    @property
+    def valid(self) -> Tensor:
+        return self.size > 0
+
+    @property
+    def counts(self) -> Tensor:
+        """(B,) valid tokens per row."""
+        return self.valid.sum(1)
+
+    def attention_bias(self, dtype: torch.dtype) -> Tensor:
+        """Proportional attention: ``log(size)`` added to every key column, ``-inf`` on padding (B, 1, 1, N).
+
+        A token standing for s patches then gets the attention s copies of it would get together.
+        """
+        return self.size.log().to(dtype)[:, None, None, :]
+
+
+@dataclass(frozen=True)
+class Matching:
+    """Each A token's best B partner: A tokens are the even current indices, B tokens the odd ones."""
+
+    similarity: Tensor  # (B, Na) cosine similarity to the best B token
+    partner: Tensor  # (B, Na) current index of that B token
+    eligible: Tensor  # (B, Na) valid A tokens that may merge (never the class token or padding)
+
+
+def bipartite_matching(metric: Tensor, valid: Tensor) -> Matching:
+    """Best B partner of every A token by cosine similarity of ``metric`` (B, N, C); ``valid`` (B, N).
+
+    Similarities are computed in float32 whatever the encoder's dtype. Equal similarities pick the
+    lowest B index.
+    """
+    unit = torch.nn.functional.normalize(metric.float(), dim=-1)
+    a, b = unit[:, ::2], unit[:, 1::2]
+    scores = a @ b.transpose(1, 2)  # (B, Na, Nb)
+    scores = scores.masked_fill(~valid[:, 1::2].unsqueeze(1), float("-inf"))
+    similarity, best = scores.max(dim=-1)
+    eligible = valid[:, ::2] & torch.isfinite(similarity)
+    eligible[:, 0] = False  # the class token
+    return Matching(similarity, 2 * best + 1, eligible)
+
+
+def merge_tokens(x: Tensor, state: MergeState, merged: Tensor, partner: Tensor) -> tuple[Tensor, MergeState]:
+    """Fold the A tokens ``merged`` (B, Na) into their ``partner`` B tokens; returns the shorter batch.
+
+    A group's hidden state is the size-weighted mean of its members, accumulated in float32 (tokens
+    that receive nothing keep their exact values). Survivors keep their order and are packed to the
+    front of each row; the batch narrows to the longest row; padding rows are zero with size 0.
+    """
+    batch, n, width = x.shape
+    positions = torch.arange(n, device=x.device)
+    into = positions.expand(batch, -1).clone()  # the current token each token ends up in
+    a_index = positions[::2].expand(batch, -1)
+    into[:, ::2] = torch.where(merged, partner, a_index)
+    survives = state.valid & (into == positions)
+
+    weighted = x.float() * state.size.unsqueeze(-1)
+    sums = torch.zeros(batch, n, width, device=x.device).scatter_add_(1, into.unsqueeze(-1).expand(-1, -1, width),
+                                                                        weighted)
+    sizes = torch.zeros(batch, n, device=x.device).scatter_add_(1, into, state.size)
+    receives = torch.zeros(batch, n, dtype=torch.long, device=x.device).scatter_add_(1, into, torch.ones_like(into))
+    values = torch.where((receives > 1).unsqueeze(-1), (sums / sizes.clamp_min(1e-12).unsqueeze(-1)).to(x.dtype), x)
+
+    rank = survives.long().cumsum(1) - 1  # new index of each survivor
+    new_n = int(survives.sum(1).max())
+    rows, cols = survives.nonzero(as_tuple=True)
+    dest = rank[rows, cols]
+    new_x = x.new_zeros(batch, new_n, width)
+    new_x[rows, dest] = values[rows, cols]
+    new_size = torch.zeros(batch, new_n, device=x.device)
+    new_size[rows, dest] = sizes[rows, cols]
+    new_slot = torch.full((batch, new_n), -1, dtype=torch.long, device=x.device)
+    new_slot[rows, dest] = state.slot[rows, cols]
+    to_new = rank.gather(1, into)  # current token -> new index of the token it ends up in
+    return new_x, MergeState(new_size, new_slot, to_new.gather(1, state.source))
+
+
+def top_r_per_row(similarity: Tensor, eligible: Tensor, r: int) -> Tensor:
+    """The ``r`` most similar eligible A tokens of every row (ToMe); equal scores take the lower index."""
+    scores = similarity.masked_fill(~eligible, float("-inf"))
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    ranks = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return (torch.empty_like(order).scatter_(1, order, ranks) < r) & eligible
+
+
+def max_merges(tokens: int) -> int:
+    """Most A tokens one layer can merge in a sequence of ``tokens`` (the class token never merges)."""
+    return max(tokens - 1, 0) // 2

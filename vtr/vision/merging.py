@@ -1,0 +1,140 @@
+"""Token merging inside the vision encoder, by hooks on its layers (no model code replaced).
+
+For one encoder call, with hooks installed by ``EncoderMerging.installed()`` and removed afterwards
+(also on error):
+
+* after each merging layer (0 .. the feature layer), a forward hook pairs A and B tokens by the cosine
+  similarity of that layer's attention keys averaged over heads (a forward hook on ``k_proj`` keeps
+  them), asks the method's matcher which A tokens merge, and returns the merged, shorter hidden states;
+* before every later layer, a forward pre-hook passes proportional attention as an additive float mask
+  (``log(size)`` per key column, ``-inf`` on padding), which SDPA and eager attention both accept.
+
+Deviation from ToMe/DyMU: they merge between a block's attention and its MLP; a hook can only act on a
+layer's output, so here the merge follows the MLP, with the keys of the same layer's attention. The
+merging hook runs before transformers' own output recorders, so ``hidden_states`` (and the LLaVA
+features read from them) are the merged sequences. The class token is never merged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from vtr.errors import ReductionError
+from vtr.methods.base import Reduction
+from vtr.methods.vision import EncoderGeometry, Matcher
+from vtr.ops.matching import MergeState, bipartite_matching, merge_tokens
+
+
+@dataclass(frozen=True)
+class MergeTarget:
+    """Where an adapter lets a vision method merge."""
+
+    layers: nn.ModuleList  # the encoder layers (each with ``self_attn.k_proj`` and ``self_attn.head_dim``)
+    merge_layers: int  # merges follow layers 0 .. merge_layers - 1: up to the layer the features come from
+    dropped: int  # leading tokens the model drops before the projector (the class token, or none)
+
+
+class EncoderMerging:
+    """The merge state of one encoder call and the hooks that build it."""
+
+    def __init__(self, target: MergeTarget, make_matcher: Callable[[EncoderGeometry], Matcher]) -> None:
+        self.target = target
+        self.make_matcher = make_matcher
+        self.state: MergeState | None = None
+        self.tokens_per_layer: list[Tensor] = []  # (B,) tokens each layer processed, class token included
+        self._matcher: Matcher | None = None
+        self._keys: Tensor | None = None
+        self._merged = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["EncoderMerging"]:
+        handles = []
+        try:
+            for i, layer in enumerate(self.target.layers):
+                handles.append(layer.register_forward_pre_hook(self._before(i), with_kwargs=True))
+                if i < self.target.merge_layers:
+                    handles.append(layer.self_attn.k_proj.register_forward_hook(self._keep_keys))
+                    handles.append(layer.register_forward_hook(self._after(i), prepend=True))
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    # ------------------------------------------------------------------ hooks
+    def _begin(self, hidden: Tensor) -> None:
+        batch, tokens = hidden.shape[:2]
+        geometry = EncoderGeometry(tokens=tokens, features=tokens - self.target.dropped,
+                                   merge_layers=self.target.merge_layers, depth=len(self.target.layers))
+        self._matcher = self.make_matcher(geometry)
+        self.state = MergeState.start(batch, tokens, hidden.device)
+        self.tokens_per_layer, self._merged = [], False
+
+    def _before(self, layer: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if layer == 0:
+                self._begin(hidden)
+            self.tokens_per_layer.append(self.state.counts)
+            if not self._merged:
+                return None
+            bias = self.state.attention_bias(hidden.dtype)
+            if len(args) > 1:  # CLIPEncoderLayer(hidden_states, attention_mask)
+                return (args[0], _added(args[1], bias), *args[2:]), kwargs
+            return args, {**kwargs, "attention_mask": _added(kwargs.get("attention_mask"), bias)}
+
+        return hook
+
+    def _keep_keys(self, module: nn.Module, args: tuple, output: Tensor) -> None:
+        self._keys = output
+
+    def _after(self, layer: int):
+        def hook(module: nn.Module, args: tuple, output: Tensor | tuple):
+            hidden = output[0] if isinstance(output, tuple) else output
+            if not self._matcher.active(layer) or hidden.shape[1] < 3:
+                return None
+            metric = self._keys.view(*hidden.shape[:2], -1, module.self_attn.head_dim).mean(2)
+            matching = bipartite_matching(metric, self.state.valid)
+            merged = self._matcher.select(layer, matching.similarity, matching.eligible)
+            if not bool(merged.any()):
+                return None
+            hidden, self.state = merge_tokens(hidden, self.state, merged, matching.partner)
+            self._merged = True
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return hook
+
+    # ------------------------------------------------------------------ results
+    def _final_state(self) -> MergeState:
+        if self.state is None:
+            raise ReductionError("the vision encoder never ran its first layer under vtr's merging hooks; this "
+                                 "adapter's merge target does not match the model's encoder")
+        return self.state
+
+    def per_layer_counts(self) -> Tensor:
+        """(B, depth) tokens each encoder layer processed in the last call, class token included."""
+        self._final_state()
+        return torch.stack(self.tokens_per_layer, dim=1)
+
+    def reductions(self, features: list[Tensor]) -> list[Reduction]:
+        """One reduction per encoder row over the row's feature tokens (the model's features of that row,
+        merged and padded: valid rows first)."""
+        dropped, state = self.target.dropped, self._final_state()
+        counts = (state.counts - dropped).tolist()
+        out = []
+        for row, (feats, n) in enumerate(zip(features, counts)):
+            if feats.shape[0] != state.size.shape[1] - dropped:
+                raise ReductionError(f"the encoder's features hold {feats.shape[0]} tokens per image, the merged "
+                                     f"sequence {state.size.shape[1] - dropped}: they do not come from it")
+            kept = (state.slot[row, dropped:dropped + n] - dropped).to(feats.device)
+            assignment = (state.source[row, dropped:] - dropped).to(feats.device)
+            out.append(Reduction(kept=kept, features=feats[:n], assignment=assignment))
+        return out
+
+
+def _added(mask: Tensor | None, bias: Tensor) -> Tensor:
+    return bias if mask is None else mask + bias
