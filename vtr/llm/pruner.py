@@ -222,7 +222,6 @@ class LayerPruner:
         gathered = hidden.gather(1, local.clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         base = previous.index if previous is not None else torch.arange(length, device=states.device).expand(batch, -1)
         run.kept[layer] = _Kept(base.gather(1, local.clamp_min(0)), local >= 0)
-        run.captured.pop(layer, None)
         return gathered
 
     def _scores(self, layer: int, group: Tensor, attended: Tensor, prompt_cols: int) -> Tensor:
