@@ -30,6 +30,7 @@ from vtr.adapters.base import Adapter
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
 from vtr.measure.timing import section
+from vtr.ops.packing import left_packed_index
 from vtr.vision.attention import AttentionRequest
 from vtr.methods.base import Method, Reduction, VisualItem
 from vtr.methods.vision import VisionMethod
@@ -94,7 +95,7 @@ def _reduce_inputs(
         for visual in encoded
     }
 
-    kept_index = _left_packed_index(keep)
+    kept_index = left_packed_index(keep)
     valid = kept_index >= 0
     new_mask = valid.to(mask.dtype)
     compact = positions == "compact"
@@ -314,17 +315,6 @@ def _check_reduction(method: Method, item: VisualItem, reduction: Reduction) -> 
             f"{method.describe()} returned an invalid reduction for a {item.modality} of {item.num_tokens} "
             f"tokens: kept indices must be ascending, unique and in range, with one feature row each"
         )
-
-
-def _left_packed_index(keep: Tensor) -> Tensor:
-    """(B, L') source column of every reduced column, rows left-padded with -1 to the longest row."""
-    counts = keep.sum(1)
-    width = int(counts.max()) if keep.numel() else 0
-    dest = (width - counts).unsqueeze(1) + keep.long().cumsum(1) - 1
-    rows, cols = keep.nonzero(as_tuple=True)
-    index = torch.full((keep.shape[0], width), -1, dtype=torch.long, device=keep.device)
-    index[rows, dest[rows, cols]] = cols
-    return index
 
 
 def _gather_columns(values: Tensor, index: Tensor, pad: int | float) -> Tensor:

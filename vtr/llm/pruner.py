@@ -33,6 +33,7 @@ from vtr.errors import ReductionError
 from vtr.llm.masks import bidirectional_mask, decode_mask, full_pass_mask
 from vtr.llm.scores import attention_to_keys
 from vtr.measure.timing import section
+from vtr.ops.packing import left_packed_index
 from vtr.methods.layer import LayerInput, LayerMethod
 
 
@@ -217,7 +218,7 @@ class LayerPruner:
         previous = run.kept_at(layer - 1)
         slot_valid = previous.valid if previous is not None else torch.ones_like(attended)
         keep = slot_valid & ((group < 0) | decision.keep)
-        local = _left_packed(keep)
+        local = left_packed_index(keep)
         hidden = decision.hidden if decision.hidden is not None else states
         gathered = hidden.gather(1, local.clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         base = previous.index if previous is not None else torch.arange(length, device=states.device).expand(batch, -1)
@@ -237,8 +238,8 @@ class LayerPruner:
             visual = self._current(self.run.roles.visual, False, False, layer - 1, batch)
             text = attended & ~visual
             text[:, prompt_cols:] = False
-            queries = _left_packed(text).clamp_min(0)
-            weight = (_left_packed(text) >= 0).float()
+            packed = left_packed_index(text)
+            queries, weight = packed.clamp_min(0), (packed >= 0).float()
             weight = weight / weight.sum(1, keepdim=True).clamp_min(1)
         with torch.no_grad():
             return attention_to_keys(self.layers[layer - 1].self_attn, states, position_embeddings, queries,
@@ -281,15 +282,6 @@ class LayerPruner:
         key_valid = torch.cat([kept.valid, torch.ones_like(new, dtype=torch.bool)], dim=1)
         return {**kwargs, "attention_mask": decode_mask(kwargs.get("attention_mask"), key_index, key_valid, queries,
                                                         self.flash)}
-
-
-def _left_packed(keep: Tensor) -> Tensor:
-    """(B, N) column of every kept entry per row, rows left-filled with -1 to the longest row."""
-    counts = keep.sum(1)
-    width = int(counts.max()) if keep.numel() else 0
-    order = torch.sort(torch.where(keep, torch.arange(keep.shape[1], device=keep.device), -1), dim=1,
-                       stable=True).values
-    return order[:, keep.shape[1] - width:]
 
 
 def _gather_tokens(values: Tensor, index: Tensor) -> Tensor:
