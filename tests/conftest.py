@@ -22,6 +22,13 @@ IMAGE_SIZE = {"llava": (32, 32), "llava_next": (40, 32), "llava_onevision": (40,
 GREEDY = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True)
 
 
+def greedy_without_placeholders(model, **generate_kwargs) -> dict:
+    """``generate_kwargs`` (default: GREEDY) that never emit a visual placeholder token: random weights
+    might, and an uncached recompute would then count one placeholder too many, wrapped or not."""
+    placeholders = [getattr(model.config, f"{m}_token_id", None) for m in ("image", "video")]
+    return dict(generate_kwargs or GREEDY, suppress_tokens=[t for t in placeholders if t is not None])
+
+
 def image_for(name: str, seed: int = 0):
     width, height = IMAGE_SIZE.get(name, (64, 48))
     return testing.random_image(width, height, seed=seed)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vtr
-from conftest import GREEDY, make_inputs
+from conftest import greedy_without_placeholders, make_inputs
 from vtr.methods import DivPrune, FastV
 
 FAMILIES = ["llava", "qwen2_5_vl", "qwen3_vl"]
@@ -17,13 +17,6 @@ IN_LLM = {
     "fastv_in_deepstack": dict(method="fastv", budget=5, layer=1, query="text"),
 }
 TWO_ROWS = dict(texts=["what ?", "describe this picture please , what is in it ?"], seeds=(0, 1))
-
-
-def _generate_kwargs(model) -> dict:
-    """Greedy decoding that never emits a visual placeholder (random weights might, and an uncached
-    recompute would then count one placeholder too many, wrapped or not)."""
-    placeholders = [model.config.image_token_id, getattr(model.config, "video_token_id", None)]
-    return dict(GREEDY, suppress_tokens=[t for t in placeholders if t is not None])
 
 
 def _padded_inputs(processor, name):
@@ -56,9 +49,9 @@ def test_cached_generate_equals_uncached_recompute(tiny, name, attention, config
     model.set_attn_implementation(attention)
     inputs = _padded_inputs(processor, name)
     vtr.wrap(model, **IN_LLM[config])
-    cached = model.generate(**inputs, **_generate_kwargs(model))
+    cached = model.generate(**inputs, **greedy_without_placeholders(model))
     per_layer = [s.visual_per_layer for s in vtr.stats(model).samples]
-    uncached = model.generate(**inputs, **_generate_kwargs(model), use_cache=False)
+    uncached = model.generate(**inputs, **greedy_without_placeholders(model), use_cache=False)
     assert torch.equal(cached.sequences, uncached.sequences)
     for a, b in zip(cached.scores, uncached.scores):
         assert torch.allclose(a, b, atol=1e-5)
@@ -72,10 +65,10 @@ def test_padded_batch_equals_rows_alone(tiny, name, config):
     model, processor = tiny(name)
     inputs = _padded_inputs(processor, name)
     vtr.wrap(model, **IN_LLM[config])
-    batch = model.generate(**inputs, **_generate_kwargs(model))
+    batch = model.generate(**inputs, **greedy_without_placeholders(model))
     new = batch.sequences[:, inputs["input_ids"].shape[1]:]
     for i in range(2):
-        alone = model.generate(**_row(inputs, i), **_generate_kwargs(model))
+        alone = model.generate(**_row(inputs, i), **greedy_without_placeholders(model))
         assert torch.equal(alone.sequences[0, -new.shape[1]:], new[i])
         for step_batch, step_alone in zip(batch.scores, alone.scores):
             assert torch.allclose(step_batch[i], step_alone[0], atol=1e-5)
@@ -103,12 +96,12 @@ def test_cache_holds_the_reduced_length_from_layer_k_on(tiny, name):
 def test_keep_all_at_layer_k_is_identical_to_unwrapped(tiny, name, method):
     model, processor = tiny(name)
     inputs = _padded_inputs(processor, name)
-    expected = model.generate(**inputs, **_generate_kwargs(model))
+    expected = model.generate(**inputs, **greedy_without_placeholders(model))
     with torch.no_grad():
         expected_logits = model(**inputs).logits
     options = dict(ratio=1.0) if method == "pdrop" else dict(budget=1.0)
     with vtr.reduced(model, method, **options):
-        got = model.generate(**inputs, **_generate_kwargs(model))
+        got = model.generate(**inputs, **greedy_without_placeholders(model))
         with torch.no_grad():
             got_logits = model(**inputs).logits
     assert torch.equal(got.sequences, expected.sequences)
@@ -163,13 +156,13 @@ def test_pre_llm_and_in_llm_methods_compose(tiny):
     model, processor = tiny("qwen2_5_vl")
     inputs = _padded_inputs(processor, "qwen2_5_vl")
     vtr.wrap(model, [DivPrune(budget=20), FastV(budget=8, layer=2)])
-    cached = model.generate(**inputs, **_generate_kwargs(model))
+    cached = model.generate(**inputs, **greedy_without_placeholders(model))
     stats = vtr.stats(model)
     assert "divprune" in stats.method and "fastv" in stats.method
     for sample in stats.samples:
         assert sample.visual_after == 20  # before the LLM
         assert sample.visual_per_layer == (20, 20, 8, 8)  # per decoder layer
-    uncached = model.generate(**inputs, **_generate_kwargs(model), use_cache=False)
+    uncached = model.generate(**inputs, **greedy_without_placeholders(model), use_cache=False)
     assert torch.equal(cached.sequences, uncached.sequences)
 
 
@@ -193,7 +186,8 @@ def test_forward_with_labels_reports_the_loss_on_kept_tokens(tiny):
         out = model(**inputs, labels=labels)
     kept = out.vtr_kept_index
     kept_labels = labels.gather(1, kept.clamp_min(0)).masked_fill(kept < 0, -100)
-    expected = model.loss_function(logits=out.logits, labels=kept_labels, vocab_size=model.config.text_config.vocab_size)
+    expected = model.loss_function(logits=out.logits, labels=kept_labels,
+                                   vocab_size=model.config.text_config.vocab_size)
     assert torch.isfinite(out.loss) and torch.equal(out.loss, expected)
     assert out.logits.shape[1] == kept.shape[1] < inputs["input_ids"].shape[1]
 
@@ -201,9 +195,9 @@ def test_forward_with_labels_reports_the_loss_on_kept_tokens(tiny):
 def test_text_only_prompt_and_unwrap(tiny):
     model, processor = tiny("llava")
     text = make_inputs(processor, "llava", "text")
-    expected = model.generate(**text, **_generate_kwargs(model))
+    expected = model.generate(**text, **greedy_without_placeholders(model))
     vtr.wrap(model, "fastv", budget=0.5)
-    got = model.generate(**text, **_generate_kwargs(model))
+    got = model.generate(**text, **greedy_without_placeholders(model))
     assert torch.equal(got.sequences, expected.sequences)
     assert any(layer._forward_pre_hooks for layer in model.model.language_model.layers)
     vtr.unwrap(model)

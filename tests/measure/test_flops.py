@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import vtr
-from conftest import MODELS, VIDEO_MODELS, make_inputs
+from conftest import MODELS, VIDEO_MODELS, greedy_without_placeholders, make_inputs
 from vtr import testing
 from vtr.measure.flops import (FlopsBreakdown, VisualInput, call_flops, format_breakdown, model_flops,
                                tokens_per_layer, visual_inputs)
@@ -57,12 +57,6 @@ def _assert_close(measured: dict[str, float], modelled: dict[str, float]) -> Non
 
 def _wrap(model, config: str):
     return model if WRAPS[config] is None else vtr.wrap(model, **WRAPS[config])
-
-
-def _no_placeholders(model) -> dict:
-    """Greedy decoding that never emits a visual placeholder (random weights might)."""
-    placeholders = [model.config.image_token_id, getattr(model.config, "video_token_id", None)]
-    return dict(do_sample=False, suppress_tokens=[t for t in placeholders if t is not None])
 
 
 @pytest.mark.parametrize("name, kind", CASES)
@@ -131,7 +125,7 @@ def test_vision_merging_matches_flop_counter(tiny, config):
                                      rest=breakdown.llm_prefill))
     assert breakdown.vision < call_flops(vtr.unwrap(model), inputs, logits="all")[0].vision
     vtr.wrap(model, **VISION_WRAPS[config])
-    options = _no_placeholders(model)
+    options = greedy_without_placeholders(model, do_sample=False)
     generated = _counted(lambda: model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, **options))["total"]
     assert call_flops(model, inputs, new_tokens=3)[0].total == pytest.approx(generated, rel=1e-9)
 
@@ -153,7 +147,7 @@ def test_generate_and_decode_step_match_flop_counter(tiny, name, config):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name)
     _wrap(model, config)
-    options = _no_placeholders(model)
+    options = greedy_without_placeholders(model, do_sample=False)
     prefill = _counted(lambda: model.generate(**inputs, max_new_tokens=1, **options))["total"]
     two = _counted(lambda: model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, **options))["total"]
     (breakdown,) = call_flops(model, inputs, new_tokens=2)

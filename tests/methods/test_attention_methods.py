@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vtr
-from conftest import GREEDY, make_inputs
+from conftest import greedy_without_placeholders, make_inputs
 from vtr.layout import Segment
 from vtr.methods import HiPrune, VisionZip, VisualItem
 from vtr.methods.base import VisionInfo
@@ -68,7 +68,7 @@ def test_attention_methods_end_to_end_batched_and_cached(tiny, name, method):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, texts=["what ?", "describe this picture please , what is in it ?"],
                          seeds=(0, 1))
-    greedy = dict(GREEDY, suppress_tokens=[model.config.image_token_id])
+    greedy = greedy_without_placeholders(model)
     vtr.wrap(model, method, budget=12)
     cached = model.generate(**inputs, **greedy)
     assert [s.visual_after for s in vtr.stats(model).samples] == [12, 12]
