@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from vtr.errors import ReductionError
+from vtr.llm.cache import passed_cache
 from vtr.llm.masks import bidirectional_mask, decode_mask, full_pass_mask
 from vtr.llm.scores import attention_to_keys
 from vtr.measure.timing import section
@@ -117,7 +118,7 @@ class LayerPruner:
         run = self.run
         if run is None or not run.accepts_full_passes:
             return False
-        cache = kwargs.get("past_key_values")
+        cache = passed_cache(kwargs)
         return cache is None or cache.get_seq_length(layer) == 0
 
     def _capture_hook(self, k: int):
@@ -153,7 +154,7 @@ class LayerPruner:
         """The new (args, kwargs) of decoder layer ``layer`` (``None`` = leave the call as it is)."""
         run = self.run
         states = args[0] if args else kwargs["hidden_states"]
-        cache = kwargs.get("past_key_values")
+        cache = passed_cache(kwargs)
         run.current_layer = layer
         if self._full_pass(kwargs, layer):
             if layer == self.prune_at[0]:

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from vtr.errors import ReductionError
+from vtr.llm.cache import passed_cache
 from vtr.ops.grid import group_mean
 
 
@@ -91,7 +92,7 @@ class VirtualUnmerging:
 
     def _compress(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]):
         self._pass = None
-        cache = kwargs.get("past_key_values")
+        cache = passed_cache(kwargs)
         if self.run is None or (cache is not None and cache.get_seq_length(0) > 0):
             return None  # not ours, or a cached decoding step: new tokens are never merged
         states = args[0] if args else kwargs["hidden_states"]
