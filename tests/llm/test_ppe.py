@@ -115,7 +115,7 @@ def test_sequence_dependent_rope_types_are_refused():
 # ---------------------------------------------------------------------------------------------- identity
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", FAMILIES + ["qwen2_vl", "llava_onevision"])
 def test_keep_all_with_ppe_is_bit_identical_to_unwrapped(tiny, name, monkeypatch):
     """Every token is its own single member: all its chunks hold its position, through the PPE path."""
     model, processor = tiny(name)
@@ -197,29 +197,49 @@ def test_ppe_changes_only_the_merged_tokens_cos_sin(tiny):
 # ---------------------------------------------------------------------------------------------- exact cache
 
 
-@pytest.mark.parametrize("name,method", [("llava", "pool"), ("llava", "visionzip"), ("llava", "tome"),
-                                         ("qwen2_5_vl", "pool"), ("qwen2_5_vl", "visionzip")])
-def test_cached_generate_equals_uncached_recompute_with_ppe(tiny, name, method):
+def _wrapped(tiny, name: str, method, **options):
+    """(model wrapped with ``method`` and PPE, left-padded two-row inputs, greedy generate kwargs)."""
     model, processor = tiny(name)
-    inputs = padded_inputs(processor, name)
-    greedy = greedy_without_placeholders(model)
-    vtr.wrap(model, method, positions="ppe", **MERGES[method])
+    vtr.wrap(model, method, positions="ppe", **options)
+    return model, padded_inputs(processor, name), greedy_without_placeholders(model)
+
+
+def _cached_equals_uncached(model, inputs, greedy):
     cached = model.generate(**inputs, **greedy)
     uncached = model.generate(**inputs, **greedy, use_cache=False)
     assert torch.equal(cached.sequences, uncached.sequences)
     for a, b in zip(cached.scores, uncached.scores):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    return cached
+
+
+@pytest.mark.parametrize("name,method", [("llava", "pool"), ("llava", "visionzip"), ("llava", "tome"),
+                                         ("qwen2_5_vl", "pool"), ("qwen2_5_vl", "visionzip")])
+def test_cached_generate_equals_uncached_recompute_with_ppe(tiny, name, method):
+    model, inputs, greedy = _wrapped(tiny, name, method, **MERGES[method])
+    cached = _cached_equals_uncached(model, inputs, greedy)
     vtr.wrap(model, method, positions="original", **MERGES[method])
     original = model.generate(**inputs, **greedy)
     assert not torch.equal(original.scores[0], cached.scores[0]), "PPE changed nothing: the test needs merges"
 
 
+def test_beam_search_repeats_the_chunk_positions_of_each_row(tiny):
+    model, inputs, greedy = _wrapped(tiny, "qwen2_5_vl", "pool", budget=0.4)
+    received = []
+    handle = model.model.language_model.layers[0].register_forward_pre_hook(
+        lambda module, args, kwargs: received.append(kwargs["position_embeddings"][0]), with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    beams = dict(max_new_tokens=4, num_beams=2, do_sample=False, suppress_tokens=greedy["suppress_tokens"])
+    cached = model.generate(**inputs, **beams)
+    handle.remove()
+    assert torch.equal(received[1], received[0].repeat_interleave(2, dim=0))  # beam prefill: rows 0, 0, 1, 1
+    assert torch.equal(cached, model.generate(**inputs, **beams, use_cache=False))
+
+
 @pytest.mark.parametrize("name,method", [("llava", "visionzip"), ("qwen2_5_vl", "pool")])
 def test_padded_batch_with_ppe_equals_rows_alone(tiny, name, method):
-    model, processor = tiny(name)
-    inputs = padded_inputs(processor, name)
-    greedy = greedy_without_placeholders(model)
-    vtr.wrap(model, method, positions="ppe", **MERGES[method])
+    model, inputs, greedy = _wrapped(tiny, name, method, **MERGES[method])
     batch = model.generate(**inputs, **greedy)
     new = batch.sequences[:, inputs["input_ids"].shape[1]:]
     for i in range(2):
@@ -253,10 +273,7 @@ def test_decoding_continues_at_the_positions_of_the_unreduced_model(tiny):
 
 @pytest.mark.parametrize("name,methods", [("llava", ["visionzip", "holitom_inner"]), ("qwen2_5_vl", ["pool", "fastv"])])
 def test_in_llm_stage_keeps_the_ppe_positions_of_the_tokens_it_keeps(tiny, name, methods):
-    model, processor = tiny(name)
-    inputs = padded_inputs(processor, name)
-    greedy = greedy_without_placeholders(model)
-    vtr.wrap(model, methods, budget=0.5, layer=2, positions="ppe")
+    model, inputs, greedy = _wrapped(tiny, name, methods, budget=0.5, layer=2)
     layers = model.model.language_model.layers
     received = {}
 
@@ -277,11 +294,7 @@ def test_in_llm_stage_keeps_the_ppe_positions_of_the_tokens_it_keeps(tiny, name,
     for entering, deep in zip(received[0], received[3]):
         expected = entering.gather(1, final.clamp_min(0).unsqueeze(-1).expand(-1, -1, entering.shape[-1]))
         assert torch.equal(deep[valid], expected[valid])
-    cached = model.generate(**inputs, **greedy)
-    uncached = model.generate(**inputs, **greedy, use_cache=False)
-    assert torch.equal(cached.sequences, uncached.sequences)
-    for a, b in zip(cached.scores, uncached.scores):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    _cached_equals_uncached(model, inputs, greedy)
 
 
 # ---------------------------------------------------------------------------------------------- lifecycle

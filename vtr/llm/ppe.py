@@ -6,10 +6,11 @@ and passes it to every layer. Forward pre-hooks on the layers (installed by ``wr
 during every full pass (prefill, or each step of an uncached generate), for cos/sin in which rotary
 frequency f of prompt column j rotates with ``chunk_positions[:, j, chunk(f)]``:
 
-* the model's own rotary module is evaluated once per chunk on that chunk's positions, and frequency f
-  (both of its rotate-half dimensions, f and f + d/2) is taken from the evaluation of its chunk. Every
-  rope type, M-RoPE's t/h/w sections and Qwen3-VL's interleaving are thus the model's own; a column
-  whose chunks all hold one position gets exactly the model's cos/sin;
+* the model's own rotary module is evaluated on every chunk's positions (one call, chunks stacked along
+  the batch axis), and frequency f (both of its rotate-half dimensions, f and f + d/2) is taken from
+  the evaluation of its chunk. Every rope type, M-RoPE's t/h/w sections and Qwen3-VL's interleaving
+  are thus the model's own; a column whose chunks all hold one position gets exactly the model's
+  cos/sin;
 * the chunk of each frequency is probed once from the rotary module: the frequencies that read axis a
   (t, h or w; the single axis of 1-D RoPE) are split, in frequency order, into ``chunks`` contiguous
   bands (the k-th of n frequencies is in band floor(k * chunks / n)), so with M-RoPE every axis section
@@ -21,8 +22,8 @@ Cached steps are left alone: new tokens have one position each, the model's. The
 whatever cos/sin a layer receives at its kept columns, so a token it keeps keeps its chunk positions
 and a token it merges lives on in its destination, with the destination's.
 
-Cost: ``chunks`` rotary evaluations over the prompt per full pass (elementwise, O(chunks * L * d)),
-nothing per decoding step.
+Cost: the rotary embedding of the prompt evaluated for ``chunks`` positions per column, once per full
+pass (not per layer; elementwise, O(chunks * L * d)); nothing per decoding step.
 """
 
 from __future__ import annotations
@@ -79,17 +80,20 @@ def frequency_chunks(rotary: nn.Module, rows: int, chunks: int) -> Tensor:
 
 def chunked_rotary(rotary: nn.Module, chunk_of_dim: Tensor, chunk_positions: Tensor,
                    like: Tensor) -> tuple[Tensor, Tensor]:
-    """(cos, sin) (B, L, d) where dimension i of column j rotates with ``chunk_positions[:, :, j, chunk(i)]``."""
-    chunk_of_dim = chunk_of_dim.to(like.device)
-    cos = sin = None
-    for c in range(chunk_positions.shape[-1]):
-        cos_c, sin_c = _rotary(rotary, like, chunk_positions[..., c])
-        if cos is None:
-            cos, sin = cos_c, sin_c
-            continue
-        here = chunk_of_dim == c
-        cos, sin = torch.where(here, cos_c, cos), torch.where(here, sin_c, sin)
-    return cos, sin
+    """(cos, sin) (B, L, d) where dimension i of column j rotates with ``chunk_positions[:, :, j, chunk(i)]``.
+
+    One rotary call on the chunks stacked along the batch axis (the rotary is elementwise in the
+    positions, so each chunk's values are those of a call on that chunk alone), then per dimension
+    the values of its chunk.
+    """
+    rows, batch, length, chunks = chunk_positions.shape
+    stacked = chunk_positions.permute(0, 3, 1, 2).reshape(rows, chunks * batch, length)
+    pick = chunk_of_dim.to(like.device).view(1, 1, 1, -1)
+    out = []
+    for values in _rotary(rotary, like, stacked):
+        values = values.view(chunks, batch, length, values.shape[-1])
+        out.append(values.gather(0, pick.expand(1, batch, length, -1))[0])
+    return out[0], out[1]
 
 
 class PositionPreservation:
