@@ -80,6 +80,7 @@ def test_gathered_follows_the_reduced_columns_with_zero_on_padding():
 def test_scheme_options_are_validated():
     assert PositionScheme.make("ppe") == PositionScheme("ppe", 8, "nearest")
     assert PositionScheme.make("ppe", 4, "highest") == PositionScheme("ppe", 4, "highest")
+    assert PositionScheme.make(PositionScheme("ppe", 4, "highest"), chunks=2) == PositionScheme("ppe", 2, "highest")
     with pytest.raises(ValueError, match="only apply with positions='ppe'"):
         PositionScheme.make("original", chunks=4)
     with pytest.raises(ValueError, match="ppe_chunks must be a positive int"):

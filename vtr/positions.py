@@ -60,13 +60,10 @@ class PositionScheme:
     def make(cls, positions: "str | PositionScheme", chunks: int | None = None,
              members: str | None = None) -> "PositionScheme":
         """The scheme of ``wrap(positions=..., ppe_chunks=..., ppe_members=...)``."""
-        if isinstance(positions, PositionScheme):
-            if chunks is None and members is None:
-                return positions
-            positions = positions.mode
-        if positions != "ppe" and (chunks is not None or members is not None):
-            raise ValueError(f"ppe_chunks / ppe_members only apply with positions='ppe', got positions={positions!r}")
-        return cls(positions, DEFAULT_CHUNKS if chunks is None else chunks, "nearest" if members is None else members)
+        base = positions if isinstance(positions, PositionScheme) else cls(positions)
+        if base.mode != "ppe" and (chunks is not None or members is not None):
+            raise ValueError(f"ppe_chunks / ppe_members only apply with positions='ppe', got positions={base.mode!r}")
+        return cls(base.mode, base.chunks if chunks is None else chunks, base.members if members is None else members)
 
     @property
     def ppe(self) -> bool:
