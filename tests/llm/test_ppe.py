@@ -3,6 +3,9 @@ per-chunk positions of merged tokens, exact KV cache, padding, cascade with in-L
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import pytest
 import torch
 
@@ -13,7 +16,9 @@ from vtr import testing
 from vtr.adapters import adapter_for
 from vtr.engine import reduce_inputs
 from vtr.llm.ppe import chunked_rotary, frequency_chunks
-from vtr.methods import KeepAll, Pool, ToMe
+from vtr.methods import KeepAll, Method, Pool, Stage, ToMe
+from vtr.methods.base import Reduction, VisualItem
+from vtr.ops.grid import group_mean
 from vtr.positions import PositionScheme
 
 FAMILIES = ["llava", "qwen2_5_vl", "qwen3_vl"]
@@ -350,3 +355,54 @@ def test_encoder_merges_take_the_members_nearest_their_mean_position(tiny):
         assert call.chunk_positions[0, 0, column].tolist() == columns[order[torch.arange(4) % group.numel()]].tolist()
         merged += group.numel() > 1
     assert merged > 0
+
+
+def test_a_token_pooled_over_a_video_carries_its_members_positions(tiny):
+    model, processor = tiny("qwen2_5_vl")
+    inputs = make_inputs(processor, "qwen2_5_vl", "video")
+    scheme = PositionScheme("ppe", 64, "highest")  # the 64 highest of the 2x6x8 members
+    call = reduce_inputs(adapter_for(model), Pool(budget=1), scheme, dict(inputs), True)
+    video = call.kwargs["input_ids"][0] == model.config.video_token_id
+    assert int(video.sum()) == 1
+    _, h, w = call.chunk_positions[:, 0, video][:, 0]  # the one token's 64 chunks
+    assert h.unique().numel() == 6 and w.unique().numel() == 8
+    vtr.wrap(model, "pool", budget=1, positions="ppe")
+    _cached_equals_uncached(model, inputs, greedy_without_placeholders(model))
+
+
+@dataclass(frozen=True)
+class _FoldFrames(Method):
+    """Merges every video token into the token at the same (h, w) cell of the first temporal step."""
+
+    name: ClassVar[str] = "fold_frames"
+    stage: ClassVar[Stage] = Stage.PRE_LLM
+
+    def reduce(self, item: VisualItem) -> Reduction:
+        _, h, w = item.segments[0].grid
+        assignment = torch.arange(item.num_tokens, device=item.features.device) % (h * w)
+        return Reduction(kept=torch.arange(h * w, device=item.features.device),
+                         features=group_mean(item.features, assignment, h * w), assignment=assignment)
+
+
+def test_merged_tokens_whose_members_share_one_position_match_standard_m_rope(tiny, monkeypatch):
+    """Tiny Qwen2.5-VL videos give both temporal steps the same t (0.083 s per step at 4 tokens/s), so
+    folding step 1 into step 0 merges tokens at one (t, h, w): PPE must then equal plain M-RoPE."""
+    model, processor = tiny("qwen2_5_vl")
+    inputs = make_inputs(processor, "qwen2_5_vl", "video")
+    adapter = adapter_for(model)
+    rope = adapter.rope_positions(adapter.positions(adapter.fill_missing_inputs(dict(inputs)), True))[:, 0]
+    video = rope[:, inputs["input_ids"][0] == model.config.video_token_id]
+    assert torch.equal(video[:, :48], video[:, 48:])  # the premise: members share their position
+    greedy = greedy_without_placeholders(model)
+    outputs = {}
+    calls = []
+    monkeypatch.setattr(ppe_module, "chunked_rotary", lambda *a: calls.append(1) or chunked_rotary(*a))
+    for positions in ("original", "ppe"):
+        with vtr.reduced(model, _FoldFrames(), positions=positions):
+            with torch.no_grad():
+                logits = model(**inputs).logits
+            outputs[positions] = (logits, model.generate(**inputs, **greedy))
+            assert vtr.stats(model).samples[0].items[0].after == 48
+    assert calls
+    assert torch.equal(outputs["original"][0], outputs["ppe"][0])
+    assert _same_generation(outputs["original"][1], outputs["ppe"][1])
