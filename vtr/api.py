@@ -20,7 +20,7 @@ from torch import Tensor
 from vtr.adapters import Adapter, adapter_for
 from vtr.engine import ReducedCall, reduce_inputs
 from vtr.llm.cache import passed_cache
-from vtr.llm.ppe import PositionPreservation, PPERun
+from vtr.llm.ppe import PositionPreservation
 from vtr.llm.pruner import LayerPruner, LayerRun, PromptRoles
 from vtr.llm.unmerge import UnmergeRun, VirtualUnmerging
 from vtr.methods import KeepAll, LayerMethod, Method, Stage, VisionMethod, make_methods
@@ -259,7 +259,7 @@ def _start(state: WrapState, kwargs: dict[str, Any], for_generate: bool) -> tupl
     if pipeline.unmerging is not None:
         pipeline.unmerging.run = UnmergeRun(call.token_representative)
     if pipeline.ppe is not None:
-        pipeline.ppe.run = PPERun(call.chunk_positions)
+        pipeline.ppe.begin(call.chunk_positions)
     pruner = pipeline.in_llm
     if pruner is None:
         return call, None
@@ -272,8 +272,8 @@ def _finish(state: WrapState, run: LayerRun | None) -> None:
     """Close a call's in-LLM run (later cached steps on its cache still work) and record per-layer stats."""
     if state.pipeline.unmerging is not None:  # cached steps after the call need no unmerging: nothing to keep
         state.pipeline.unmerging.run = None
-    if state.pipeline.ppe is not None:  # later cached steps on its cache have single positions: nothing to keep
-        state.pipeline.ppe.run = None
+    if state.pipeline.ppe is not None:
+        state.pipeline.ppe.end()
     if run is None:
         return
     run.accepts_full_passes = False

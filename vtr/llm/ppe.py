@@ -97,7 +97,7 @@ def chunked_rotary(rotary: nn.Module, chunk_of_dim: Tensor, chunk_positions: Ten
 
 
 class PositionPreservation:
-    """The PPE hooks of one model's decoder layers; ``run`` is set for the duration of a reduced call."""
+    """The PPE hooks of one model's decoder layers; active between ``begin`` and ``end`` of a reduced call."""
 
     def __init__(self, decoder: nn.Module, rows: int, chunks: int) -> None:
         self.rotary = decoder.rotary_emb
@@ -107,16 +107,22 @@ class PositionPreservation:
         self._handles = [layer.register_forward_pre_hook(self._layer_hook(i), with_kwargs=True, prepend=True)
                          for i, layer in enumerate(decoder.layers)]
 
+    def begin(self, chunk_positions: Tensor) -> None:
+        self.run, self._last = PPERun(chunk_positions), None
+
+    def end(self) -> None:
+        """After the call: later cached steps on its cache have single positions, nothing to keep alive."""
+        self.run, self._last = None, None
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._last = None
+        self.end()
 
     def _layer_hook(self, layer: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
             if self.run is None:
-                self._last = None
                 return None
             cache = passed_cache(kwargs)
             if cache is not None and cache.get_seq_length(layer) > 0:
