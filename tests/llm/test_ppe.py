@@ -219,7 +219,8 @@ def _cached_equals_uncached(model, inputs, greedy):
 
 
 @pytest.mark.parametrize("name,method", [("llava", "pool"), ("llava", "visionzip"), ("llava", "tome"),
-                                         ("qwen2_5_vl", "pool"), ("qwen2_5_vl", "visionzip")])
+                                         ("qwen2_5_vl", "pool"), ("qwen2_5_vl", "visionzip"),
+                                         ("qwen3_vl", "visionzip"), ("llava_next", "pool")])
 def test_cached_generate_equals_uncached_recompute_with_ppe(tiny, name, method):
     model, inputs, greedy = _wrapped(tiny, name, method, **MERGES[method])
     cached = _cached_equals_uncached(model, inputs, greedy)
