@@ -283,7 +283,7 @@ def _with_explicit_mask(call: ReducedCall | None, kwargs: dict[str, Any]) -> dic
     """
     if call is None or not call.gapped_positions or kwargs.get("attention_mask") is not None:
         return kwargs
-    cache = kwargs.get("past_key_values")
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers >= 5.24 names it "cache"
     if cache is not None and cache.get_seq_length() > 0:
         return kwargs
     ids = kwargs.get("input_ids")

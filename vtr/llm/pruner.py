@@ -117,7 +117,7 @@ class LayerPruner:
         run = self.run
         if run is None or not run.accepts_full_passes:
             return False
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers >= 5.24: "cache"
         return cache is None or cache.get_seq_length(layer) == 0
 
     def _capture_hook(self, k: int):
@@ -153,7 +153,7 @@ class LayerPruner:
         """The new (args, kwargs) of decoder layer ``layer`` (``None`` = leave the call as it is)."""
         run = self.run
         states = args[0] if args else kwargs["hidden_states"]
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers >= 5.24: "cache"
         run.current_layer = layer
         if self._full_pass(kwargs, layer):
             if layer == self.prune_at[0]:

@@ -91,7 +91,7 @@ class VirtualUnmerging:
 
     def _compress(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]):
         self._pass = None
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers >= 5.24: "cache"
         if self.run is None or (cache is not None and cache.get_seq_length(0) > 0):
             return None  # not ours, or a cached decoding step: new tokens are never merged
         states = args[0] if args else kwargs["hidden_states"]
