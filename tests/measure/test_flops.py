@@ -78,7 +78,7 @@ def test_forward_prefill_matches_flop_counter(tiny, name, kind):
             vtr.unwrap(model)
 
 
-@pytest.mark.parametrize("name", ["llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("name", ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("method", ["hiprune", "visionzip"])
 def test_vision_attention_methods_match_flop_counter(tiny, name, method):
     """The attention capture runs vision-tower projections, so only totals compare component-free."""

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from vtr.adapters.base import Adapter
+from vtr.adapters.llava_attention import anyres_image_attention, recording_packing, with_crops
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout, layout_with_newlines, square_grid
 from vtr.methods.base import VisionInfo
@@ -24,13 +25,14 @@ from vtr.vision.merging import MergeTarget
 
 
 def llava_vision_info(config) -> VisionInfo:
-    """The CLIP tower of LLaVA-1.5: its depth, and the layer whose output becomes the features."""
+    """The CLIP or SigLIP tower of a LLaVA model: its depth, the layer whose output becomes the features,
+    and whether it has a class token (CLIP does, SigLIP does not)."""
     depth, layer = config.vision_config.num_hidden_layers, config.vision_feature_layer
     if not isinstance(layer, int):
         raise ReductionError(f"vision attention needs one feature layer; this model concatenates layers {layer}")
     # hidden_states[f] is the output of encoder layer f - 1 (index 0 holds the embeddings)
-    return VisionInfo(depth=depth, feature_layer=layer + depth if layer < 0 else layer - 1, has_cls=True,
-                      encoder="clip")
+    return VisionInfo(depth=depth, feature_layer=layer + depth if layer < 0 else layer - 1,
+                      has_cls=config.vision_config.model_type == "clip_vision_model", encoder="clip")
 
 
 def llava_merge_target_shape(config) -> tuple[int, int]:
@@ -69,7 +71,7 @@ class LlavaAdapter(Adapter):
 
     def item_attention(self, modality: str, capture: AttentionCapture, requests: dict[str, AttentionRequest],
                        inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:
-        drop_cls = 1 if self.config.vision_feature_select_strategy == "default" else 0
+        drop_cls = _dropped_cls(self.config)
         per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in range(inputs["pixel_values"].shape[0])]
         for name, request in requests.items():
             args, kwargs = capture.inputs[request.layer]
@@ -81,10 +83,40 @@ class LlavaAdapter(Adapter):
         return per_item
 
 
+def _dropped_cls(config) -> int:
+    """Leading encoder tokens that are not features: the class token under the "default" strategy."""
+    return 1 if config.vision_feature_select_strategy == "default" else 0
+
+
 class LlavaNextAdapter(Adapter):
     model_types = ("llava_next", "llava_onevision", "llava_next_video")
+
+    def encode(self, modality: str, inputs: dict[str, Any]):
+        """Also record how the model packed the images (``vtr.adapters.llava_attention``)."""
+        if modality != "image":
+            return super().encode(modality, inputs)
+        with recording_packing(self.model.base_model) as packing:
+            output = super().encode(modality, inputs)
+        self._image_packing = packing  # read by item_layouts / item_attention of this same encode
+        return output
 
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         newline = self.model.model.image_newline
         frames = inputs["pixel_values_videos"].shape[1] if modality == "video" else 1
-        return [layout_with_newlines((f == newline.to(f.device, f.dtype)).all(-1), frames) for f in features]
+        layouts = [layout_with_newlines((f == newline.to(f.device, f.dtype)).all(-1), frames) for f in features]
+        return with_crops(layouts, self._image_packing, newline.device) if modality == "image" else layouts
+
+    def vision_info(self) -> VisionInfo:
+        return llava_vision_info(self.config)
+
+    def vision_attention_module(self, layer: int) -> nn.Module:
+        return self.model.model.vision_tower.encoder.layers[layer].self_attn
+
+    def item_attention(self, modality: str, capture: AttentionCapture, requests: dict[str, AttentionRequest],
+                       inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:
+        if modality == "image":
+            return anyres_image_attention(self.vision_attention_module, capture, requests, self._image_packing,
+                                          _dropped_cls(self.config))
+        raise ReductionError(f"vtr cannot yet map vision-encoder attention to the {modality} tokens of "
+                             f"{self.config.model_type} models; methods that need it (hiprune, visionzip, "
+                             f'allocation="thumbnail") run on its images')
