@@ -80,7 +80,7 @@ def _reduce_inputs(
         mask = torch.ones_like(ids)
     # encode and locate everything first: a placeholder mismatch must be reported as such, before
     # position computation trips over it with an opaque shape error
-    requests = method.attention_requests(adapter.vision_info()) if _wants_attention(method) else {}
+    requests = method.attention_requests(adapter.vision_info()) if method.wants_attention() else {}
     encoded = [_encode(adapter, modality, inputs, ids, mask, requests, vision)
                for modality in adapter.present_modalities(inputs)]
     full_positions = adapter.positions({**inputs, "attention_mask": mask}, for_generate)
@@ -150,12 +150,6 @@ class _EncodedModality:
     attention: list[dict[str, tuple[Tensor, Tensor]]]  # per item: what the method asked of the encoder
     merges: list[Reduction | None]  # per item: the vision stage's merge, if one ran
     encoder_tokens: list[tuple[int, ...]]  # per item: tokens each encoder layer processed (vision stage)
-
-
-def _wants_attention(method: Method) -> bool:
-    """Whether the method overrides ``attention_requests`` (asking costs ``vision_info``, which only some
-    adapters have)."""
-    return type(method).attention_requests is not Method.attention_requests
 
 
 def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor, mask: Tensor,
@@ -237,7 +231,7 @@ def _reduce_modality(
         items_per_row[row].append(ItemStats(
             visual.modality, feats.shape[0], reduction.kept.numel() + structural.numel(), layout.structural.numel(),
             structural.numel(), stage="vision" if merge is not None else "pre_llm",
-            vision_per_layer=encoder_tokens, provenance=tuple(provenance.tolist())))
+            vision_per_layer=encoder_tokens, provenance=tuple(provenance.tolist()), parts=reduction.parts))
     return adapter.with_features(visual.modality, visual.output, new_features, reductions)
 
 

@@ -14,7 +14,9 @@ class ItemStats:
     where the tokens were reduced (``"vision"`` for merging inside the encoder, else ``"pre_llm"``).
     ``vision_per_layer``: tokens each vision-encoder layer processed, class token included (vision stage
     only). ``provenance``: the output token each content token went into (-1 = dropped), the
-    reduction's own record of which original patches every LLM token stands for.
+    reduction's own record of which original patches every LLM token stands for. ``parts``: (content
+    tokens, kept) of each part the method's allocation selected in (base image, crops, segments,
+    frames); empty when it chose over the whole item.
     """
 
     modality: str
@@ -25,6 +27,7 @@ class ItemStats:
     stage: str = "pre_llm"
     vision_per_layer: tuple[int, ...] = ()
     provenance: tuple[int, ...] = field(default=(), repr=False)
+    parts: tuple[tuple[int, int], ...] = ()  # (tokens, kept) per part an allocation split the item into
 
     @property
     def content_before(self) -> int:

@@ -131,7 +131,8 @@ def test_vision_merging_matches_flop_counter(tiny, config):
 
 
 @pytest.mark.parametrize("name, kind, allocation", [("llava_onevision", "image", "per_segment"),
-                                                    ("qwen2_vl", "video", "per_frame")])
+                                                    ("qwen2_vl", "video", "per_frame"),
+                                                    ("llava_next", "image", "thumbnail")])
 def test_divprune_allocations_match_flop_counter(tiny, name, kind, allocation):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, kind)

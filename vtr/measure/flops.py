@@ -48,8 +48,9 @@ Assumptions, each the behaviour of transformers 5.x:
   projected features, for each visual input or part its allocation selects in); an in-LLM method's
   score recompute at layer K-1 (k_proj of every token, q_proj of the query rows, q k^T per head);
   HoliTom's token-similarity matrix at layer K (L x L x D, L the tokens entering layer K); the vision
-  attention HiPrune / VisionZip ask for (q/k projections of the requested encoder layer and the score
-  matmul of the requested query rows, per attention sequence: image, crop, frame or window), and
+  attention HiPrune / VisionZip / ``allocation="thumbnail"`` ask for (q/k projections of the requested
+  encoder layer and the score matmul of the requested query rows, per attention sequence: image, crop,
+  frame or window; each request on its own, as vtr computes them), and
   VisionZip's key similarity to its contextual targets; a vision-stage merge's A x B key similarity
   after every merging layer that merges at all (it runs inside the encoder, so a flop counter books it
   under the vision tower). Keep-all, random and pooling multiply nothing; methods vtr does not ship
@@ -70,7 +71,7 @@ from transformers import PreTrainedConfig
 from vtr.api import _state, is_wrapped
 from vtr.adapters.llava import llava_merge_target_shape, llava_vision_info
 from vtr.adapters.qwen_vl import qwen_vision_info
-from vtr.methods import DivPrune, HiPrune, HoliTomInner, LayerMethod, Method, VisionMethod, VisionZip
+from vtr.methods import DivPrune, HoliTomInner, LayerMethod, Method, VisionMethod, VisionZip
 from vtr.methods.base import BudgetedMethod, VisionInfo, split_budget
 from vtr.methods.vision import EncoderGeometry
 from vtr.stats import CallStats, ItemStats, SampleStats
@@ -348,7 +349,9 @@ def _selected_parts(config: PreTrainedConfig, method: BudgetedMethod, stats: Ite
     if k >= n:
         return []
     parts, shares = [n], [k]
-    if method.allocation != "global":
+    if stats.parts:  # the allocation recorded its split (the only way for "thumbnail": it follows attention)
+        parts, shares = [size for size, _ in stats.parts], [kept for _, kept in stats.parts]
+    elif method.allocation != "global":
         parts = _part_sizes(config, item, n, per_frame=method.allocation == "per_frame")
         shares = split_budget(k, parts)
     return [(size, share) for size, share in zip(parts, shares) if 0 < share < size]
@@ -446,7 +449,7 @@ def reduction_flops(
     total = 0.0
     if isinstance(pre_llm, DivPrune):
         total += sum(_divprune_flops(config, pre_llm, s, item) for s, item in zip(sample.items, visual))
-    if isinstance(pre_llm, (HiPrune, VisionZip)):
+    if pre_llm is not None and pre_llm.wants_attention():  # hiprune, visionzip, allocation="thumbnail"
         total += sum(_attention_capture_flops(config, pre_llm, item) for item in visual)
     if isinstance(pre_llm, VisionZip):
         total += sum(_visionzip_flops(config, pre_llm, s, item) for s, item in zip(sample.items, visual))
