@@ -17,11 +17,12 @@ from torch import Tensor, nn
 
 from vtr.adapters.base import Adapter
 from vtr.adapters.llava_attention import anyres_image_attention, recording_packing, with_crops
+from vtr.adapters.llava_merging import anyres_merges, spreading_projector
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout, layout_with_newlines, square_grid
-from vtr.methods.base import VisionInfo
+from vtr.methods.base import Reduction, VisionInfo
 from vtr.vision.attention import AttentionCapture, AttentionRequest, clip_like_attention
-from vtr.vision.merging import MergeTarget
+from vtr.vision.merging import EncoderMerging, MergeTarget
 
 
 def llava_vision_info(config) -> VisionInfo:
@@ -36,11 +37,11 @@ def llava_vision_info(config) -> VisionInfo:
 
 
 def llava_merge_target_shape(config) -> tuple[int, int]:
-    """(merging layers, tokens dropped before the projector) of a LLaVA-1.5 CLIP tower: merges follow every
+    """(merging layers, tokens dropped before the projector) of a LLaVA CLIP/SigLIP tower: merges follow every
     layer up to the feature layer; the "default" strategy drops the class token."""
-    if config.vision_config.model_type != "clip_vision_model":
-        raise ReductionError(f"vision-encoder merging needs a CLIP tower (it protects the class token), this llava "
-                             f"model has a {config.vision_config.model_type!r} tower")
+    if config.vision_config.model_type not in ("clip_vision_model", "siglip_vision_model"):
+        raise ReductionError(f"vision-encoder merging needs a CLIP or SigLIP tower, this {config.model_type} model "
+                             f"has a {config.vision_config.model_type!r} tower")
     if not isinstance(config.vision_feature_layer, int):
         raise ReductionError(f"vision-encoder merging needs one feature layer; this model concatenates layers "
                              f"{config.vision_feature_layer}, whose merged sequences would differ in length")
@@ -48,17 +49,21 @@ def llava_merge_target_shape(config) -> tuple[int, int]:
     return llava_vision_info(config).feature_layer + 1, dropped
 
 
+def llava_merge_target(model: nn.Module) -> MergeTarget:
+    merge_layers, dropped = llava_merge_target_shape(model.config)
+    tower = model.model.vision_tower
+    if str(tower.config._attn_implementation).startswith("flash"):
+        raise ReductionError("vision-encoder merging passes proportional attention as an additive float mask, "
+                             "which flash attention cannot take; load the vision tower with sdpa or eager")
+    return MergeTarget(tower.encoder.layers, merge_layers, dropped)
+
+
 class LlavaAdapter(Adapter):
     model_types = ("llava",)
     modalities_handled = ("image",)
 
     def merge_target(self) -> MergeTarget:
-        merge_layers, dropped = llava_merge_target_shape(self.config)
-        tower = self.model.model.vision_tower
-        if str(tower.config._attn_implementation).startswith("flash"):
-            raise ReductionError("vision-encoder merging passes proportional attention as an additive float mask, "
-                                 "which flash attention cannot take; load the vision tower with sdpa or eager")
-        return MergeTarget(tower.encoder.layers, merge_layers, dropped)
+        return llava_merge_target(self.model)
 
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         return [ItemLayout.grid_only(square_grid(f.shape[0]), f.device) for f in features]
@@ -120,3 +125,21 @@ class LlavaNextAdapter(Adapter):
         raise ReductionError(f"vtr cannot yet map vision-encoder attention to the {modality} tokens of "
                              f"{self.config.model_type} models; methods that need it (hiprune, visionzip, "
                              f'allocation="thumbnail") run on its images')
+
+    # vision-encoder merging of AnyRes images: vtr.adapters.llava_merging
+    def merge_target(self) -> MergeTarget:
+        return llava_merge_target(self.model)
+
+    def merging_encode(self, modality: str, merging: EncoderMerging):
+        if modality != "image":
+            raise ReductionError(f"vision-encoder merging (tome, dymu) runs on the images of {self.config.model_type} "
+                                 f"models, not on their videos (the model pools each frame's patch grid after the "
+                                 f"encoder); use a pre-LLM method for videos")
+        return spreading_projector(self.model.model.multi_modal_projector, merging)
+
+    def spread_merged(self, modality: str, merging: EncoderMerging, features: list[Tensor]) -> list[Tensor]:
+        return features  # spread after the projector, before packing
+
+    def item_merges(self, modality: str, merging: EncoderMerging, features: list[Tensor],
+                    layouts: list[ItemLayout]) -> list[tuple[Reduction, tuple[int, ...], int]]:
+        return anyres_merges(self._image_packing, merging, features, layouts)

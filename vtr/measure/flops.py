@@ -24,7 +24,9 @@ Assumptions, each the behaviour of transformers 5.x:
 * Vision encoders run every layer, whatever ``vision_feature_layer`` selects. SigLIP's attention-pooling
   head runs when ``vision_use_head`` is set, though LLaVA-OneVision discards its output. After a
   vision-stage merge (tome, dymu) each encoder layer costs its real token count (``vtr.stats`` records
-  it per layer) and the projector sees the merged tokens.
+  it per layer) and the projector sees the merged tokens; an AnyRes image's base and crops run as one
+  batch padded to its longest sequence, and padding costs like tokens (an image alone in its row; a
+  row with several AnyRes images pads them all to the longest, which this model does not count).
 * CLIP sequences carry a CLS token, SigLIP's none. LLaVA-NeXT/OneVision encode the base image and
   every AnyRes crop (``image_size_to_num_patches`` on ``image_sizes``; OneVision encodes the base
   image only when ``batch_num_images`` says a row has several images). Videos encode every frame.
@@ -175,6 +177,8 @@ def _vit_flops(config: PreTrainedConfig, item: VisualInput) -> float:
     embed = _linear(item.patches, vc.num_channels * vc.patch_size ** 2, d)
     layers = sum(_block(n, d, d, d, 2 * _scores(1, d, n, n), vc.intermediate_size, 2) for n in per_layer)
     seq, head = per_layer[-1], 0.0
+    if item.encoder_tokens and llava_merge_target_shape(config)[0] == vc.num_hidden_layers:
+        seq = item.projected + llava_merge_target_shape(config)[1]  # the last layer merged before the head
     if getattr(vc, "vision_use_head", False):  # one probe query attends to the sequence, then an MLP
         head = (2 * _linear(1, d, d) + 2 * _linear(seq, d, d) + 2 * _scores(1, d, 1, seq)
                 + 2 * _linear(1, d, vc.intermediate_size))
@@ -587,7 +591,7 @@ def _as_merged(item: VisualInput, stats: ItemStats) -> VisualInput:
     """``item`` with the encoder token counts a vision-stage merge recorded (unchanged without one)."""
     if not stats.vision_per_layer:
         return item
-    return dataclasses.replace(item, encoder_tokens=stats.vision_per_layer, projected=stats.content_after)
+    return dataclasses.replace(item, encoder_tokens=stats.vision_per_layer, projected=stats.vision_projected)
 
 
 # ---------------------------------------------------------------------- presentation

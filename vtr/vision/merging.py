@@ -120,19 +120,36 @@ class EncoderMerging:
         self._final_state()
         return torch.stack(self.tokens_per_layer, dim=1)
 
-    def reductions(self, features: list[Tensor]) -> list[Reduction]:
-        """One reduction per encoder row over the row's feature tokens (the model's features of that row,
-        merged and padded: valid rows first)."""
+    def feature_counts(self) -> Tensor:
+        """(B,) feature tokens each encoder row hands the projector (after the last merge, minus the
+        tokens the model drops)."""
+        return self._final_state().counts - self.target.dropped
+
+    def spread_rows(self, features: Tensor) -> Tensor:
+        """(B, merged feature tokens, D) -> (B, original feature tokens, D): every original token carries the
+        features of the merged token it belongs to (the model's merged features are padded: valid first)."""
         dropped, state = self.target.dropped, self._final_state()
-        counts = (state.counts - dropped).tolist()
+        if features.shape[:2] != (state.size.shape[0], state.size.shape[1] - dropped):
+            raise ReductionError(f"the encoder's features have shape {tuple(features.shape)}, the merged sequences "
+                                 f"{state.size.shape[0]} x {state.size.shape[1] - dropped}: they do not come from them")
+        index = (state.source[:, dropped:] - dropped).to(features.device)
+        return features.gather(1, index.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+
+    def spread(self, features: list[Tensor]) -> list[Tensor]:
+        """``spread_rows`` of per-row features (one encoder sequence per item)."""
+        return list(self.spread_rows(torch.stack(features)).unbind(0)) if features else []
+
+    def assignment(self, row: int) -> Tensor:
+        """(original feature tokens,) the merged token (index among the row's features) each one went into."""
+        return self._final_state().source[row, self.target.dropped:] - self.target.dropped
+
+    def reductions(self, spread: list[Tensor]) -> list[Reduction]:
+        """One reduction per encoder row over its original feature tokens, from the ``spread`` features."""
+        dropped, state = self.target.dropped, self._final_state()
         out = []
-        for row, (feats, n) in enumerate(zip(features, counts)):
-            if feats.shape[0] != state.size.shape[1] - dropped:
-                raise ReductionError(f"the encoder's features hold {feats.shape[0]} tokens per image, the merged "
-                                     f"sequence {state.size.shape[1] - dropped}: they do not come from it")
+        for row, (feats, n) in enumerate(zip(spread, self.feature_counts().tolist())):
             kept = (state.slot[row, dropped:dropped + n] - dropped).to(feats.device)
-            assignment = (state.source[row, dropped:] - dropped).to(feats.device)
-            out.append(Reduction(kept=kept, features=feats[:n], assignment=assignment))
+            out.append(Reduction(kept=kept, features=feats[kept], assignment=self.assignment(row).to(feats.device)))
         return out
 
 
