@@ -55,7 +55,7 @@ def llava_merge_target(model: nn.Module) -> MergeTarget:
     if str(tower.config._attn_implementation).startswith("flash"):
         raise ReductionError("vision-encoder merging passes proportional attention as an additive float mask, "
                              "which flash attention cannot take; load the vision tower with sdpa or eager")
-    return MergeTarget(tower.encoder.layers, merge_layers, dropped)
+    return MergeTarget(tower.encoder.layers, merge_layers, dropped, tower)
 
 
 class LlavaAdapter(Adapter):

@@ -37,6 +37,7 @@ class MergeTarget:
     layers: nn.ModuleList  # the encoder layers (each with ``self_attn.k_proj`` and ``self_attn.head_dim``)
     merge_layers: int  # merges follow layers 0 .. merge_layers - 1: up to the layer the features come from
     dropped: int  # leading tokens the model drops before the projector (the class token, or none)
+    tower: nn.Module | None = None  # the vision tower, run on (N, C, H, W) pixels (calibration)
 
 
 class EncoderMerging:
