@@ -49,13 +49,18 @@ def llava_merge_target_shape(config) -> tuple[int, int]:
     return llava_vision_info(config).feature_layer + 1, dropped
 
 
+def llava_protected(config) -> int:
+    """Leading encoder tokens that never merge: CLIP's class token; SigLIP has none."""
+    return int(config.vision_config.model_type == "clip_vision_model")
+
+
 def llava_merge_target(model: nn.Module) -> MergeTarget:
     merge_layers, dropped = llava_merge_target_shape(model.config)
     tower = model.model.vision_tower
     if str(tower.config._attn_implementation).startswith("flash"):
         raise ReductionError("vision-encoder merging passes proportional attention as an additive float mask, "
                              "which flash attention cannot take; load the vision tower with sdpa or eager")
-    return MergeTarget(tower.encoder.layers, merge_layers, dropped, tower)
+    return MergeTarget(tower.encoder.layers, merge_layers, dropped, tower, llava_protected(model.config))
 
 
 class LlavaAdapter(Adapter):

@@ -71,7 +71,7 @@ from torch import Tensor
 from transformers import PreTrainedConfig
 
 from vtr.api import _state, is_wrapped
-from vtr.adapters.llava import llava_merge_target_shape, llava_vision_info
+from vtr.adapters.llava import llava_merge_target_shape, llava_protected, llava_vision_info
 from vtr.adapters.qwen_vl import qwen_vision_info
 from vtr.methods import DivPrune, HoliTomInner, LayerMethod, Method, VisionMethod, VisionZip
 from vtr.methods.base import BudgetedMethod, VisionInfo, split_budget
@@ -430,11 +430,12 @@ def _merging_flops(config: PreTrainedConfig, method: VisionMethod, item: VisualI
     vc = config.vision_config
     merge_layers, dropped = llava_merge_target_shape(config)
     tokens = item.encoder_tokens[0]
-    matcher = method.matcher(EncoderGeometry(tokens, tokens - dropped, merge_layers, vc.num_hidden_layers))
+    matcher = method.matcher(EncoderGeometry(tokens, tokens - dropped, merge_layers, vc.num_hidden_layers,
+                                             llava_protected(config)))
     head_dim = vc.hidden_size // vc.num_attention_heads
     return item.frames * sum(2.0 * math.ceil(n / 2) * (n // 2) * head_dim
                              for layer, n in enumerate(item.encoder_tokens[:merge_layers])
-                             if matcher.active(layer) and n >= 3)
+                             if matcher.active(layer) and n >= 2 + llava_protected(config))
 
 
 def reduction_flops(

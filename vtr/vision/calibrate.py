@@ -39,10 +39,11 @@ class _BatchLevelMatcher:
     def __init__(self, removed: int, geometry: EncoderGeometry) -> None:
         tokens = geometry.tokens
         for layer in range(geometry.merge_layers):
-            if removed > max_merges(tokens):
+            if removed > max_merges(tokens, geometry.protected):
                 raise ValueError(
                     f"target_removed={removed} per layer is more than layer {layer} can merge on average: its "
-                    f"{tokens} tokens allow at most {max_merges(tokens)} merges; pass a smaller target"
+                    f"{tokens} tokens allow at most {max_merges(tokens, geometry.protected)} merges; pass a "
+                    f"smaller target"
                 )
             tokens -= removed
         self.removed = removed

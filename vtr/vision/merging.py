@@ -12,7 +12,8 @@ For one encoder call, with hooks installed by ``EncoderMerging.installed()`` and
 Deviation from ToMe/DyMU: they merge between a block's attention and its MLP; a hook can only act on a
 layer's output, so here the merge follows the MLP, with the keys of the same layer's attention. The
 merging hook runs before transformers' own output recorders, so ``hidden_states`` (and the LLaVA
-features read from them) are the merged sequences. The class token is never merged.
+features read from them) are the merged sequences. The class token (``MergeTarget.protected``) is never
+merged; SigLIP has none, so every patch may merge.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class MergeTarget:
     merge_layers: int  # merges follow layers 0 .. merge_layers - 1: up to the layer the features come from
     dropped: int  # leading tokens the model drops before the projector (the class token, or none)
     tower: nn.Module | None = None  # the vision tower, run on (N, C, H, W) pixels (calibration)
+    protected: int = 1  # leading tokens that never merge: CLIP's class token (SigLIP has none)
 
 
 class EncoderMerging:
@@ -70,7 +72,8 @@ class EncoderMerging:
     def _begin(self, hidden: Tensor) -> None:
         batch, tokens = hidden.shape[:2]
         geometry = EncoderGeometry(tokens=tokens, features=tokens - self.target.dropped,
-                                   merge_layers=self.target.merge_layers, depth=len(self.target.layers))
+                                   merge_layers=self.target.merge_layers, depth=len(self.target.layers),
+                                   protected=self.target.protected)
         self._matcher = self.make_matcher(geometry)
         self.state = MergeState.start(batch, tokens, hidden.device)
         self.tokens_per_layer, self._merged = [], False
@@ -96,10 +99,10 @@ class EncoderMerging:
     def _after(self, layer: int):
         def hook(module: nn.Module, args: tuple, output: Tensor | tuple):
             hidden = output[0] if isinstance(output, tuple) else output
-            if not self._matcher.active(layer) or hidden.shape[1] < 3:
+            if not self._matcher.active(layer) or hidden.shape[1] < 2 + self.target.protected:
                 return None
             metric = self._keys.view(*hidden.shape[:2], -1, module.self_attn.head_dim).mean(2)
-            matching = bipartite_matching(metric, self.state.valid)
+            matching = bipartite_matching(metric, self.state.valid, self.target.protected)
             merged = self._matcher.select(layer, matching.similarity, matching.eligible)
             if not bool(merged.any()):
                 return None
