@@ -15,7 +15,6 @@ from vtr.layout import Segment
 from vtr.methods import DivPrune, RandomSelect, VisualItem
 from vtr.methods.allocation import crop_masses, split_by_weight
 from vtr.methods.base import split_budget
-from vtr.vision.attention import AttentionRequest
 
 BASE = Segment(0, (1, 4, 4))
 CROPS = Segment(16, (1, 4, 6), crops=((0, 4, 0, 3), (0, 4, 3, 6)))  # two crops side by side, as the tiny models

@@ -1,58 +1,26 @@
 """ToMe and DyMU on AnyRes images (LLaVA-NeXT's CLIP, OneVision's SigLIP): merged per crop, packed like the
-model packs features, exact no-op, padded batches, caches, refusals."""
+model packs features, padded batches, caches, refusals (the exact no-op is in tests/vision/test_merging.py)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
 import vtr
-from conftest import GREEDY, greedy_without_placeholders, make_inputs
+from conftest import greedy_without_placeholders, make_inputs
+from test_tome_dymu import _assert_same_greedy
 from vtr import testing
 from vtr.adapters import adapter_for
 from vtr.engine import _encode
 
 ANYRES = ["llava_next", "llava_onevision"]
 TEXTS = ["what ?", "describe this picture please , what is in it ?"]
-NO_MERGE = {
-    "tome_r0": dict(method="tome", r=0),
-    "dymu_inf_vtu": dict(method="dymu", thresholds=[math.inf] * 3),
-    "dymu_inf_no_vtu": dict(method="dymu", thresholds=[math.inf] * 3, vtu=False),
-}
 MERGE = {
     "tome": dict(method="tome", budget=8),
     "tome_vtu": dict(method="tome", r=3, vtu=True),
     "dymu": dict(method="dymu", thresholds=[0.3] * 3),
     "dymu_no_vtu": dict(method="dymu", thresholds=[0.3] * 3, vtu=False),
 }
-
-
-@pytest.mark.parametrize("name", ANYRES)
-@pytest.mark.parametrize("config", list(NO_MERGE))
-def test_nothing_merged_is_bit_identical_to_the_unwrapped_model(tiny, name, config):
-    model, processor = tiny(name)
-    inputs = make_inputs(processor, name, texts=TEXTS, seeds=(0, 1))
-    expected = model.generate(**inputs, **GREEDY)
-    with torch.no_grad():
-        expected_logits = model(**inputs).logits
-    vtr.wrap(model, **NO_MERGE[config])
-    got = model.generate(**inputs, **GREEDY)
-    with torch.no_grad():
-        got_logits = model(**inputs).logits
-    assert torch.equal(got.sequences, expected.sequences)
-    assert all(torch.equal(a, b) for a, b in zip(got.scores, expected.scores))
-    real = inputs["attention_mask"].bool()
-    assert torch.equal(got_logits[real], expected_logits[real])
-    assert all(item.content_after == item.content_before for s in vtr.stats(model).samples for item in s.items)
-
-
-def _assert_same_greedy(a, b, row_a: int, row_b: int) -> None:
-    n_new = GREEDY["max_new_tokens"]
-    assert torch.equal(a.sequences[row_a, -n_new:], b.sequences[row_b, -n_new:])
-    for step_a, step_b in zip(a.scores, b.scores):
-        torch.testing.assert_close(step_a[row_a], step_b[row_b], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ANYRES)

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from vtr.adapters.base import Adapter
-from vtr.adapters.llava_attention import anyres_image_attention, recording_packing, with_crops
+from vtr.adapters.llava_attention import anyres_image_attention, encoder_attention, recording_packing, with_crops
 from vtr.adapters.llava_merging import anyres_merges, spreading_projector
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout, layout_with_newlines, square_grid
 from vtr.methods.base import Reduction, VisionInfo
-from vtr.vision.attention import AttentionCapture, AttentionRequest, clip_like_attention
+from vtr.vision.attention import AttentionCapture, AttentionRequest
 from vtr.vision.merging import EncoderMerging, MergeTarget
 
 
@@ -63,15 +62,16 @@ def llava_merge_target(model: nn.Module) -> MergeTarget:
     return MergeTarget(tower.encoder.layers, merge_layers, dropped, tower, llava_protected(model.config))
 
 
-class LlavaAdapter(Adapter):
-    model_types = ("llava",)
-    modalities_handled = ("image",)
+def _dropped_cls(config) -> int:
+    """Leading encoder tokens that are not features: the class token under the "default" strategy."""
+    return 1 if config.vision_feature_select_strategy == "default" else 0
+
+
+class _LlavaTowerAdapter(Adapter):
+    """What every LLaVA-family adapter knows of its CLIP/SigLIP tower."""
 
     def merge_target(self) -> MergeTarget:
         return llava_merge_target(self.model)
-
-    def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
-        return [ItemLayout.grid_only(square_grid(f.shape[0]), f.device) for f in features]
 
     def vision_info(self) -> VisionInfo:
         return llava_vision_info(self.config)
@@ -79,26 +79,25 @@ class LlavaAdapter(Adapter):
     def vision_attention_module(self, layer: int) -> nn.Module:
         return self.model.model.vision_tower.encoder.layers[layer].self_attn
 
+
+class LlavaAdapter(_LlavaTowerAdapter):
+    model_types = ("llava",)
+    modalities_handled = ("image",)
+
+    def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
+        return [ItemLayout.grid_only(square_grid(f.shape[0]), f.device) for f in features]
+
     def item_attention(self, modality: str, capture: AttentionCapture, requests: dict[str, AttentionRequest],
                        inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:
-        drop_cls = _dropped_cls(self.config)
         per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in range(inputs["pixel_values"].shape[0])]
-        for name, request in requests.items():
-            args, kwargs = capture.inputs[request.layer]
-            hidden = args[0] if args else kwargs["hidden_states"]
-            with torch.no_grad():
-                attention = clip_like_attention(self.vision_attention_module(request.layer), hidden, request.query)
-            for item, scores, keys in zip(per_item, attention.scores, attention.keys):
-                item[name] = (scores[drop_cls:], keys[drop_cls:])
+        for name, request in requests.items():  # one encoder sequence per image
+            scores, keys = encoder_attention(self.vision_attention_module, capture, request, _dropped_cls(self.config))
+            for item, item_scores, item_keys in zip(per_item, scores, keys):
+                item[name] = (item_scores, item_keys)
         return per_item
 
 
-def _dropped_cls(config) -> int:
-    """Leading encoder tokens that are not features: the class token under the "default" strategy."""
-    return 1 if config.vision_feature_select_strategy == "default" else 0
-
-
-class LlavaNextAdapter(Adapter):
+class LlavaNextAdapter(_LlavaTowerAdapter):
     model_types = ("llava_next", "llava_onevision", "llava_next_video")
 
     def encode(self, modality: str, inputs: dict[str, Any]):
@@ -116,12 +115,6 @@ class LlavaNextAdapter(Adapter):
         layouts = [layout_with_newlines((f == newline.to(f.device, f.dtype)).all(-1), frames) for f in features]
         return with_crops(layouts, self._image_packing, newline.device) if modality == "image" else layouts
 
-    def vision_info(self) -> VisionInfo:
-        return llava_vision_info(self.config)
-
-    def vision_attention_module(self, layer: int) -> nn.Module:
-        return self.model.model.vision_tower.encoder.layers[layer].self_attn
-
     def item_attention(self, modality: str, capture: AttentionCapture, requests: dict[str, AttentionRequest],
                        inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:
         if modality == "image":
@@ -132,9 +125,6 @@ class LlavaNextAdapter(Adapter):
                              f'allocation="thumbnail") run on its images')
 
     # vision-encoder merging of AnyRes images: vtr.adapters.llava_merging
-    def merge_target(self) -> MergeTarget:
-        return llava_merge_target(self.model)
-
     def merging_encode(self, modality: str, merging: EncoderMerging):
         if modality != "image":
             raise ReductionError(f"vision-encoder merging (tome, dymu) runs on the images of {self.config.model_type} "

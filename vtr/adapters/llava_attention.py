@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from vtr.layout import ItemLayout, Segment
+from vtr.layout import ItemLayout
 from vtr.vision.attention import AttentionCapture, AttentionRequest, clip_like_attention
 
 
@@ -74,22 +74,28 @@ def recording_packing(model: nn.Module) -> Iterator[Packing]:
         model.__dict__.pop("pack_image_features", None)
 
 
+def encoder_attention(attention_module: Callable[[int], nn.Module], capture: AttentionCapture,
+                      request: AttentionRequest, drop_cls: int) -> tuple[Tensor, Tensor]:
+    """Scores (sequences, n) and mean keys (sequences, n, d) of every encoder sequence of a CLIP/SigLIP
+    tower at the requested layer, without the ``drop_cls`` leading tokens the model does not feed the LLM
+    (CLIP's class token under the ``"default"`` strategy)."""
+    args, kwargs = capture.inputs[request.layer]
+    hidden = args[0] if args else kwargs["hidden_states"]
+    with torch.no_grad():
+        attention = clip_like_attention(attention_module(request.layer), hidden, request.query)
+    return torch.stack(attention.scores)[:, drop_cls:], torch.stack(attention.keys)[:, drop_cls:]
+
+
 def anyres_image_attention(attention_module: Callable[[int], nn.Module], capture: AttentionCapture,
                            requests: dict[str, AttentionRequest], packing: Packing,
                            drop_cls: int) -> list[dict[str, tuple[Tensor, Tensor]]]:
     """Per image, per request: (scores (slots,), mean keys (slots, d)) aligned with the packed features.
 
-    Scores come per encoder sequence (base image or crop, softmax over that sequence); ``drop_cls``
-    leading tokens (CLIP's class token under the ``"default"`` strategy) are not LLM tokens.
+    Scores come per encoder sequence (base image or crop, softmax over that sequence).
     """
     per_image: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in packing.patches]
     for name, request in requests.items():
-        args, kwargs = capture.inputs[request.layer]
-        hidden = args[0] if args else kwargs["hidden_states"]
-        with torch.no_grad():
-            attention = clip_like_attention(attention_module(request.layer), hidden, request.query)
-        scores = torch.stack(attention.scores)[:, drop_cls:]
-        keys = torch.stack(attention.keys)[:, drop_cls:]
+        scores, keys = encoder_attention(attention_module, capture, request, drop_cls)
         for item, packed in zip(per_image, packing.pack(torch.cat([scores.unsqueeze(-1), keys], -1))):
             item[name] = (packed[:, 0], packed[:, 1:])
     return per_image
