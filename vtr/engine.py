@@ -80,8 +80,9 @@ def _reduce_inputs(
         mask = torch.ones_like(ids)
     # encode and locate everything first: a placeholder mismatch must be reported as such, before
     # position computation trips over it with an opaque shape error
-    requests = method.attention_requests(adapter.vision_info()) if method.wants_attention() else {}
-    encoded = [_encode(adapter, modality, inputs, ids, mask, requests, vision)
+    encoded = [_encode(adapter, modality, inputs, ids, mask,
+                       method.attention_requests(adapter.vision_info()) if method.wants_attention(modality) else {},
+                       vision)
                for modality in adapter.present_modalities(inputs)]
     full_positions = adapter.positions({**inputs, "attention_mask": mask}, for_generate)
 

@@ -15,8 +15,8 @@ class ItemStats:
     ``vision_per_layer``: tokens each vision-encoder layer processed, class token included (vision stage
     only; an AnyRes image's base and crops run as one padded batch, so this is the longest of them, which
     every one of them was padded to), and ``vision_projected`` the feature tokens per encoder sequence the
-    projector saw (padded likewise). ``provenance``: the output token each content token went into (-1 = dropped), the
-    reduction's own record of which original patches every LLM token stands for. ``parts``: (content
+    projector saw (padded likewise). ``provenance``: the output token each content token went into
+    (-1 = dropped), the reduction's own record of which original patches every LLM token stands for. ``parts``: (content
     tokens, kept) of each part the method's allocation selected in (base image, crops, segments,
     frames); empty when it chose over the whole item.
     """

@@ -127,3 +127,17 @@ def test_thumbnail_allocation_end_to_end_on_llava_next(tiny, method):
     for row, (text, seed) in enumerate(zip(texts, (0, 1))):
         alone = model.generate(**make_inputs(processor, "llava_next", texts=[text], seeds=(seed,)), **greedy)
         assert torch.equal(alone.sequences[0, -n_new:], cached.sequences[row, -n_new:])
+
+
+def test_thumbnail_allocation_on_a_video_is_per_segment(tiny):
+    """Videos have no crops: no attention is captured for them (OneVision videos have no mapping) and the
+    budget is split like per_segment."""
+    model, processor = tiny("llava_onevision")
+    inputs = make_inputs(processor, "llava_onevision", "video")
+    kept = []
+    for allocation in ("thumbnail", "per_segment"):
+        vtr.wrap(model, "divprune", budget=10, allocation=allocation)
+        with torch.no_grad():
+            kept.append(model(**inputs).vtr_kept_index)
+    assert vtr.stats(model).samples[0].items[0].content_after == 10
+    assert torch.equal(kept[0], kept[1])

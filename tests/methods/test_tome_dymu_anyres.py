@@ -42,7 +42,7 @@ def test_padded_batch_equals_rows_alone_and_cached_equals_uncached(tiny, name, c
         _assert_same_greedy(together, alone, row, 0)
 
 
-@pytest.mark.parametrize("name", ANYRES)
+@pytest.mark.parametrize("name", [*ANYRES, "llava_next_video"])
 def test_merged_tokens_stay_inside_one_crop_and_reach_the_llm_in_packed_order(tiny, name):
     """A merged token stands for patches of one encoder sequence (the base image or one crop); it takes the
     packed slot of its first member, and newlines follow the rows they close."""

@@ -55,7 +55,7 @@ def recording_packing(model: nn.Module) -> Iterator[Packing]:
     through ``self``, so an instance attribute takes its place)."""
     original = model.pack_image_features
     signature = inspect.signature(original)
-    record = Packing(replay=None)
+    record = Packing()
 
     def pack(*args: Any, **kwargs: Any):
         bound = signature.bind(*args, **kwargs)

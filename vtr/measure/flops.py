@@ -454,8 +454,9 @@ def reduction_flops(
     total = 0.0
     if isinstance(pre_llm, DivPrune):
         total += sum(_divprune_flops(config, pre_llm, s, item) for s, item in zip(sample.items, visual))
-    if pre_llm is not None and pre_llm.wants_attention():  # hiprune, visionzip, allocation="thumbnail"
-        total += sum(_attention_capture_flops(config, pre_llm, item) for item in visual)
+    if pre_llm is not None:  # hiprune, visionzip, allocation="thumbnail" (images)
+        total += sum(_attention_capture_flops(config, pre_llm, item) for item in visual
+                     if pre_llm.wants_attention(item.modality))
     if isinstance(pre_llm, VisionZip):
         total += sum(_visionzip_flops(config, pre_llm, s, item) for s, item in zip(sample.items, visual))
     if in_llm is not None:

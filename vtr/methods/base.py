@@ -206,9 +206,9 @@ class Method:
         """Vision-encoder attention this method needs, by name (default: none)."""
         return {}
 
-    def wants_attention(self) -> bool:
-        """Whether the engine must capture vision-encoder attention for this method (it then asks the
-        adapter for ``vision_info``, which some encoder configurations cannot give)."""
+    def wants_attention(self, modality: str) -> bool:
+        """Whether the engine must capture vision-encoder attention for this method's ``modality`` inputs
+        (it then asks the adapter for ``vision_info``, which some encoder configurations cannot give)."""
         return False
 
     def describe(self) -> str:
@@ -270,8 +270,8 @@ class BudgetedMethod(Method):
             return {}
         return {THUMBNAIL: AttentionRequest(info.feature_layer, "cls" if info.has_cls else "received")}
 
-    def wants_attention(self) -> bool:
-        return self.allocation == THUMBNAIL
+    def wants_attention(self, modality: str) -> bool:
+        return self.allocation == THUMBNAIL and modality == "image"  # only images have AnyRes crops
 
     def reduce(self, item: VisualItem) -> Reduction:
         k = self.budget.tokens_for(item.num_tokens)
