@@ -208,8 +208,9 @@ class Method:
 
     def wants_attention(self, modality: str) -> bool:
         """Whether the engine must capture vision-encoder attention for this method's ``modality`` inputs
-        (it then asks the adapter for ``vision_info``, which some encoder configurations cannot give)."""
-        return False
+        (it then asks the adapter for ``vision_info``, which some encoder configurations cannot give).
+        Default: whenever the method overrides ``attention_requests``."""
+        return type(self).attention_requests is not Method.attention_requests
 
     def describe(self) -> str:
         opts = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self) if f.init)
@@ -271,6 +272,8 @@ class BudgetedMethod(Method):
         return {THUMBNAIL: AttentionRequest(info.feature_layer, "cls" if info.has_cls else "received")}
 
     def wants_attention(self, modality: str) -> bool:
+        if type(self).attention_requests is not BudgetedMethod.attention_requests:  # hiprune, visionzip
+            return True
         return self.allocation == THUMBNAIL and modality == "image"  # only images have AnyRes crops
 
     def reduce(self, item: VisualItem) -> Reduction:

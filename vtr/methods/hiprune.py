@@ -56,9 +56,6 @@ class HiPrune(BudgetedMethod):
         return {**super().attention_requests(info), "object": AttentionRequest(layer - 1),
                 "deep": AttentionRequest(info.feature_layer)}
 
-    def wants_attention(self, modality: str) -> bool:
-        return True
-
     def select(self, item: VisualItem, k: int) -> Reduction:
         shallow, _ = requested(item, "object", self.name)
         deep, _ = requested(item, "deep", self.name)

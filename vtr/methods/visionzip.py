@@ -43,9 +43,6 @@ class VisionZip(BudgetedMethod):
         return {**super().attention_requests(info),
                 "dominant": AttentionRequest(info.feature_layer, "cls" if info.has_cls else "received")}
 
-    def wants_attention(self, modality: str) -> bool:
-        return True
-
     def select(self, item: VisualItem, k: int) -> Reduction:
         scores, keys = requested(item, "dominant", self.name)
         n = item.num_tokens
