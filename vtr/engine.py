@@ -81,8 +81,9 @@ def _reduce_inputs(
         mask = torch.ones_like(ids)
     # encode and locate everything first: a placeholder mismatch must be reported as such, before
     # position computation trips over it with an opaque shape error
-    requests = method.attention_requests(adapter.vision_info()) if _wants_attention(method) else {}
-    encoded = [_encode(adapter, modality, inputs, ids, mask, requests, vision)
+    encoded = [_encode(adapter, modality, inputs, ids, mask,
+                       method.attention_requests(adapter.vision_info()) if method.wants_attention(modality) else {},
+                       vision)
                for modality in adapter.present_modalities(inputs)]
     full_positions = adapter.positions({**inputs, "attention_mask": mask}, for_generate)
     chunks = ChunkPositions(adapter.rope_positions(full_positions), scheme) if scheme.ppe else None
@@ -153,12 +154,7 @@ class _EncodedModality:
     attention: list[dict[str, tuple[Tensor, Tensor]]]  # per item: what the method asked of the encoder
     merges: list[Reduction | None]  # per item: the vision stage's merge, if one ran
     encoder_tokens: list[tuple[int, ...]]  # per item: tokens each encoder layer processed (vision stage)
-
-
-def _wants_attention(method: Method) -> bool:
-    """Whether the method overrides ``attention_requests`` (asking costs ``vision_info``, which only some
-    adapters have)."""
-    return type(method).attention_requests is not Method.attention_requests
+    projected: list[int]  # per item: feature tokens per encoder sequence the projector saw (vision stage)
 
 
 def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor, mask: Tensor,
@@ -169,17 +165,14 @@ def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor
         capture = stack.enter_context(adapter.capture_attention(requests)) if requests else None
         if merging is not None:
             stack.enter_context(merging.installed())
+            stack.enter_context(adapter.merging_encode(modality, merging))
         with section("encode"):  # the model's own encoder: not vtr's overhead
             output = adapter.encode(modality, inputs)
     if capture is not None:
         attention = adapter.item_attention(modality, capture, requests, inputs)
     features = adapter.item_features(modality, output)
-    merges: list[Reduction | None] = [None] * len(features)
-    encoder_tokens: list[tuple[int, ...]] = [()] * len(features)
-    if merging is not None:
-        merges = merging.reductions(features)
-        encoder_tokens = [tuple(row) for row in merging.per_layer_counts().tolist()]
-        features = [m.features[m.assignment] for m in merges]  # each patch carries its merged token's features
+    if merging is not None:  # each patch carries its merged token's features
+        features = adapter.spread_merged(modality, merging, features)
     _check_finite(modality, features)
     slots = _placeholder_slots(adapter, modality, ids, mask, features)
     try:
@@ -192,8 +185,13 @@ def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor
             f"{adapter.config.model_type} model ({error}); this is a vtr adapter bug, please report it with "
             f"the model config and image size"
         ) from error
+    merges: list[Reduction | None] = [None] * len(features)
+    encoder_tokens: list[tuple[int, ...]] = [()] * len(features)
+    projected = [0] * len(features)
+    if merging is not None:
+        merges, encoder_tokens, projected = map(list, zip(*adapter.item_merges(modality, merging, features, layouts)))
     return _EncodedModality(modality, output, features, slots, layouts,
-                            attention or [{} for _ in features], merges, encoder_tokens)
+                            attention or [{} for _ in features], merges, encoder_tokens, projected)
 
 
 def _reduce_modality(
@@ -214,8 +212,9 @@ def _reduce_modality(
     """
     rank_in_row = [0] * keep.shape[0]
     new_features, reductions = [], []
-    for feats, (row, cols), layout, attention, merge, encoder_tokens in zip(
-            visual.features, visual.slots, visual.layouts, visual.attention, visual.merges, visual.encoder_tokens):
+    for feats, (row, cols), layout, attention, merge, encoder_tokens, projected in zip(
+            visual.features, visual.slots, visual.layouts, visual.attention, visual.merges, visual.encoder_tokens,
+            visual.projected):
         attention = {name: (scores[layout.content], keys[layout.content]) for name, (scores, keys) in attention.items()}
         item = VisualItem(feats[layout.content], layout.segments, visual.modality, rank_in_row[row], attention)
         rank_in_row[row] += 1
@@ -245,7 +244,8 @@ def _reduce_modality(
         items_per_row[row].append(ItemStats(
             visual.modality, feats.shape[0], reduction.kept.numel() + structural.numel(), layout.structural.numel(),
             structural.numel(), stage="vision" if merge is not None else "pre_llm",
-            vision_per_layer=encoder_tokens, provenance=tuple(provenance.tolist())))
+            vision_per_layer=encoder_tokens, vision_projected=projected, provenance=tuple(provenance.tolist()),
+            parts=reduction.parts))
     return adapter.with_features(visual.modality, visual.output, new_features, reductions)
 
 

@@ -22,10 +22,17 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Segment:
-    """Content tokens ``start .. start + t*h*w`` (content index space) on a raster (t, h, w) grid."""
+    """Content tokens ``start .. start + t*h*w`` (content index space) on a raster (t, h, w) grid.
+
+    ``crops``: for an AnyRes crops grid, the (top, bottom, left, right) box of each crop on the grid (in
+    crop order, tiling it); empty for any other grid. The base image that precedes such a segment covers
+    the same image extent (both show the whole image), which is what lets the base image's attention
+    speak for each crop (``allocation="thumbnail"``).
+    """
 
     start: int
     grid: tuple[int, int, int]
+    crops: tuple[tuple[int, int, int, int], ...] = ()
 
     @property
     def size(self) -> int:

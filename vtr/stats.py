@@ -13,8 +13,12 @@ class ItemStats:
     many of them are structural (LLaVA-NeXT/OneVision newlines), which budgets do not count. ``stage``:
     where the tokens were reduced (``"vision"`` for merging inside the encoder, else ``"pre_llm"``).
     ``vision_per_layer``: tokens each vision-encoder layer processed, class token included (vision stage
-    only). ``provenance``: the output token each content token went into (-1 = dropped), the
-    reduction's own record of which original patches every LLM token stands for.
+    only; an AnyRes image's base and crops run as one padded batch, so this is the longest of them, which
+    every one of them was padded to), and ``vision_projected`` the feature tokens per encoder sequence the
+    projector saw (padded likewise). ``provenance``: the output token each content token went into
+    (-1 = dropped), the reduction's own record of which original patches every LLM token stands for. ``parts``: (content
+    tokens, kept) of each part the method's allocation selected in (base image, crops, segments,
+    frames); empty when it chose over the whole item.
     """
 
     modality: str
@@ -24,7 +28,9 @@ class ItemStats:
     structural_after: int = 0
     stage: str = "pre_llm"
     vision_per_layer: tuple[int, ...] = ()
+    vision_projected: int = 0
     provenance: tuple[int, ...] = field(default=(), repr=False)
+    parts: tuple[tuple[int, int], ...] = ()  # (tokens, kept) per part an allocation split the item into
 
     @property
     def content_before(self) -> int:

@@ -78,7 +78,7 @@ def test_forward_prefill_matches_flop_counter(tiny, name, kind):
             vtr.unwrap(model)
 
 
-@pytest.mark.parametrize("name", ["llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("name", ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("method", ["hiprune", "visionzip"])
 def test_vision_attention_methods_match_flop_counter(tiny, name, method):
     """The attention capture runs vision-tower projections, so only totals compare component-free."""
@@ -130,8 +130,24 @@ def test_vision_merging_matches_flop_counter(tiny, config):
     assert call_flops(model, inputs, new_tokens=3)[0].total == pytest.approx(generated, rel=1e-9)
 
 
+@pytest.mark.parametrize("name", ["llava_next", "llava_onevision"])
+@pytest.mark.parametrize("config", [dict(method="tome", budget=8), dict(method="dymu", thresholds=[0.3] * 3),
+                                    dict(method="dymu", thresholds=[0.3] * 3, vtu=False)])
+def test_vision_merging_of_anyres_crops_matches_flop_counter(tiny, name, config):
+    """Base image and crops merge as one padded encoder batch; the SigLIP head sees the merged last layer."""
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name)
+    vtr.wrap(model, **config)
+    measured = _counted(lambda: model(**inputs))
+    assert call_flops(model, inputs, logits="all")[0].total == pytest.approx(measured["total"], rel=1e-9)
+    options = greedy_without_placeholders(model, do_sample=False)
+    generated = _counted(lambda: model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, **options))["total"]
+    assert call_flops(model, inputs, new_tokens=3)[0].total == pytest.approx(generated, rel=1e-9)
+
+
 @pytest.mark.parametrize("name, kind, allocation", [("llava_onevision", "image", "per_segment"),
-                                                    ("qwen2_vl", "video", "per_frame")])
+                                                    ("qwen2_vl", "video", "per_frame"),
+                                                    ("llava_next", "image", "thumbnail")])
 def test_divprune_allocations_match_flop_counter(tiny, name, kind, allocation):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, kind)

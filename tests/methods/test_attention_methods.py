@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 import torch
 
 import vtr
-from conftest import greedy_without_placeholders, make_inputs
+from conftest import GREEDY, greedy_without_placeholders, make_inputs
 from vtr.layout import Segment
 from vtr.methods import HiPrune, VisionZip, VisualItem
 from vtr.methods.base import VisionInfo
+from vtr.ops.grid import top_indices
 
 
 def _item(scores_object, scores_deep, grid=(1, 6, 8), keys=None):
@@ -62,24 +65,82 @@ def test_visionzip_keeps_dominant_tokens_and_averages_contextual_members():
     assert 0 < len(contextual) <= 4
 
 
-@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl"])
+ATTENTION_MODELS = ["llava", "llava_next", "llava_onevision", "llava_next_video", "qwen2_5_vl"]
+TEXTS = ["what ?", "describe this picture please , what is in it ?"]
+
+
+@pytest.mark.parametrize("name", ATTENTION_MODELS)
 @pytest.mark.parametrize("method", ["hiprune", "visionzip"])
 def test_attention_methods_end_to_end_batched_and_cached(tiny, name, method):
     model, processor = tiny(name)
-    inputs = make_inputs(processor, name, texts=["what ?", "describe this picture please , what is in it ?"],
-                         seeds=(0, 1))
+    inputs = make_inputs(processor, name, texts=TEXTS, seeds=(0, 1))
+    assert (inputs["attention_mask"] == 0).any(), "the test needs left padding"
     greedy = greedy_without_placeholders(model)
     vtr.wrap(model, method, budget=12)
     cached = model.generate(**inputs, **greedy)
-    assert [s.visual_after for s in vtr.stats(model).samples] == [12, 12]
+    assert [item.content_after for s in vtr.stats(model).samples for item in s.items] == [12, 12]
     uncached = model.generate(**inputs, **greedy, use_cache=False)
     assert torch.equal(cached.sequences, uncached.sequences)
-    alone = model.generate(**make_inputs(processor, name, texts=["what ?"]), **greedy)
-    assert torch.equal(alone.sequences[0, -6:], cached.sequences[0, -6:])
+    n_new = greedy["max_new_tokens"]
+    for row, (text, seed) in enumerate(zip(TEXTS, (0, 1))):  # both rows: the padded one and the longest
+        alone = model.generate(**make_inputs(processor, name, texts=[text], seeds=(seed,)), **greedy)
+        assert torch.equal(alone.sequences[0, -n_new:], cached.sequences[row, -n_new:])
+        for step_batch, step_alone in zip(cached.scores, alone.scores):
+            torch.testing.assert_close(step_batch[row], step_alone[0], rtol=1e-4, atol=1e-4)
 
 
-def test_families_without_an_attention_mapping_say_so(tiny):
-    model, processor = tiny("llava_next")
+@pytest.mark.parametrize("name", ATTENTION_MODELS)
+@pytest.mark.parametrize("method", ["hiprune", "visionzip"])
+def test_attention_methods_keeping_everything_are_bit_identical(tiny, name, method):
+    """The attention capture (hooks on the encoder, scores recomputed) must not change the model's output."""
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name, texts=TEXTS, seeds=(0, 1))
+    expected = model.generate(**inputs, **GREEDY)
+    with torch.no_grad():
+        expected_logits = model(**inputs).logits
+    with vtr.reduced(model, method, budget=1.0):
+        got = model.generate(**inputs, **GREEDY)
+        with torch.no_grad():
+            got_logits = model(**inputs).logits
+        assert vtr.stats(model).visual_after == vtr.stats(model).visual_before
+    assert torch.equal(got.sequences, expected.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(got.scores, expected.scores))
+    real = inputs["attention_mask"].bool()
+    assert torch.equal(got_logits[real], expected_logits[real])
+
+
+class _RecordingHiPrune(HiPrune):
+    seen: ClassVar[list] = []
+
+    def select(self, item, k):
+        self.seen.append((item, k))
+        return super().select(item, k)
+
+
+@pytest.mark.parametrize("name", ["llava_next", "llava_onevision"])
+def test_hiprune_buffers_are_neighbours_on_the_packed_anyres_grid(tiny, name):
+    """Anchors' up/down/left/right neighbours on the grid the LLM sees (base image, unpadded crops), by a
+    naive loop over grid coordinates."""
+    model, processor = tiny(name)
+    _RecordingHiPrune.seen.clear()
+    vtr.wrap(model, _RecordingHiPrune(budget=20, alpha=1.0))  # 4 anchors
+    with torch.no_grad():
+        model(**make_inputs(processor, name))
+    (item, k), = _RecordingHiPrune.seen
+    kept = set(vtr.stats(model).samples[0].items[0].provenance.index(out) for out in range(k))
+    anchors = top_indices(item.attention["object"][0], 4).tolist()
+    assert len(item.segments) == 2 and item.segments[1].grid[2] != item.segments[0].grid[2]
+    for anchor in anchors:
+        segment = next(s for s in item.segments if s.start <= anchor < s.stop)
+        _, h, w = segment.grid
+        y, x = divmod(anchor - segment.start, w)
+        for ny, nx in ((y, x), (y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+            if 0 <= ny < h and 0 <= nx < w:
+                assert segment.start + ny * w + nx in kept
+
+
+def test_video_attention_of_llava_next_video_is_refused_clearly(tiny):
+    model, processor = tiny("llava_next_video")
     vtr.wrap(model, "hiprune", budget=8)
-    with pytest.raises(vtr.ReductionError, match="cannot yet map vision-encoder attention.*llava_next"):
-        model.generate(**make_inputs(processor, "llava_next"), max_new_tokens=2)
+    with pytest.raises(vtr.ReductionError, match="cannot yet map vision-encoder attention to the video tokens"):
+        model.generate(**make_inputs(processor, "llava_next_video", "video"), max_new_tokens=2)

@@ -103,3 +103,13 @@ def test_merge_schedule_removes_exactly_what_is_asked(tokens, remove, layers):
 def test_merge_schedule_refuses_the_unreachable():
     with pytest.raises(ValueError, match="at most 48 of 65"):
         merge_schedule(65, 49, 2)
+
+
+def test_without_a_class_token_every_a_token_may_merge():
+    """SigLIP: no protected token, so A token 0 is eligible and ToMe's cap is half of all tokens."""
+    state = _padded_state([[1] * 7])
+    matching = bipartite_matching(torch.ones(1, 7, 3), state.valid, protected=0)
+    assert matching.eligible.tolist() == [[True, True, True, True]]
+    assert (max_merges(7, protected=0), max_merges(8, protected=0), max_merges(8)) == (3, 4, 3)
+    schedule = merge_schedule(16, 12, 3, protected=0)  # 16 -> 8 -> 4 -> 2 at most
+    assert sum(schedule) == 12 and schedule[0] <= 8

@@ -73,3 +73,17 @@ def test_run_calibrate_writes_thresholds_dymu_reads(tmp_path, capsys):
     with pytest.raises(ValueError, match="no images"):
         run_calibrate(parser.parse_args(["--model", "llava", "--images", str(tmp_path), "--target-removed", "4",
                                          "--out", str(out)]))
+
+
+@pytest.mark.parametrize("name", ["llava_next", "llava_onevision"])
+def test_calibrate_on_anyres_crops(tiny, name):
+    """Every base image and crop is one calibration sequence; DyMU with the thresholds merges inside them."""
+    model, processor = tiny(name)
+    images = [testing.random_image(40, 32, seed=s) for s in range(3)]  # base + 2 crops each
+    thresholds = calibrate(model, images, 2, processor=processor, batch_size=3)
+    assert len(thresholds) == (2 if name == "llava_next" else 3) and all(0 < t < 1 for t in thresholds)
+    vtr.wrap(model, "dymu", thresholds=thresholds, vtu=False)
+    prompts = [testing.prompt(processor, "what ?")] * len(images)
+    with torch.no_grad():
+        model(**processor(images=images, text=prompts, return_tensors="pt", padding=True))
+    assert all(item.content_after < item.content_before for s in vtr.stats(model).samples for item in s.items)

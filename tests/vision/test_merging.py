@@ -16,8 +16,8 @@ from vtr.vision.merging import EncoderMerging
 NO_MERGE = {
     "tome_r0": dict(method="tome", r=0),
     "tome_keep_all": dict(method="tome", budget=1.0),
-    "dymu_inf_vtu": dict(method="dymu", thresholds=[math.inf, math.inf]),
-    "dymu_inf_no_vtu": dict(method="dymu", thresholds=[math.inf, math.inf], vtu=False),
+    "dymu_inf_vtu": dict(method="dymu", thresholds=[math.inf] * 3),
+    "dymu_inf_no_vtu": dict(method="dymu", thresholds=[math.inf] * 3, vtu=False),
 }
 
 
@@ -55,10 +55,11 @@ def test_later_layers_get_proportional_attention(tiny, attention):
     torch.testing.assert_close(seen["output"][valid], expected[valid], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["llava", "llava_next", "llava_onevision"])  # CLIP; AnyRes CLIP and SigLIP
 @pytest.mark.parametrize("config", list(NO_MERGE))
-def test_nothing_merged_is_bit_identical_to_the_unwrapped_model(tiny, config):
-    model, processor = tiny("llava")
-    inputs = make_inputs(processor, "llava", texts=["what ?", "describe this picture please , what is in it ?"],
+def test_nothing_merged_is_bit_identical_to_the_unwrapped_model(tiny, name, config):
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name, texts=["what ?", "describe this picture please , what is in it ?"],
                          seeds=(0, 1))
     expected = model.generate(**inputs, **GREEDY)
     with torch.no_grad():
@@ -71,7 +72,8 @@ def test_nothing_merged_is_bit_identical_to_the_unwrapped_model(tiny, config):
     assert all(torch.equal(a, b) for a, b in zip(got.scores, expected.scores))
     real = inputs["attention_mask"].bool()
     assert torch.equal(got_logits[real], expected_logits[real])
-    assert [item.vision_per_layer for s in vtr.stats(model).samples for item in s.items] == [(65, 65, 65)] * 2
+    tokens = 65 if name == "llava" else 16 + model.config.vision_config.model_type.startswith("clip")
+    assert [item.vision_per_layer for s in vtr.stats(model).samples for item in s.items] == [(tokens,) * 3] * 2
 
 
 def _hook_count(module: torch.nn.Module) -> int:

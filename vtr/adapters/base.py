@@ -21,7 +21,7 @@ from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
 from vtr.methods.base import Reduction, VisionInfo
 from vtr.vision.attention import AttentionCapture, AttentionRequest
-from vtr.vision.merging import MergeTarget
+from vtr.vision.merging import EncoderMerging, MergeTarget
 
 MODALITIES = ("image", "video")
 PIXEL_KEYS = ("pixel_values", "pixel_values_videos", "pixel_values_images")
@@ -110,12 +110,30 @@ class Adapter:
     def merge_target(self) -> MergeTarget:
         """The encoder layers a vision-stage method (tome, dymu) merges between; raises where unsupported."""
         raise ReductionError(
-            f"vision-encoder merging (tome, dymu) runs on llava models (LLaVA-1.5's CLIP tower) only, not on "
-            f"{self.config.model_type}: LLaVA-NeXT/OneVision pack AnyRes crops into fixed grids with newline rows, "
-            f"and the Qwen ViT's 2x2 patch merger needs whole 2x2 blocks (with windowed attention in Qwen2.5-VL), "
-            f"so merging inside those encoders is a different problem; use a pre-LLM method (divprune, "
-            f"visionzip, ...) there"
+            f"vision-encoder merging (tome, dymu) runs on the LLaVA family's CLIP/SigLIP towers (llava, and the "
+            f"images of llava_next, llava_onevision, llava_next_video), not on {self.config.model_type}: the Qwen "
+            f"ViT's patch merger concatenates each 2x2 block of patches into one LLM token, so tokens merged "
+            f"across blocks (and, in Qwen2.5-VL, across attention windows) have no place in its output; use a "
+            f"pre-LLM method (divprune, visionzip, hiprune, ...) there"
         )
+
+    @contextlib.contextmanager
+    def merging_encode(self, modality: str, merging: EncoderMerging) -> Iterator[None]:
+        """Adapt the model's own encode to merged encoder sequences (default: nothing to adapt)."""
+        yield
+
+    def spread_merged(self, modality: str, merging: EncoderMerging, features: list[Tensor]) -> list[Tensor]:
+        """Per item, every placeholder slot carrying the features of the merged token it belongs to
+        (default: one encoder sequence per item, as LLaVA-1.5)."""
+        return merging.spread(features)
+
+    def item_merges(self, modality: str, merging: EncoderMerging, features: list[Tensor],
+                    layouts: list[ItemLayout]) -> list[tuple[Reduction, tuple[int, ...], int]]:
+        """Per item: the merge as a reduction of its content tokens, the tokens each encoder layer processed
+        for it, and the feature tokens per encoder sequence the projector saw (default: one sequence per
+        item, every slot a content token)."""
+        counts, projected = merging.per_layer_counts().tolist(), merging.feature_counts().tolist()
+        return [(r, tuple(c), p) for r, c, p in zip(merging.reductions(features), counts, projected)]
 
     def vision_attention_module(self, layer: int) -> torch.nn.Module:  # pragma: no cover - per family
         raise NotImplementedError

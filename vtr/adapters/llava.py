@@ -12,33 +12,35 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from vtr.adapters.base import Adapter
+from vtr.adapters.llava_attention import anyres_image_attention, encoder_attention, recording_packing, with_crops
+from vtr.adapters.llava_merging import anyres_merges, spreading_projector
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout, layout_with_newlines, square_grid
-from vtr.methods.base import VisionInfo
-from vtr.vision.attention import AttentionCapture, AttentionRequest, clip_like_attention
-from vtr.vision.merging import MergeTarget
+from vtr.methods.base import Reduction, VisionInfo
+from vtr.vision.attention import AttentionCapture, AttentionRequest
+from vtr.vision.merging import EncoderMerging, MergeTarget
 
 
 def llava_vision_info(config) -> VisionInfo:
-    """The CLIP tower of LLaVA-1.5: its depth, and the layer whose output becomes the features."""
+    """The CLIP or SigLIP tower of a LLaVA model: its depth, the layer whose output becomes the features,
+    and whether it has a class token (CLIP does, SigLIP does not)."""
     depth, layer = config.vision_config.num_hidden_layers, config.vision_feature_layer
     if not isinstance(layer, int):
         raise ReductionError(f"vision attention needs one feature layer; this model concatenates layers {layer}")
     # hidden_states[f] is the output of encoder layer f - 1 (index 0 holds the embeddings)
-    return VisionInfo(depth=depth, feature_layer=layer + depth if layer < 0 else layer - 1, has_cls=True,
-                      encoder="clip")
+    return VisionInfo(depth=depth, feature_layer=layer + depth if layer < 0 else layer - 1,
+                      has_cls=config.vision_config.model_type == "clip_vision_model", encoder="clip")
 
 
 def llava_merge_target_shape(config) -> tuple[int, int]:
-    """(merging layers, tokens dropped before the projector) of a LLaVA-1.5 CLIP tower: merges follow every
+    """(merging layers, tokens dropped before the projector) of a LLaVA CLIP/SigLIP tower: merges follow every
     layer up to the feature layer; the "default" strategy drops the class token."""
-    if config.vision_config.model_type != "clip_vision_model":
-        raise ReductionError(f"vision-encoder merging needs a CLIP tower (it protects the class token), this llava "
-                             f"model has a {config.vision_config.model_type!r} tower")
+    if config.vision_config.model_type not in ("clip_vision_model", "siglip_vision_model"):
+        raise ReductionError(f"vision-encoder merging needs a CLIP or SigLIP tower, this {config.model_type} model "
+                             f"has a {config.vision_config.model_type!r} tower")
     if not isinstance(config.vision_feature_layer, int):
         raise ReductionError(f"vision-encoder merging needs one feature layer; this model concatenates layers "
                              f"{config.vision_feature_layer}, whose merged sequences would differ in length")
@@ -46,20 +48,30 @@ def llava_merge_target_shape(config) -> tuple[int, int]:
     return llava_vision_info(config).feature_layer + 1, dropped
 
 
-class LlavaAdapter(Adapter):
-    model_types = ("llava",)
-    modalities_handled = ("image",)
+def llava_protected(config) -> int:
+    """Leading encoder tokens that never merge: CLIP's class token; SigLIP has none."""
+    return int(config.vision_config.model_type == "clip_vision_model")
+
+
+def llava_merge_target(model: nn.Module) -> MergeTarget:
+    merge_layers, dropped = llava_merge_target_shape(model.config)
+    tower = model.model.vision_tower
+    if str(tower.config._attn_implementation).startswith("flash"):
+        raise ReductionError("vision-encoder merging passes proportional attention as an additive float mask, "
+                             "which flash attention cannot take; load the vision tower with sdpa or eager")
+    return MergeTarget(tower.encoder.layers, merge_layers, dropped, tower, llava_protected(model.config))
+
+
+def _dropped_cls(config) -> int:
+    """Leading encoder tokens that are not features: the class token under the "default" strategy."""
+    return 1 if config.vision_feature_select_strategy == "default" else 0
+
+
+class _LlavaTowerAdapter(Adapter):
+    """What every LLaVA-family adapter knows of its CLIP/SigLIP tower."""
 
     def merge_target(self) -> MergeTarget:
-        merge_layers, dropped = llava_merge_target_shape(self.config)
-        tower = self.model.model.vision_tower
-        if str(tower.config._attn_implementation).startswith("flash"):
-            raise ReductionError("vision-encoder merging passes proportional attention as an additive float mask, "
-                                 "which flash attention cannot take; load the vision tower with sdpa or eager")
-        return MergeTarget(tower.encoder.layers, merge_layers, dropped)
-
-    def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
-        return [ItemLayout.grid_only(square_grid(f.shape[0]), f.device) for f in features]
+        return llava_merge_target(self.model)
 
     def vision_info(self) -> VisionInfo:
         return llava_vision_info(self.config)
@@ -67,24 +79,62 @@ class LlavaAdapter(Adapter):
     def vision_attention_module(self, layer: int) -> nn.Module:
         return self.model.model.vision_tower.encoder.layers[layer].self_attn
 
+
+class LlavaAdapter(_LlavaTowerAdapter):
+    model_types = ("llava",)
+    modalities_handled = ("image",)
+
+    def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
+        return [ItemLayout.grid_only(square_grid(f.shape[0]), f.device) for f in features]
+
     def item_attention(self, modality: str, capture: AttentionCapture, requests: dict[str, AttentionRequest],
                        inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:
-        drop_cls = 1 if self.config.vision_feature_select_strategy == "default" else 0
         per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in range(inputs["pixel_values"].shape[0])]
-        for name, request in requests.items():
-            args, kwargs = capture.inputs[request.layer]
-            hidden = args[0] if args else kwargs["hidden_states"]
-            with torch.no_grad():
-                attention = clip_like_attention(self.vision_attention_module(request.layer), hidden, request.query)
-            for item, scores, keys in zip(per_item, attention.scores, attention.keys):
-                item[name] = (scores[drop_cls:], keys[drop_cls:])
+        for name, request in requests.items():  # one encoder sequence per image
+            scores, keys = encoder_attention(self.vision_attention_module, capture, request, _dropped_cls(self.config))
+            for item, item_scores, item_keys in zip(per_item, scores, keys):
+                item[name] = (item_scores, item_keys)
         return per_item
 
 
-class LlavaNextAdapter(Adapter):
+class LlavaNextAdapter(_LlavaTowerAdapter):
     model_types = ("llava_next", "llava_onevision", "llava_next_video")
+
+    def encode(self, modality: str, inputs: dict[str, Any]):
+        """Also record how the model packed the images (``vtr.adapters.llava_attention``)."""
+        if modality != "image":
+            return super().encode(modality, inputs)
+        with recording_packing(self.model.base_model) as packing:
+            output = super().encode(modality, inputs)
+        self._image_packing = packing  # read by item_layouts / item_attention of this same encode
+        return output
 
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         newline = self.model.model.image_newline
         frames = inputs["pixel_values_videos"].shape[1] if modality == "video" else 1
-        return [layout_with_newlines((f == newline.to(f.device, f.dtype)).all(-1), frames) for f in features]
+        layouts = [layout_with_newlines((f == newline.to(f.device, f.dtype)).all(-1), frames) for f in features]
+        return with_crops(layouts, self._image_packing, newline.device) if modality == "image" else layouts
+
+    def item_attention(self, modality: str, capture: AttentionCapture, requests: dict[str, AttentionRequest],
+                       inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:
+        if modality == "image":
+            return anyres_image_attention(self.vision_attention_module, capture, requests, self._image_packing,
+                                          _dropped_cls(self.config))
+        raise ReductionError(f"vtr cannot yet map vision-encoder attention to the {modality} tokens of "
+                             f"{self.config.model_type} models; methods that need it (hiprune, visionzip, "
+                             f'allocation="thumbnail") run on its images')
+
+    # vision-encoder merging of AnyRes images: vtr.adapters.llava_merging
+    def merging_encode(self, modality: str, merging: EncoderMerging):
+        if modality != "image":
+            raise ReductionError(f"vision-encoder merging (tome, dymu) runs on the images of {self.config.model_type} "
+                                 f"models, not on their videos (the model pools each frame's patch grid after the "
+                                 f"encoder); use a pre-LLM method for videos")
+        return spreading_projector(self.model.model.multi_modal_projector, merging)
+
+    def spread_merged(self, modality: str, merging: EncoderMerging, features: list[Tensor]) -> list[Tensor]:
+        return features  # spread after the projector, before packing
+
+    def item_merges(self, modality: str, merging: EncoderMerging, features: list[Tensor],
+                    layouts: list[ItemLayout]) -> list[tuple[Reduction, tuple[int, ...], int]]:
+        return anyres_merges(self._image_packing, merging, features, layouts)

@@ -24,7 +24,9 @@ Assumptions, each the behaviour of transformers 5.x:
 * Vision encoders run every layer, whatever ``vision_feature_layer`` selects. SigLIP's attention-pooling
   head runs when ``vision_use_head`` is set, though LLaVA-OneVision discards its output. After a
   vision-stage merge (tome, dymu) each encoder layer costs its real token count (``vtr.stats`` records
-  it per layer) and the projector sees the merged tokens.
+  it per layer) and the projector sees the merged tokens; an AnyRes image's base and crops run as one
+  batch padded to its longest sequence, and padding costs like tokens (an image alone in its row; a
+  row with several AnyRes images pads them all to the longest, which this model does not count).
 * CLIP sequences carry a CLS token, SigLIP's none. LLaVA-NeXT/OneVision encode the base image and
   every AnyRes crop (``image_size_to_num_patches`` on ``image_sizes``; OneVision encodes the base
   image only when ``batch_num_images`` says a row has several images). Videos encode every frame.
@@ -48,8 +50,9 @@ Assumptions, each the behaviour of transformers 5.x:
   projected features, for each visual input or part its allocation selects in); an in-LLM method's
   score recompute at layer K-1 (k_proj of every token, q_proj of the query rows, q k^T per head);
   HoliTom's token-similarity matrix at layer K (L x L x D, L the tokens entering layer K); the vision
-  attention HiPrune / VisionZip ask for (q/k projections of the requested encoder layer and the score
-  matmul of the requested query rows, per attention sequence: image, crop, frame or window), and
+  attention HiPrune / VisionZip / ``allocation="thumbnail"`` ask for (q/k projections of the requested
+  encoder layer and the score matmul of the requested query rows, per attention sequence: image, crop,
+  frame or window; each request on its own, as vtr computes them), and
   VisionZip's key similarity to its contextual targets; a vision-stage merge's A x B key similarity
   after every merging layer that merges at all (it runs inside the encoder, so a flop counter books it
   under the vision tower). Keep-all, random and pooling multiply nothing; methods vtr does not ship
@@ -68,9 +71,9 @@ from torch import Tensor
 from transformers import PreTrainedConfig
 
 from vtr.api import _state, is_wrapped
-from vtr.adapters.llava import llava_merge_target_shape, llava_vision_info
+from vtr.adapters.llava import llava_merge_target_shape, llava_protected, llava_vision_info
 from vtr.adapters.qwen_vl import qwen_vision_info
-from vtr.methods import DivPrune, HiPrune, HoliTomInner, LayerMethod, Method, VisionMethod, VisionZip
+from vtr.methods import DivPrune, HoliTomInner, LayerMethod, Method, VisionMethod, VisionZip
 from vtr.methods.base import BudgetedMethod, VisionInfo, split_budget
 from vtr.methods.vision import EncoderGeometry
 from vtr.stats import CallStats, ItemStats, SampleStats
@@ -174,6 +177,8 @@ def _vit_flops(config: PreTrainedConfig, item: VisualInput) -> float:
     embed = _linear(item.patches, vc.num_channels * vc.patch_size ** 2, d)
     layers = sum(_block(n, d, d, d, 2 * _scores(1, d, n, n), vc.intermediate_size, 2) for n in per_layer)
     seq, head = per_layer[-1], 0.0
+    if item.encoder_tokens and llava_merge_target_shape(config)[0] == vc.num_hidden_layers:
+        seq = item.projected + llava_merge_target_shape(config)[1]  # the last layer merged before the head
     if getattr(vc, "vision_use_head", False):  # one probe query attends to the sequence, then an MLP
         head = (2 * _linear(1, d, d) + 2 * _linear(seq, d, d) + 2 * _scores(1, d, 1, seq)
                 + 2 * _linear(1, d, vc.intermediate_size))
@@ -348,7 +353,9 @@ def _selected_parts(config: PreTrainedConfig, method: BudgetedMethod, stats: Ite
     if k >= n:
         return []
     parts, shares = [n], [k]
-    if method.allocation != "global":
+    if stats.parts:  # the allocation recorded its split (the only way for "thumbnail": it follows attention)
+        parts, shares = [size for size, _ in stats.parts], [kept for _, kept in stats.parts]
+    elif method.allocation != "global":
         parts = _part_sizes(config, item, n, per_frame=method.allocation == "per_frame")
         shares = split_budget(k, parts)
     return [(size, share) for size, share in zip(parts, shares) if 0 < share < size]
@@ -423,11 +430,12 @@ def _merging_flops(config: PreTrainedConfig, method: VisionMethod, item: VisualI
     vc = config.vision_config
     merge_layers, dropped = llava_merge_target_shape(config)
     tokens = item.encoder_tokens[0]
-    matcher = method.matcher(EncoderGeometry(tokens, tokens - dropped, merge_layers, vc.num_hidden_layers))
+    matcher = method.matcher(EncoderGeometry(tokens, tokens - dropped, merge_layers, vc.num_hidden_layers,
+                                             llava_protected(config)))
     head_dim = vc.hidden_size // vc.num_attention_heads
     return item.frames * sum(2.0 * math.ceil(n / 2) * (n // 2) * head_dim
                              for layer, n in enumerate(item.encoder_tokens[:merge_layers])
-                             if matcher.active(layer) and n >= 3)
+                             if matcher.active(layer) and n >= 2 + llava_protected(config))
 
 
 def reduction_flops(
@@ -446,8 +454,9 @@ def reduction_flops(
     total = 0.0
     if isinstance(pre_llm, DivPrune):
         total += sum(_divprune_flops(config, pre_llm, s, item) for s, item in zip(sample.items, visual))
-    if isinstance(pre_llm, (HiPrune, VisionZip)):
-        total += sum(_attention_capture_flops(config, pre_llm, item) for item in visual)
+    if pre_llm is not None:  # hiprune, visionzip, allocation="thumbnail" (images)
+        total += sum(_attention_capture_flops(config, pre_llm, item) for item in visual
+                     if pre_llm.wants_attention(item.modality))
     if isinstance(pre_llm, VisionZip):
         total += sum(_visionzip_flops(config, pre_llm, s, item) for s, item in zip(sample.items, visual))
     if in_llm is not None:
@@ -584,7 +593,7 @@ def _as_merged(item: VisualInput, stats: ItemStats) -> VisualInput:
     """``item`` with the encoder token counts a vision-stage merge recorded (unchanged without one)."""
     if not stats.vision_per_layer:
         return item
-    return dataclasses.replace(item, encoder_tokens=stats.vision_per_layer, projected=stats.content_after)
+    return dataclasses.replace(item, encoder_tokens=stats.vision_per_layer, projected=stats.vision_projected)
 
 
 # ---------------------------------------------------------------------- presentation

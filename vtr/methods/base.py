@@ -9,17 +9,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from vtr.budget import Budget
+from vtr.errors import ReductionError
 from vtr.layout import Segment
+from vtr.methods.allocation import crop_masses, split_by_weight
 from vtr.ops.grid import group_mean
-
-if TYPE_CHECKING:
-    from vtr.vision.attention import AttentionRequest
+from vtr.vision.attention import AttentionRequest
 
 
 class Stage(str, Enum):
@@ -77,11 +77,33 @@ class VisualItem:
                 (segment.start, segment.grid)]
             for start, grid in frames:
                 stop = start + grid[0] * grid[1] * grid[2]
-                attention = {name: (scores[start:stop], keys[start:stop])
-                             for name, (scores, keys) in self.attention.items()}
-                pieces.append((start, VisualItem.on_grid(self.features[start:stop], grid, self.modality,
-                                                         self.index, attention)))
+                pieces.append((start, self.subset(slice(start, stop), grid)))
         return pieces
+
+    def crop_parts(self) -> list[tuple[Tensor, "VisualItem"]]:
+        """(content indices, sub-item) per segment, each AnyRes crops grid split into its crops
+        (``Segment.crops``); a crop's indices are not contiguous (the packed grid's rows run across crops)."""
+        device = self.features.device
+        pieces = []
+        for segment in self.segments:
+            if not segment.crops:
+                members = torch.arange(segment.start, segment.stop, device=device)
+                pieces.append((members, self.subset(members, segment.grid)))
+                continue
+            frames, _, width = segment.grid
+            if frames != 1:
+                raise ValueError(f"crop boxes need a single-frame grid, got {segment.grid}")
+            for top, bottom, left, right in segment.crops:
+                rows = torch.arange(top, bottom, device=device)
+                cols = torch.arange(left, right, device=device)
+                members = segment.start + (rows[:, None] * width + cols[None, :]).flatten()
+                pieces.append((members, self.subset(members, (1, bottom - top, right - left))))
+        return pieces
+
+    def subset(self, members: Tensor | slice, grid: tuple[int, int, int]) -> "VisualItem":
+        """The tokens ``members`` (raster order of ``grid``) as an item of their own."""
+        attention = {name: (scores[members], keys[members]) for name, (scores, keys) in self.attention.items()}
+        return VisualItem.on_grid(self.features[members], grid, self.modality, self.index, attention)
 
 
 @dataclass(frozen=True)
@@ -92,11 +114,13 @@ class Reduction:
     occupies and whose original position it takes. ``features``: the output rows when the method merges
     (``None`` means ``item.features[kept]``). ``assignment``: for merges, the output token each input
     token was folded into (``-1`` = dropped); this provenance drives positions and statistics.
+    ``parts``: what an allocation did (``Reduction.concat``); the FLOPs model reads it.
     """
 
     kept: Tensor
     features: Tensor | None = None
     assignment: Tensor | None = None
+    parts: tuple[tuple[int, int], ...] = ()  # (tokens, kept) per part, when an allocation split the item
 
     def apply(self, values: Tensor) -> Tensor:
         """Reduce another per-token tensor (N, ...) of the same item the same way.
@@ -122,18 +146,26 @@ class Reduction:
         return cls(kept=torch.arange(item.num_tokens, device=item.features.device))
 
     @classmethod
-    def concat(cls, parts: list[tuple[int, VisualItem, "Reduction"]]) -> "Reduction":
-        """One reduction of the whole item from reductions of its parts ((offset, part, reduction))."""
-        kept = torch.cat([offset + r.kept for offset, _, r in parts])
+    def concat(cls, parts: list[tuple[int | Tensor, VisualItem, "Reduction"]]) -> "Reduction":
+        """One reduction of the whole item from reductions of the parts that tile it: (where, part,
+        reduction), ``where`` being the part's first content index (a contiguous part) or its ascending
+        content indices (an AnyRes crop). Records each part's (tokens, kept) in ``parts``."""
+        members = [torch.arange(where, where + part.num_tokens, device=part.features.device)
+                   if isinstance(where, int) else where for where, part, _ in parts]
+        kept, order = torch.cat([m[r.kept] for m, (_, _, r) in zip(members, parts)]).sort()
+        sizes = tuple((part.num_tokens, r.kept.numel()) for _, part, r in parts)
         if all(r.features is None and r.assignment is None for _, _, r in parts):
-            return cls(kept=kept)
-        assignments, out_offset = [], 0
-        for _, part, r in parts:
+            return cls(kept=kept, parts=sizes)
+        rank = torch.empty_like(order)  # output token of each part's output, in concatenation order
+        rank[order] = torch.arange(order.numel(), device=order.device)
+        assignment = torch.full((sum(p.num_tokens for _, p, _ in parts),), -1, dtype=torch.long, device=kept.device)
+        out_offset = 0
+        for m, (_, part, r) in zip(members, parts):
             local = r.provenance(part.num_tokens)
-            assignments.append(torch.where(local >= 0, local + out_offset, local))
+            assignment[m] = torch.where(local >= 0, rank[(local + out_offset).clamp_min(0)], local)
             out_offset += r.kept.numel()
-        features = torch.cat([r.output_features(part) for _, part, r in parts])
-        return cls(kept=kept, features=features, assignment=torch.cat(assignments))
+        features = torch.cat([r.output_features(part) for _, part, r in parts])[order]
+        return cls(kept=kept, features=features, assignment=assignment, parts=sizes)
 
 
 def _selection_assignment(kept: Tensor, n: int) -> Tensor:
@@ -170,9 +202,15 @@ class Method:
     def reduce(self, item: VisualItem) -> Reduction:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def attention_requests(self, info: VisionInfo) -> dict[str, "AttentionRequest"]:
+    def attention_requests(self, info: VisionInfo) -> dict[str, AttentionRequest]:
         """Vision-encoder attention this method needs, by name (default: none)."""
         return {}
+
+    def wants_attention(self, modality: str) -> bool:
+        """Whether the engine must capture vision-encoder attention for this method's ``modality`` inputs
+        (it then asks the adapter for ``vision_info``, which some encoder configurations cannot give).
+        Default: whenever the method overrides ``attention_requests``."""
+        return type(self).attention_requests is not Method.attention_requests
 
     def describe(self) -> str:
         opts = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self) if f.init)
@@ -191,7 +229,8 @@ class KeepAll(Method):
         return Reduction.keep_all(item)
 
 
-ALLOCATIONS = ("global", "per_segment", "per_frame")
+ALLOCATIONS = ("global", "per_segment", "per_frame", "thumbnail")
+THUMBNAIL = "thumbnail"  # the attention request name of allocation="thumbnail"
 
 
 @dataclass(frozen=True)
@@ -200,7 +239,20 @@ class BudgetedMethod(Method):
 
     ``allocation`` decides how the budget meets the item's structure: ``"global"`` lets the method
     choose over all tokens at once; ``"per_segment"`` splits the budget over the segments (LLaVA-NeXT's
-    base image and crops grid) in proportion to their size; ``"per_frame"`` splits it over every frame.
+    base image and crops grid) in proportion to their size; ``"per_frame"`` splits it over every frame;
+    ``"thumbnail"`` (GlobalCom2-style, AnyRes images) splits it over the base image and each crop:
+
+    1. the base image and the crops together get their proportional shares, as with ``"per_segment"``;
+    2. the crops' share is split over the crops in proportion to their *mass*, the base image's
+       attention (CLS attention with CLIP, attention received with SigLIP, at the feature layer) over
+       each crop's region (``vtr.methods.allocation``), by ``split_by_weight``: one token per crop first
+       while the share allows, the rest by water-filling capped at each crop's size, rounded by largest
+       remainder, so the shares sum to the budget exactly;
+    3. the method selects in the base image and in each crop (a rectangle of the packed grid) on its own.
+
+    Items without crops (LLaVA-1.5, Qwen, videos, OneVision's base-only multi-image inputs) fall back to
+    ``"per_segment"``. The base image's attention is captured for every method, also those that need no
+    attention themselves (divprune, random).
     """
 
     budget_required: ClassVar[bool] = True
@@ -214,13 +266,43 @@ class BudgetedMethod(Method):
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
 
+    def attention_requests(self, info: VisionInfo) -> dict[str, AttentionRequest]:
+        if self.allocation != THUMBNAIL:
+            return {}
+        return {THUMBNAIL: AttentionRequest(info.feature_layer, "cls" if info.has_cls else "received")}
+
+    def wants_attention(self, modality: str) -> bool:
+        if type(self).attention_requests is not BudgetedMethod.attention_requests:  # hiprune, visionzip
+            return True
+        return self.allocation == THUMBNAIL and modality == "image"  # only images have AnyRes crops
+
     def reduce(self, item: VisualItem) -> Reduction:
         k = self.budget.tokens_for(item.num_tokens)
         if k >= item.num_tokens:
             return Reduction.keep_all(item)
         if self.allocation == "global":
             return self.select(item, k)
+        if self.allocation == THUMBNAIL and any(segment.crops for segment in item.segments):
+            return self.reduce_crops(item, k)
         return self.reduce_parts(item, k, per_frame=self.allocation == "per_frame")
+
+    def reduce_crops(self, item: VisualItem, k: int) -> Reduction:
+        """``allocation="thumbnail"``: the base image keeps its proportional share, the crops split the rest
+        by the base image's attention over their regions (see the class docstring)."""
+        if len(item.segments) != 2 or item.segments[0].crops or not item.segments[1].crops:
+            raise ReductionError(f"allocation='thumbnail' needs a base image followed by an AnyRes crops grid, "
+                                 f"got segments {item.segments}")
+        if THUMBNAIL not in item.attention:
+            raise ReductionError("allocation='thumbnail' needs the base image's vision attention, which this "
+                                 "visual input lacks; run the method through vtr.wrap so the engine captures it")
+        base, crops = item.segments
+        scores = item.attention[THUMBNAIL][0]
+        base_share, crops_share = split_budget(k, [base.size, crops.size])
+        parts = item.crop_parts()
+        weights = crop_masses(base, crops, scores[base.start:base.stop]).tolist()
+        shares = [base_share] + split_by_weight(crops_share, [p.num_tokens for _, p in parts[1:]], weights)
+        return Reduction.concat([(members, part, self._reduce_to(part, share))
+                                 for (members, part), share in zip(parts, shares)])
 
     def reduce_parts(self, item: VisualItem, k: int, per_frame: bool) -> Reduction:
         """Split ``k`` over the item's segments (or frames) in proportion and select in each part."""

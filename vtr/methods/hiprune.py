@@ -53,7 +53,8 @@ class HiPrune(BudgetedMethod):
             layer = max(1, round(reference * info.depth / depth))
         if not 1 <= layer <= info.depth:
             raise ValueError(f"hiprune object_layer must lie in 1..{info.depth} for this encoder, got {layer}")
-        return {"object": AttentionRequest(layer - 1), "deep": AttentionRequest(info.feature_layer)}
+        return {**super().attention_requests(info), "object": AttentionRequest(layer - 1),
+                "deep": AttentionRequest(info.feature_layer)}
 
     def select(self, item: VisualItem, k: int) -> Reduction:
         shallow, _ = requested(item, "object", self.name)

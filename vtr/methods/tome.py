@@ -21,29 +21,29 @@ from vtr.methods.vision import EncoderGeometry, VisionMethod
 from vtr.ops.matching import max_merges, top_r_per_row
 
 
-def _most_removable(tokens: int, layers: int) -> int:
+def _most_removable(tokens: int, layers: int, protected: int = 1) -> int:
     """Tokens ``layers`` layers can remove from ``tokens`` by merging as much as possible each time (greedy
     is optimal: what a layer can merge never grows when the sequence shrinks faster)."""
     removed = 0
     for _ in range(layers):
-        r = max_merges(tokens - removed)
+        r = max_merges(tokens - removed, protected)
         removed += r
     return removed
 
 
-def merge_schedule(tokens: int, remove: int, layers: int) -> list[int]:
+def merge_schedule(tokens: int, remove: int, layers: int, protected: int = 1) -> list[int]:
     """Tokens merged after each of ``layers`` layers so that exactly ``remove`` of ``tokens`` go.
 
     Even shares, the remainder on the first layers; a layer takes more than its share only when the
     layers after it could not remove the rest. Raises ``ValueError`` when no schedule exists.
     """
-    most = _most_removable(tokens, layers)
+    most = _most_removable(tokens, layers, protected)
     if remove > most:
         raise ValueError(f"{layers} merging layers can remove at most {most} of {tokens} tokens, not {remove}")
     schedule = []
     for i in range(layers):
-        r = min(max_merges(tokens), -(-remove // (layers - i)))
-        while remove - r > _most_removable(tokens - r, layers - i - 1):
+        r = min(max_merges(tokens, protected), -(-remove // (layers - i)))
+        while remove - r > _most_removable(tokens - r, layers - i - 1, protected):
             r += 1
         schedule.append(r)
         tokens, remove = tokens - r, remove - r
@@ -86,9 +86,9 @@ class ToMe(VisionMethod):
             return (self.r,) * geometry.merge_layers
         remove = geometry.features - self.budget.tokens_for(geometry.features)
         try:
-            return tuple(merge_schedule(geometry.tokens, remove, geometry.merge_layers))
+            return tuple(merge_schedule(geometry.tokens, remove, geometry.merge_layers, geometry.protected))
         except ValueError as error:
-            fewest = geometry.features - _most_removable(geometry.tokens, geometry.merge_layers)
+            fewest = geometry.features - _most_removable(geometry.tokens, geometry.merge_layers, geometry.protected)
             raise ReductionError(
                 f"tome cannot bring {geometry.features} patch tokens down to {self.budget}: {error}; this encoder "
                 f"reaches at best {fewest} tokens per image, pass a larger budget"

@@ -23,6 +23,7 @@ class EncoderGeometry:
     features: int  # how many of them become LLM features (the model drops the class token)
     merge_layers: int  # merges follow layers 0 .. merge_layers - 1 (up to the feature layer)
     depth: int  # encoder layers
+    protected: int = 1  # leading tokens that never merge: CLIP's class token (SigLIP: none)
 
 
 class Matcher(Protocol):

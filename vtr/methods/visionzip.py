@@ -40,7 +40,8 @@ class VisionZip(BudgetedMethod):
             raise ValueError(f"visionzip contextual share must lie in [0, 1), got {self.contextual}")
 
     def attention_requests(self, info: VisionInfo) -> dict[str, AttentionRequest]:
-        return {"dominant": AttentionRequest(info.feature_layer, "cls" if info.has_cls else "received")}
+        return {**super().attention_requests(info),
+                "dominant": AttentionRequest(info.feature_layer, "cls" if info.has_cls else "received")}
 
     def select(self, item: VisualItem, k: int) -> Reduction:
         scores, keys = requested(item, "dominant", self.name)

@@ -2,7 +2,7 @@
 
 A batch holds one encoder sequence per row. Rows lose different numbers of tokens (DyMU), so every row
 keeps its valid tokens packed at the front, in their original order, followed by padding tokens of
-size 0. The first token of every row is the class token: it is never merged.
+size 0. ``protected`` leading tokens (CLIP's class token; none for SigLIP) are never merged.
 
 Unlike the ToMe reference, which concatenates the unmerged A tokens before the B tokens, a merge here
 keeps the sequence order: a merged token stays where its surviving B token was. Tokens therefore reach
@@ -59,11 +59,12 @@ class Matching:
 
     similarity: Tensor  # (B, Na) cosine similarity to the best B token
     partner: Tensor  # (B, Na) current index of that B token
-    eligible: Tensor  # (B, Na) valid A tokens that may merge (never the class token or padding)
+    eligible: Tensor  # (B, Na) valid A tokens that may merge (never a protected token or padding)
 
 
-def bipartite_matching(metric: Tensor, valid: Tensor) -> Matching:
-    """Best B partner of every A token by cosine similarity of ``metric`` (B, N, C); ``valid`` (B, N).
+def bipartite_matching(metric: Tensor, valid: Tensor, protected: int = 1) -> Matching:
+    """Best B partner of every A token by cosine similarity of ``metric`` (B, N, C); ``valid`` (B, N); the
+    first ``protected`` tokens (0 or 1: the class token) never merge.
 
     Similarities are computed in float32 whatever the encoder's dtype. Equal similarities pick the
     lowest B index.
@@ -74,7 +75,7 @@ def bipartite_matching(metric: Tensor, valid: Tensor) -> Matching:
     scores = scores.masked_fill(~valid[:, 1::2].unsqueeze(1), float("-inf"))
     similarity, best = scores.max(dim=-1)
     eligible = valid[:, ::2] & torch.isfinite(similarity)
-    eligible[:, 0] = False  # the class token
+    eligible[:, :protected] = False  # the class token
     return Matching(similarity, 2 * best + 1, eligible)
 
 
@@ -121,6 +122,7 @@ def top_r_per_row(similarity: Tensor, eligible: Tensor, r: int) -> Tensor:
     return (torch.empty_like(order).scatter_(1, order, ranks) < r) & eligible
 
 
-def max_merges(tokens: int) -> int:
-    """Most A tokens one layer can merge in a sequence of ``tokens`` (the class token never merges)."""
-    return max(tokens - 1, 0) // 2
+def max_merges(tokens: int, protected: int = 1) -> int:
+    """Most A tokens one layer merges in a sequence of ``tokens``: ToMe's cap of half the unprotected ones
+    (with a class token that is every A token but the class token)."""
+    return max(tokens - protected, 0) // 2

@@ -39,10 +39,11 @@ class _BatchLevelMatcher:
     def __init__(self, removed: int, geometry: EncoderGeometry) -> None:
         tokens = geometry.tokens
         for layer in range(geometry.merge_layers):
-            if removed > max_merges(tokens):
+            if removed > max_merges(tokens, geometry.protected):
                 raise ValueError(
                     f"target_removed={removed} per layer is more than layer {layer} can merge on average: its "
-                    f"{tokens} tokens allow at most {max_merges(tokens)} merges; pass a smaller target"
+                    f"{tokens} tokens allow at most {max_merges(tokens, geometry.protected)} merges; pass a "
+                    f"smaller target"
                 )
             tokens -= removed
         self.removed = removed
@@ -67,7 +68,9 @@ def calibrate(model: torch.nn.Module, images: Tensor | Sequence, target_removed:
     """Per-layer DToMe thresholds (one per merging layer, up to the feature layer) for ``model``.
 
     ``images``: pixel values (N, C, H, W) as the model's processor makes them, or PIL images together
-    with ``processor``. ``target_removed``: tokens removed per layer, on average over the images.
+    with ``processor``. ``target_removed``: tokens removed per layer, on average over the images. AnyRes
+    models (LLaVA-NeXT, OneVision) calibrate on every base image and crop, each an encoder sequence of its
+    own as when DyMU runs (the processor's all-zero padding crops are left out).
     """
     if isinstance(target_removed, bool) or not isinstance(target_removed, int) or target_removed < 1:
         raise ValueError(f"target_removed must be an int >= 1 (tokens merged per encoder layer), "
@@ -82,7 +85,7 @@ def calibrate(model: torch.nn.Module, images: Tensor | Sequence, target_removed:
     merging = EncoderMerging(adapter.merge_target(), make)
     for pixels in _pixel_batches(model, images, processor, batch_size):
         with torch.no_grad(), merging.installed():
-            adapter.encode("image", {"pixel_values": pixels})
+            merging.target.tower(pixels)
     per_batch = [matcher.thresholds for matcher in matchers]
     if not per_batch:
         raise ValueError("calibrate needs at least one image")
@@ -97,6 +100,9 @@ def _pixel_batches(model: torch.nn.Module, images: Tensor | Sequence, processor,
             if processor is None:
                 raise ValueError("calibrate got images, not pixel values: pass the model's processor= as well")
             chunk = processor.image_processor(images=list(chunk), return_tensors="pt")["pixel_values"]
+        if chunk.dim() == 5:  # AnyRes: (images, base + crops, C, H, W), zero-padded to the most crops
+            chunk = chunk.flatten(0, 1)
+            chunk = chunk[chunk.flatten(1).abs().amax(1) > 0]
         yield chunk.to(device=parameter.device, dtype=parameter.dtype)
 
 

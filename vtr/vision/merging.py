@@ -12,7 +12,8 @@ For one encoder call, with hooks installed by ``EncoderMerging.installed()`` and
 Deviation from ToMe/DyMU: they merge between a block's attention and its MLP; a hook can only act on a
 layer's output, so here the merge follows the MLP, with the keys of the same layer's attention. The
 merging hook runs before transformers' own output recorders, so ``hidden_states`` (and the LLaVA
-features read from them) are the merged sequences. The class token is never merged.
+features read from them) are the merged sequences. The class token (``MergeTarget.protected``) is never
+merged; SigLIP has none, so every patch may merge.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class MergeTarget:
     layers: nn.ModuleList  # the encoder layers (each with ``self_attn.k_proj`` and ``self_attn.head_dim``)
     merge_layers: int  # merges follow layers 0 .. merge_layers - 1: up to the layer the features come from
     dropped: int  # leading tokens the model drops before the projector (the class token, or none)
+    tower: nn.Module | None = None  # the vision tower, run on (N, C, H, W) pixels (calibration)
+    protected: int = 1  # leading tokens that never merge: CLIP's class token (SigLIP has none)
 
 
 class EncoderMerging:
@@ -69,7 +72,8 @@ class EncoderMerging:
     def _begin(self, hidden: Tensor) -> None:
         batch, tokens = hidden.shape[:2]
         geometry = EncoderGeometry(tokens=tokens, features=tokens - self.target.dropped,
-                                   merge_layers=self.target.merge_layers, depth=len(self.target.layers))
+                                   merge_layers=self.target.merge_layers, depth=len(self.target.layers),
+                                   protected=self.target.protected)
         self._matcher = self.make_matcher(geometry)
         self.state = MergeState.start(batch, tokens, hidden.device)
         self.tokens_per_layer, self._merged = [], False
@@ -95,10 +99,10 @@ class EncoderMerging:
     def _after(self, layer: int):
         def hook(module: nn.Module, args: tuple, output: Tensor | tuple):
             hidden = output[0] if isinstance(output, tuple) else output
-            if not self._matcher.active(layer) or hidden.shape[1] < 3:
+            if not self._matcher.active(layer) or hidden.shape[1] < 2 + self.target.protected:
                 return None
             metric = self._keys.view(*hidden.shape[:2], -1, module.self_attn.head_dim).mean(2)
-            matching = bipartite_matching(metric, self.state.valid)
+            matching = bipartite_matching(metric, self.state.valid, self.target.protected)
             merged = self._matcher.select(layer, matching.similarity, matching.eligible)
             if not bool(merged.any()):
                 return None
@@ -120,19 +124,36 @@ class EncoderMerging:
         self._final_state()
         return torch.stack(self.tokens_per_layer, dim=1)
 
-    def reductions(self, features: list[Tensor]) -> list[Reduction]:
-        """One reduction per encoder row over the row's feature tokens (the model's features of that row,
-        merged and padded: valid rows first)."""
+    def feature_counts(self) -> Tensor:
+        """(B,) feature tokens each encoder row hands the projector (after the last merge, minus the
+        tokens the model drops)."""
+        return self._final_state().counts - self.target.dropped
+
+    def spread_rows(self, features: Tensor) -> Tensor:
+        """(B, merged feature tokens, D) -> (B, original feature tokens, D): every original token carries the
+        features of the merged token it belongs to (the model's merged features are padded: valid first)."""
         dropped, state = self.target.dropped, self._final_state()
-        counts = (state.counts - dropped).tolist()
+        if features.shape[:2] != (state.size.shape[0], state.size.shape[1] - dropped):
+            raise ReductionError(f"the encoder's features have shape {tuple(features.shape)}, the merged sequences "
+                                 f"{state.size.shape[0]} x {state.size.shape[1] - dropped}: they do not come from them")
+        index = (state.source[:, dropped:] - dropped).to(features.device)
+        return features.gather(1, index.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+
+    def spread(self, features: list[Tensor]) -> list[Tensor]:
+        """``spread_rows`` of per-row features (one encoder sequence per item)."""
+        return list(self.spread_rows(torch.stack(features)).unbind(0)) if features else []
+
+    def assignment(self, row: int) -> Tensor:
+        """(original feature tokens,) the merged token (index among the row's features) each one went into."""
+        return self._final_state().source[row, self.target.dropped:] - self.target.dropped
+
+    def reductions(self, spread: list[Tensor]) -> list[Reduction]:
+        """One reduction per encoder row over its original feature tokens, from the ``spread`` features."""
+        dropped, state = self.target.dropped, self._final_state()
         out = []
-        for row, (feats, n) in enumerate(zip(features, counts)):
-            if feats.shape[0] != state.size.shape[1] - dropped:
-                raise ReductionError(f"the encoder's features hold {feats.shape[0]} tokens per image, the merged "
-                                     f"sequence {state.size.shape[1] - dropped}: they do not come from it")
+        for row, (feats, n) in enumerate(zip(spread, self.feature_counts().tolist())):
             kept = (state.slot[row, dropped:dropped + n] - dropped).to(feats.device)
-            assignment = (state.source[row, dropped:] - dropped).to(feats.device)
-            out.append(Reduction(kept=kept, features=feats[:n], assignment=assignment))
+            out.append(Reduction(kept=kept, features=feats[kept], assignment=self.assignment(row).to(feats.device)))
         return out
 
 
