@@ -10,11 +10,13 @@ The layout is read off the packed features themselves (newline rows equal the mo
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from vtr.adapters import llava_video_attention
 from vtr.adapters.base import Adapter
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout, layout_with_newlines, square_grid
@@ -88,3 +90,21 @@ class LlavaNextAdapter(Adapter):
         newline = self.model.model.image_newline
         frames = inputs["pixel_values_videos"].shape[1] if modality == "video" else 1
         return [layout_with_newlines((f == newline.to(f.device, f.dtype)).all(-1), frames) for f in features]
+
+    # vision attention of videos (HoliTom): vtr.adapters.llava_video_attention
+    def vision_info(self) -> VisionInfo:
+        return dataclasses.replace(llava_vision_info(self.config),
+                                   has_cls=self.config.vision_config.model_type == "clip_vision_model")
+
+    def vision_attention_module(self, layer: int) -> nn.Module:
+        return self.model.model.vision_tower.encoder.layers[layer].self_attn
+
+    def item_attention(self, modality: str, capture: AttentionCapture, requests: dict[str, AttentionRequest],
+                       inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:
+        if modality == "video":
+            return llava_video_attention.video_attention(self, capture, requests, inputs)
+        raise ReductionError(
+            f"vtr cannot yet map vision-encoder attention to the LLM tokens of {self.config.model_type} images "
+            f"(AnyRes crops); methods that need it (hiprune, visionzip, holitom) run on its videos, on llava, "
+            f"qwen2_vl, qwen2_5_vl and qwen3_vl"
+        )

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from vtr.budget import Budget
 from vtr.layout import Segment
-from vtr.ops.grid import group_mean
+from vtr.ops.grid import group_mean, group_weighted_sum
 
 if TYPE_CHECKING:
     from vtr.vision.attention import AttentionRequest
@@ -89,29 +89,48 @@ class Reduction:
     """What a method returns for one item.
 
     ``kept``: ascending token indices, one per output token: the placeholder slot the output token
-    occupies and whose original position it takes. ``features``: the output rows when the method merges
-    (``None`` means ``item.features[kept]``). ``assignment``: for merges, the output token each input
-    token was folded into (``-1`` = dropped); this provenance drives positions and statistics.
+    occupies and, unless ``origin`` says otherwise, whose original position it takes. ``features``: the
+    output rows when the method merges (``None`` means ``apply(item.features)``). ``assignment``: for
+    merges, the output token each input token was folded into (``-1`` = dropped); this provenance drives
+    positions and statistics. ``weights``: each input token's weight in its output token (summing to 1
+    per output token; ``None`` = the plain mean of the members). ``origin``: for methods whose output
+    order is not the order of original positions (HoliTom), the content index whose original position
+    each output token takes (``None`` = ``kept``); output token i still sits in slot ``kept[i]``.
     """
 
     kept: Tensor
     features: Tensor | None = None
     assignment: Tensor | None = None
+    weights: Tensor | None = None
+    origin: Tensor | None = None
 
     def apply(self, values: Tensor) -> Tensor:
         """Reduce another per-token tensor (N, ...) of the same item the same way.
 
-        Selection gathers the kept rows; a merge averages each output token's members. Adapters use it
-        for per-token side outputs of the encoder (Qwen3-VL's deepstack features).
+        Selection gathers the kept rows; a merge averages each output token's members (weighted by
+        ``weights`` when given). Adapters use it for per-token side outputs of the encoder (Qwen3-VL's
+        deepstack features).
         """
         if self.assignment is None:
             return values[self.kept]
         members = self.assignment >= 0
+        if self.weights is not None:
+            return group_weighted_sum(values[members], self.assignment[members], self.weights[members],
+                                      self.kept.numel())
         return group_mean(values[members], self.assignment[members], self.kept.numel())
 
     def provenance(self, num_tokens: int) -> Tensor:
         """(N,) the output token each of the item's ``num_tokens`` tokens went into, -1 where dropped."""
         return self.assignment if self.assignment is not None else _selection_assignment(self.kept, num_tokens)
+
+    def member_weights(self, num_tokens: int) -> Tensor:
+        """(N,) each token's weight in its output token: ``weights``, else 1 / members (0 where dropped)."""
+        if self.weights is not None:
+            return self.weights
+        assignment = self.provenance(num_tokens)
+        members = assignment >= 0
+        sizes = torch.bincount(assignment[members], minlength=self.kept.numel()).clamp_min(1)
+        return torch.where(members, 1.0 / sizes[assignment.clamp_min(0)], 0.0)
 
     def output_features(self, item: VisualItem) -> Tensor:
         """The features the LLM receives: the method's own merged rows, else ``apply(item.features)``."""
@@ -125,15 +144,21 @@ class Reduction:
     def concat(cls, parts: list[tuple[int, VisualItem, "Reduction"]]) -> "Reduction":
         """One reduction of the whole item from reductions of its parts ((offset, part, reduction))."""
         kept = torch.cat([offset + r.kept for offset, _, r in parts])
+        origin = None
+        if any(r.origin is not None for _, _, r in parts):
+            origin = torch.cat([offset + (r.kept if r.origin is None else r.origin) for offset, _, r in parts])
         if all(r.features is None and r.assignment is None for _, _, r in parts):
-            return cls(kept=kept)
+            return cls(kept=kept, origin=origin)
         assignments, out_offset = [], 0
         for _, part, r in parts:
             local = r.provenance(part.num_tokens)
             assignments.append(torch.where(local >= 0, local + out_offset, local))
             out_offset += r.kept.numel()
+        weights = None
+        if any(r.weights is not None for _, _, r in parts):
+            weights = torch.cat([r.member_weights(part.num_tokens) for _, part, r in parts])
         features = torch.cat([r.output_features(part) for _, part, r in parts])
-        return cls(kept=kept, features=features, assignment=torch.cat(assignments))
+        return cls(kept=kept, features=features, assignment=torch.cat(assignments), weights=weights, origin=origin)
 
 
 def _selection_assignment(kept: Tensor, n: int) -> Tensor:
