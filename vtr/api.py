@@ -19,6 +19,7 @@ from torch import Tensor
 
 from vtr.adapters import Adapter, adapter_for
 from vtr.engine import POSITION_MODES, ReducedCall, reduce_inputs
+from vtr.llm.cache import passed_cache
 from vtr.llm.pruner import LayerPruner, LayerRun, PromptRoles
 from vtr.llm.unmerge import UnmergeRun, VirtualUnmerging
 from vtr.methods import KeepAll, LayerMethod, Method, Stage, VisionMethod, make_methods
@@ -283,7 +284,7 @@ def _with_explicit_mask(call: ReducedCall | None, kwargs: dict[str, Any]) -> dic
     """
     if call is None or not call.gapped_positions or kwargs.get("attention_mask") is not None:
         return kwargs
-    cache = kwargs.get("past_key_values")
+    cache = passed_cache(kwargs)
     if cache is not None and cache.get_seq_length() > 0:
         return kwargs
     ids = kwargs.get("input_ids")
