@@ -264,6 +264,7 @@ def test_original_positions_come_from_the_origins_on_qwen(tiny):
     """Static merged tokens take their centre's M-RoPE (t, h, w) in the segment's first temporal patch."""
     model, processor = tiny("qwen2_5_vl")
     inputs = dict(_video_inputs(processor, "qwen2_5_vl", kinds=("repeated",)))
+    inputs["second_per_grid_ts"] = torch.tensor([1.0])  # temporal patches one M-RoPE step apart or more
     vtr.wrap(model, "holitom", budget=0.1)
     state = model._vtr_state
     full = state.adapter.positions(state.adapter.fill_missing_inputs(inputs), for_generate=True)
@@ -273,7 +274,31 @@ def test_original_positions_come_from_the_origins_on_qwen(tiny):
     assert kept_video.numel() < video.numel()
     positions = call.kwargs["position_ids"][1:, 0, kept_video]  # t/h/w rows of the kept video tokens
     t_rows = positions[0]
+    assert full[1, 0, video].unique().numel() == 2
     assert bool((t_rows == full[1, 0, video[0]]).all())  # one segment: every token in the first patch
     hw = positions[1:].T.tolist()
     grid_hw = full[2:, 0, video[:48]].T.tolist()  # (h, w) of the first temporal patch's 48 tokens
     assert all(p in grid_hw for p in hw) and len({tuple(p) for p in hw}) == len(hw)
+
+
+@pytest.mark.parametrize("positions", ["original", "compact"])
+@pytest.mark.parametrize("name, tau", [("llava_onevision", 0.5), ("qwen2_5_vl", 0.15)])
+def test_segments_mixing_static_and_dynamic_tokens_cached_equals_uncached(tiny, name, tau, positions):
+    """A tau between the noise video's similarities: windows hold static clusters and dynamic tokens, so the
+    reference order puts original positions out of order; generation must still be exact."""
+    model, processor = tiny(name)
+    inputs = _video_inputs(processor, name, kinds=("noise",))
+    vtr.wrap(model, "holitom", budget=0.5, tau=tau, positions=positions)
+    _assert_cached_equals_uncached(model, inputs, greedy_without_placeholders(model))
+    state = model._vtr_state
+    call = reduce_inputs(state.adapter, state.pipeline.pre_llm, positions, dict(inputs), for_generate=True)
+    video = call.kwargs["input_ids"][0] == model.config.video_token_id
+    provenance = torch.tensor(vtr.stats(model).samples[0].items[0].provenance)
+    per_frame = provenance.numel() // (4 if name == "llava_onevision" else 2)
+    members = [(provenance == out).nonzero().flatten() // per_frame for out in range(int(provenance.max()) + 1)]
+    assert any(frames.unique().numel() > 1 for frames in members)  # a static token merged over frames
+    assert any(frames.numel() == 1 for frames in members)  # and a dynamic one
+    if name == "llava_onevision":  # 1-D: the reference order takes original positions out of order
+        video_positions = call.kwargs["position_ids"][0, video]
+        increasing = bool((video_positions[1:] > video_positions[:-1]).all())
+        assert increasing == (positions == "compact")
