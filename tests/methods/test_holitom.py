@@ -111,8 +111,9 @@ def test_output_order_origins_provenance_and_the_beta_merge():
             got = origin[c + f * k:c + (f + 1) * k]
             frame = first + f
             top = torch.sort(scores[frame, n_static:], descending=True, stable=True).indices[:k] + n_static
-            assert got.tolist() == (frame * 16 + top.sort().values).tolist()
-            assert torch.equal(reduction.features[offset + c + f * k:offset + c + (f + 1) * k], flat[frame, top.sort().values])
+            top = top.sort().values
+            assert got.tolist() == (frame * 16 + top).tolist()
+            assert torch.equal(reduction.features[offset + c + f * k:offset + c + (f + 1) * k], flat[frame, top])
         # the window's outputs fill its own slots in ascending order
         assert reduction.kept[offset:offset + c + width * k].tolist() == sorted(origin.tolist())
         offset += c + width * k

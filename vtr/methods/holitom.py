@@ -106,9 +106,11 @@ class HoliTom(Method):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"holitom {option} must be an int >= 1, got {value!r}")
         if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"holitom beta (centre weight of a merged static token) must lie in [0, 1], got {self.beta}")
+            raise ValueError(f"holitom beta (centre weight of a merged static token) must lie in [0, 1], "
+                             f"got {self.beta}")
         if not self.noise >= 0.0:
-            raise ValueError(f"holitom noise must be >= 0 (0 = deterministic, the reference uses 1e-6), got {self.noise}")
+            raise ValueError(f"holitom noise must be >= 0 (0 = deterministic, the reference uses 1e-6), "
+                             f"got {self.noise}")
 
     def attention_requests(self, info: VisionInfo) -> dict[str, AttentionRequest]:
         return {ATTENTION: AttentionRequest(info.feature_layer, "received")}
