@@ -1,7 +1,7 @@
 """Time HoliTom's outer stage (segmentation DP, temporal merge, DPC-KNN, attention top-k) on video sizes.
 
     python scripts/bench_holitom.py                 # CPU, and CUDA when available
-    python scripts/bench_holitom.py --json out.json
+    python scripts/bench_holitom.py --threads 1 --json out.json
 
 Cases: 32 and 64 frames of 196 tokens (LLaVA-OneVision-7B after its 2x2 pooling), D=3584, retain ratio
 0.10, tau 0.8. Two kinds of random features: ``noise`` (independent frames: every window is a single
@@ -46,8 +46,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's); 1 on a loaded machine")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     dtype = getattr(torch, args.dtype)

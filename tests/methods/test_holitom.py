@@ -171,7 +171,7 @@ def test_building_by_name_needs_a_budget(tiny):
 
 
 # ---------------------------------------------------------------------- end to end on tiny video models
-VIDEO_SIZE = {"llava_onevision": (32, 32), "qwen2_5_vl": (64, 48), "qwen3_vl": (64, 48)}
+VIDEO_SIZE = {"llava_onevision": (32, 32), "llava_next_video": (32, 32), "qwen2_5_vl": (64, 48), "qwen3_vl": (64, 48)}
 
 
 def _video_inputs(processor, name: str, kinds=("repeated",), texts=None, seeds=None):
@@ -194,7 +194,7 @@ def _assert_cached_equals_uncached(model, inputs, greedy):
     return cached
 
 
-@pytest.mark.parametrize("name", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("name", ["llava_onevision", "llava_next_video", "qwen2_5_vl", "qwen3_vl"])
 def test_end_to_end_merges_repeated_frames_and_cached_equals_uncached(tiny, name):
     model, processor = tiny(name)
     inputs = _video_inputs(processor, name, kinds=("repeated", "noise"))
@@ -202,7 +202,7 @@ def test_end_to_end_merges_repeated_frames_and_cached_equals_uncached(tiny, name
     _assert_cached_equals_uncached(model, inputs, greedy_without_placeholders(model))
     repeated, noise = (sample.items[0] for sample in vtr.stats(model).samples)
     assert noise.content_after < noise.content_before
-    frames = 4 if name == "llava_onevision" else 2  # qwen: 2 temporal patches of 2 frames
+    frames = 2 if name.startswith("qwen") else 4  # qwen: 2 temporal patches of 2 frames
     per_frame = repeated.content_before // frames
     # one segment: rho' = min(0.1 * frames, 1), round(per_frame * rho') clusters, each standing for its
     # members in every frame (nothing dropped)

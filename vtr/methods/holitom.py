@@ -150,37 +150,37 @@ class HoliTom(Method):
 
     def _assemble(self, item: VisualItem, windows: list[_Window], scores: Tensor) -> Reduction:
         device = item.features.device
-        n_out = sum(w.outputs for w in windows)
         assignment = torch.full((item.num_tokens,), -1, dtype=torch.long, device=device)
         weights = torch.zeros(item.num_tokens, dtype=torch.float32, device=device)
-        origins, offset = [], 0
+        origins, features, offset = [], [], 0
         for window in windows:
-            tokens, outputs, token_weights, origin = self._window_outputs(item, window, scores, offset)
+            tokens, outputs, token_weights, origin, rows = self._window_outputs(item, window, scores, offset)
             assignment[tokens] = outputs
             weights[tokens] = token_weights
             origins.append(origin)
+            features.append(rows)
             offset += window.outputs
-        origin = torch.cat(origins)
         # each window's outputs fill its own origins' slots in ascending order: windows never interleave
         kept = torch.cat([o.sort().values for o in origins])
-        members = assignment >= 0
-        features = group_weighted_sum(item.features[members], assignment[members], weights[members], n_out)
-        return Reduction(kept=kept, features=features, assignment=assignment, weights=weights, origin=origin)
+        return Reduction(kept=kept, features=torch.cat(features), assignment=assignment, weights=weights,
+                         origin=torch.cat(origins))
 
     def _window_outputs(self, item: VisualItem, window: _Window, scores: Tensor,
-                        offset: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(input tokens, their output tokens, their weights) and each output token's origin, for one window
-        whose outputs start at ``offset``: its static clusters first, then every frame's dynamic tokens."""
+                        offset: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(input tokens, their output tokens, their weights), each output token's origin and features, for
+        one window whose outputs start at ``offset``: its static clusters first, then every frame's dynamic
+        tokens."""
         device = item.features.device
         frame_start = window.base + (window.first + torch.arange(window.width, device=device)) * window.n
         parts: list[tuple[Tensor, Tensor, Tensor]] = []
-        origins = []
+        origins, features = [], []
         if window.clusters:
             positions = window.static.nonzero().squeeze(1)
-            cluster, centres, weights = self._clusters(item, window, positions)
+            cluster, centres, weights, merged = self._clusters(item, window, positions)
             parts.append(((frame_start.unsqueeze(1) + positions).flatten(),
                           (offset + cluster).repeat(window.width), (weights / window.width).repeat(window.width)))
             origins.append(frame_start[0] + positions[centres])
+            features.append(merged)
         if window.dynamic:
             positions = (~window.static).nonzero().squeeze(1)
             local = scores[frame_start.unsqueeze(1) + positions]  # (frames, n_dynamic)
@@ -190,16 +190,19 @@ class HoliTom(Method):
             parts.append((tokens, first_out + torch.arange(tokens.numel(), device=device),
                           torch.ones(tokens.numel(), device=device)))
             origins.append(tokens)
+            features.append(item.features[tokens])
         tokens, outputs, weights = (torch.cat(column) for column in zip(*parts))
-        return tokens, outputs, weights, torch.cat(origins)
+        return tokens, outputs, weights, torch.cat(origins), torch.cat(features)
 
-    def _clusters(self, item: VisualItem, window: _Window, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(cluster of each static position, centre positions' ranks, weights of the static positions)."""
+    def _clusters(self, item: VisualItem, window: _Window,
+                  positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(cluster of each static position, centre positions' ranks, weights of the static positions, the
+        merged tokens (clusters, D) from the positions' temporal means)."""
         n_static, c = positions.numel(), window.clusters
+        means = window.frames[window.first:window.last + 1, positions].float().mean(0)
         if c == n_static:  # every static token is its own centre: the merge is the temporal mean alone
             ranks = torch.arange(n_static, device=positions.device)
-            return ranks, ranks, torch.ones(n_static, device=positions.device)
-        means = window.frames[window.first:window.last + 1, positions].float().mean(0)
+            return ranks, ranks, torch.ones(n_static, device=positions.device), means.to(item.features.dtype)
         distances = scaled_distances(means)
         noise = None
         if self.noise:  # one draw per (seed, video rank, window): the same video gets the same noise in a batch
@@ -207,7 +210,8 @@ class HoliTom(Method):
             noise = self.noise * torch.rand(n_static, generator=torch.Generator().manual_seed(seed))
         centres = dpc_knn_centres(distances, c, min(self.k, c), noise)
         cluster = nearest_centre(distances, centres)
-        return cluster, centres, centre_weights(cluster, centres, self.beta)
+        weights = centre_weights(cluster, centres, self.beta)
+        return cluster, centres, weights, group_weighted_sum(means, cluster, weights, c).to(item.features.dtype)
 
 
 def _ensure_one_token(windows: list[_Window]) -> list[_Window]:
