@@ -14,13 +14,12 @@ synchronised on CUDA, of one whole ``HoliTom.reduce`` call (attention scores are
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 
 import torch
 
-from bench_select import time_call
+from bench_select import report, time_call
 from vtr.layout import Segment
 from vtr.methods import HoliTom, VisualItem
 
@@ -73,16 +72,8 @@ def main() -> None:
                 results.append(dict(device=label, frames=frames, kind=kind, n=n, dim=DIM, dtype=args.dtype,
                                     segments=len(windows), kept=kept, median_ms=statistics.median(times),
                                     min_ms=min(times), max_ms=max(times), repeats=args.repeats))
-    header = (f"{'device':<34} {'frames':>6} {'kind':<7} {'N':>6} {'segments':>8} {'kept':>5} {'median ms':>10} "
-              f"{'min-max ms':>17}")
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        print(f"{r['device']:<34} {r['frames']:>6} {r['kind']:<7} {r['n']:>6} {r['segments']:>8} {r['kept']:>5} "
-              f"{r['median_ms']:>10.2f} {r['min_ms']:>8.2f}-{r['max_ms']:<8.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    report(results, [("device", "device", "<34"), ("frames", "frames", ">6"), ("kind", "kind", "<7"), ("n", "N", ">6"),
+                     ("segments", "segments", ">8"), ("kept", "kept", ">5")], args.json)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,14 @@ from torch import Tensor
 
 
 def consecutive_similarity(frames: Tensor) -> Tensor:
-    """(T, N, D) features -> (T-1, N) cosine similarity of each position in frames t and t+1 (float32)."""
-    unit = torch.nn.functional.normalize(frames.float(), dim=-1)
-    return (unit[1:] * unit[:-1]).sum(-1)
+    """(T, N, D) features -> (T-1, N) cosine similarity of each position in frames t and t+1 (float32).
+
+    Dot products over the product of norms, without a normalised copy of the whole video (the reference
+    normalises, then takes the cosine: the same value up to rounding).
+    """
+    x = frames.float()
+    norms = torch.linalg.vector_norm(x, dim=-1).clamp_min(1e-12)
+    return torch.linalg.vecdot(x[1:], x[:-1]) / (norms[1:] * norms[:-1])
 
 
 def static_run_lengths(above: Tensor) -> Tensor:
