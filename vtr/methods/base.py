@@ -123,15 +123,6 @@ class Reduction:
         """(N,) the output token each of the item's ``num_tokens`` tokens went into, -1 where dropped."""
         return self.assignment if self.assignment is not None else _selection_assignment(self.kept, num_tokens)
 
-    def member_weights(self, num_tokens: int) -> Tensor:
-        """(N,) each token's weight in its output token: ``weights``, else 1 / members (0 where dropped)."""
-        if self.weights is not None:
-            return self.weights
-        assignment = self.provenance(num_tokens)
-        members = assignment >= 0
-        sizes = torch.bincount(assignment[members], minlength=self.kept.numel()).clamp_min(1)
-        return torch.where(members, 1.0 / sizes[assignment.clamp_min(0)], 0.0)
-
     def output_features(self, item: VisualItem) -> Tensor:
         """The features the LLM receives: the method's own merged rows, else ``apply(item.features)``."""
         return self.apply(item.features) if self.features is None else self.features
@@ -143,22 +134,19 @@ class Reduction:
     @classmethod
     def concat(cls, parts: list[tuple[int, VisualItem, "Reduction"]]) -> "Reduction":
         """One reduction of the whole item from reductions of its parts ((offset, part, reduction))."""
+        if any(r.origin is not None or r.weights is not None for _, _, r in parts):
+            raise ValueError("Reduction.concat joins selections and plain-mean merges; a part with origins or "
+                             "weights (HoliTom's) must reduce the whole item itself")
         kept = torch.cat([offset + r.kept for offset, _, r in parts])
-        origin = None
-        if any(r.origin is not None for _, _, r in parts):
-            origin = torch.cat([offset + (r.kept if r.origin is None else r.origin) for offset, _, r in parts])
         if all(r.features is None and r.assignment is None for _, _, r in parts):
-            return cls(kept=kept, origin=origin)
+            return cls(kept=kept)
         assignments, out_offset = [], 0
         for _, part, r in parts:
             local = r.provenance(part.num_tokens)
             assignments.append(torch.where(local >= 0, local + out_offset, local))
             out_offset += r.kept.numel()
-        weights = None
-        if any(r.weights is not None for _, _, r in parts):
-            weights = torch.cat([r.member_weights(part.num_tokens) for _, part, r in parts])
         features = torch.cat([r.output_features(part) for _, part, r in parts])
-        return cls(kept=kept, features=features, assignment=torch.cat(assignments), weights=weights, origin=origin)
+        return cls(kept=kept, features=features, assignment=torch.cat(assignments))
 
 
 def _selection_assignment(kept: Tensor, n: int) -> Tensor:
