@@ -13,21 +13,20 @@ from conftest import greedy_without_placeholders
 from vtr import testing
 from vtr.engine import reduce_inputs
 from vtr.layout import Segment
-from vtr.methods import HoliTom, HoliTomInner, VisualItem
+from vtr.methods import HoliTom, HoliTomInner, VisualItem, make_method
 from vtr.ops.dpc_knn import dpc_knn_centres, nearest_centre, scaled_distances
 from vtr.ops.segmentation import best_segmentation, consecutive_similarity, window_counts
 
 D = 16
 
 
-def _video(frames: torch.Tensor, attention: torch.Tensor | None = None, segments=None) -> VisualItem:
-    """A video item from (T, h, w, D) features (attention: (T*h*w,), default random)."""
+def _video(frames: torch.Tensor) -> VisualItem:
+    """A video item from (T, h, w, D) features, with random attention scores."""
     t, h, w, d = frames.shape
     n = t * h * w
-    if attention is None:
-        attention = torch.rand(n, generator=torch.Generator().manual_seed(7))
-    segments = segments or (Segment(0, (t, h, w)),)
-    return VisualItem(frames.reshape(n, d), segments, "video", 0, {"holitom": (attention, torch.zeros(n, 2))})
+    attention = torch.rand(n, generator=torch.Generator().manual_seed(7))
+    return VisualItem(frames.reshape(n, d), (Segment(0, (t, h, w)),), "video", 0,
+                      {"holitom": (attention, torch.zeros(n, 2))})
 
 
 def _noise_frames(t: int, h: int = 4, w: int = 4, seed: int = 0) -> torch.Tensor:
@@ -164,10 +163,11 @@ def test_bad_options_are_refused(options, message):
         HoliTom(**{"budget": 0.1, **options})
 
 
-def test_building_by_name_needs_a_budget(tiny):
-    model, _ = tiny("llava_onevision")
+def test_building_by_name_needs_a_budget_and_an_int_is_tokens_per_video():
     with pytest.raises(ValueError, match="needs a budget"):
-        vtr.wrap(model, "holitom")
+        make_method("holitom")
+    assert make_method("holitom", 64, tau=0.65) == HoliTom(budget=64, tau=0.65)
+    assert HoliTom(budget=64).retain_ratio(640) == 0.1 and HoliTom(budget=0.1).retain_ratio(640) == 0.1
 
 
 # ---------------------------------------------------------------------- end to end on tiny video models

@@ -42,7 +42,7 @@ def window_counts(above: Tensor) -> Tensor:
     Vectorised over every window: a histogram of run lengths per start frame gives how many positions
     stay static for at least w - 1 pairs.
     """
-    pairs, n = above.shape
+    pairs = above.shape[0]
     frames = pairs + 1
     device = above.device
     counts = torch.zeros(frames, frames, dtype=torch.long, device=device)
