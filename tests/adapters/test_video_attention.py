@@ -8,7 +8,8 @@ from transformers import AttentionInterface
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
 from transformers.vision_utils import get_vision_window_index
 
-from conftest import make_inputs
+import vtr
+from conftest import greedy_without_placeholders, make_inputs
 from vtr.adapters import adapter_for
 from vtr.vision.attention import AttentionRequest
 
@@ -84,3 +85,15 @@ def test_qwen_video_attention_per_frame_equals_eager(tiny):
     expected = per_unit[torch.argsort(window_index)]
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
     assert got.numel() == t * int(inputs["video_grid_thw"][0, 1] * inputs["video_grid_thw"][0, 2]) // 4
+
+
+@pytest.mark.parametrize("method", ["hiprune", "visionzip"])
+def test_attention_methods_run_on_llava_videos(tiny, method):
+    """The mapping serves every method that asks for vision attention, not only HoliTom."""
+    model, processor = tiny("llava_onevision")
+    inputs = make_inputs(processor, "llava_onevision", "video", texts=["what ?", "what is in it ?"], seeds=(0, 1))
+    greedy = greedy_without_placeholders(model)
+    vtr.wrap(model, method, budget=6)
+    cached = model.generate(**inputs, **greedy)
+    assert [s.items[0].content_after for s in vtr.stats(model).samples] == [6, 6]
+    assert torch.equal(cached.sequences, model.generate(**inputs, **greedy, use_cache=False).sequences)
