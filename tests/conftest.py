@@ -55,6 +55,33 @@ def make_inputs(processor, name: str, kind: str = "image", texts=None, seeds=(0,
     raise ValueError(kind)
 
 
+# two prompts of different lengths: the shorter row is left-padded
+TWO_ROWS = dict(texts=["what ?", "describe this picture please , what is in it ?"], seeds=(0, 1))
+
+
+def padded_inputs(processor, name):
+    """Image inputs of two rows (TWO_ROWS), the first left-padded."""
+    inputs = make_inputs(processor, name, **TWO_ROWS)
+    assert (inputs["attention_mask"] == 0).any(), "the test needs left padding"
+    return inputs
+
+
+def row_alone(inputs, i: int) -> dict:
+    """Row ``i`` of a processor batch, alone and without its padding (pixels split per image)."""
+    keep = inputs["attention_mask"][i].bool()
+    out = {k: v[i:i + 1][:, keep] for k, v in inputs.items() if k in ("input_ids", "attention_mask",
+                                                                      "mm_token_type_ids")}
+    if "image_grid_thw" in inputs:
+        sizes = inputs["image_grid_thw"].prod(-1).tolist()
+        out["pixel_values"] = inputs["pixel_values"].split(sizes)[i]
+        out["image_grid_thw"] = inputs["image_grid_thw"][i:i + 1]
+    else:
+        out["pixel_values"] = inputs["pixel_values"][i:i + 1]
+        if "image_sizes" in inputs:
+            out["image_sizes"] = inputs["image_sizes"][i:i + 1]
+    return out
+
+
 @pytest.fixture
 def tiny():
     """Factory: ``tiny(name)`` -> fresh (model, processor) with seeded random weights."""

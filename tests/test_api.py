@@ -139,7 +139,7 @@ def test_bad_budget_is_a_value_error(tiny, budget):
 def test_bad_positions_mode(tiny):
     model, _ = tiny("llava")
     with pytest.raises(ValueError, match="positions must be one of"):
-        vtr.wrap(model, "divprune", budget=8, positions="ppe")
+        vtr.wrap(model, "divprune", budget=8, positions="gapless")
 
 
 @pytest.mark.parametrize("name", ["llava", "qwen2_5_vl"])

@@ -18,11 +18,13 @@ import torch
 from torch import Tensor
 
 from vtr.adapters import Adapter, adapter_for
-from vtr.engine import POSITION_MODES, ReducedCall, reduce_inputs
+from vtr.engine import ReducedCall, reduce_inputs
 from vtr.llm.cache import passed_cache
+from vtr.llm.ppe import PositionPreservation
 from vtr.llm.pruner import LayerPruner, LayerRun, PromptRoles
 from vtr.llm.unmerge import UnmergeRun, VirtualUnmerging
 from vtr.methods import KeepAll, LayerMethod, Method, Stage, VisionMethod, make_methods
+from vtr.positions import PositionScheme
 from vtr.stats import CallStats, SampleStats
 
 _STATE_ATTR = "_vtr_state"
@@ -33,7 +35,8 @@ _MISSING = object()
 @dataclass
 class Pipeline:
     """The configured stages of one wrap: a vision-encoder method (or none), a pre-LLM method (``KeepAll``
-    if none), an in-LLM one, and the virtual unmerging hooks of a vision method with ``vtu=True``."""
+    if none), an in-LLM one, the virtual unmerging hooks of a vision method with ``vtu=True``, and the
+    PPE rotary hooks of ``positions="ppe"``."""
 
     methods: list[Method]  # as configured by the user (to restore after a ``reduced`` block)
     pre_llm: Method
@@ -41,9 +44,10 @@ class Pipeline:
     description: str
     vision: VisionMethod | None = None
     unmerging: VirtualUnmerging | None = None
+    ppe: PositionPreservation | None = None
 
     def close(self) -> None:
-        for hooks in (self.in_llm, self.unmerging):
+        for hooks in (self.in_llm, self.unmerging, self.ppe):
             if hooks is not None:
                 hooks.remove()
 
@@ -54,7 +58,7 @@ class WrapState:
 
     adapter: Adapter
     pipeline: Pipeline
-    positions: str
+    positions: PositionScheme
     saved: dict[str, Any]  # attribute name -> previous instance-dict entry (or _MISSING)
     last_stats: CallStats | None = None
     generating: ReducedCall | None = field(default=None, repr=False)
@@ -65,7 +69,9 @@ def wrap(
     method: str | Method | list[str | Method] = "divprune",
     budget: int | float | None = None,
     *,
-    positions: str = "original",
+    positions: str | PositionScheme = "original",
+    ppe_chunks: int | None = None,
+    ppe_members: str | None = None,
     **options: Any,
 ) -> torch.nn.Module:
     """Make ``model`` see fewer visual tokens in ``generate()`` and ``forward()``; returns the same object.
@@ -74,24 +80,27 @@ def wrap(
     of them to compose stages (at most one before the LLM and one inside it; a vision-encoder method
     such as ``tome`` composes with an in-LLM one only), e.g. ``["divprune", "fastv"]``. ``budget``:
     int = visual tokens kept per image/video, float in (0, 1] = fraction kept. ``positions``: ``"original"`` (kept tokens keep their original 1-D or M-RoPE
-    positions) or ``"compact"`` (kept tokens are re-indexed consecutively); in-LLM stages and virtual
-    unmerging always keep positions. Extra keyword arguments are method options.
+    positions), ``"compact"`` (kept tokens are re-indexed consecutively) or ``"ppe"`` (merged tokens
+    rotate ``ppe_chunks`` bands of their rotary frequencies with the positions of as many members,
+    chosen by ``ppe_members``: ``"nearest"`` to the cluster centre or ``"highest"`` index; see
+    ``vtr.positions``); in-LLM stages and virtual unmerging always keep positions. Extra keyword
+    arguments are method options.
     """
-    if positions not in POSITION_MODES:
-        raise ValueError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
+    scheme = PositionScheme.make(positions, ppe_chunks, ppe_members)
     methods = make_methods(method, budget, **options)
-    if positions == "compact" and any(isinstance(m, VisionMethod) and m.vtu for m in methods):
-        raise ValueError("virtual token unmerging (vtu=True) attends at every original position; it cannot take "
-                         "positions='compact' (pass vtu=False to shrink the prompt with compact positions)")
+    if scheme.mode != "original" and any(isinstance(m, VisionMethod) and m.vtu for m in methods):
+        raise ValueError(f"virtual token unmerging (vtu=True) attends at every original position; it cannot take "
+                         f"positions={scheme.mode!r} (pass vtu=False to shrink the prompt with {scheme.mode} "
+                         f"positions)")
     state: WrapState | None = getattr(model, _STATE_ATTR, None)
     adapter = adapter_for(model) if state is None else state.adapter
-    pipeline = _pipeline(adapter, methods)
+    pipeline = _pipeline(adapter, methods, scheme)
     if state is not None:  # re-wrap: new configuration, same saved originals
         state.pipeline.close()
-        state.pipeline, state.positions, state.last_stats = pipeline, positions, None
+        state.pipeline, state.positions, state.last_stats = pipeline, scheme, None
         return model
     saved = {name: model.__dict__.get(name, _MISSING) for name in _PATCHED}
-    state = WrapState(adapter=adapter, pipeline=pipeline, positions=positions, saved=saved)
+    state = WrapState(adapter=adapter, pipeline=pipeline, positions=scheme, saved=saved)
     original_forward, original_generate = model.forward, model.generate
     model.__dict__["forward"] = _reducing_forward(state, model, original_forward)
     model.__dict__["generate"] = _reducing_generate(state, original_generate)
@@ -154,7 +163,7 @@ def _state(model: torch.nn.Module) -> WrapState:
     return state
 
 
-def _pipeline(adapter: Adapter, methods: list[Method]) -> Pipeline:
+def _pipeline(adapter: Adapter, methods: list[Method], scheme: PositionScheme) -> Pipeline:
     by_stage: dict[Stage, list[Method]] = {}
     for m in methods:
         by_stage.setdefault(m.stage, []).append(m)
@@ -171,13 +180,15 @@ def _pipeline(adapter: Adapter, methods: list[Method]) -> Pipeline:
     in_llm = by_stage.get(Stage.LLM, [None])[0]
     description = " + ".join(m.describe() for m in methods)
     unmerging = VirtualUnmerging(adapter.decoder()) if vision is not None and vision.vtu else None
+    # prepended to every layer's hooks: the in-LLM stage gathers the PPE cos/sin at its kept columns
+    ppe = PositionPreservation(adapter.decoder(), adapter.rope_rows, scheme.chunks) if scheme.ppe else None
     if in_llm is None:
-        return Pipeline(methods, pre_llm, None, description, vision, unmerging)
+        return Pipeline(methods, pre_llm, None, description, vision, unmerging, ppe)
     assert isinstance(in_llm, LayerMethod)
     pruner = LayerPruner(adapter.decoder(), in_llm, adapter.text_attn_implementation())
     undo = adapter.patch_decoder(pruner)
     pruner.remove = _chained(pruner.remove, undo)
-    return Pipeline(methods, pre_llm, pruner, description, vision)
+    return Pipeline(methods, pre_llm, pruner, description, vision, ppe=ppe)
 
 
 def _check_vision_composition(adapter: Adapter, vision: VisionMethod, by_stage: dict[Stage, list[Method]]) -> None:
@@ -247,6 +258,8 @@ def _start(state: WrapState, kwargs: dict[str, Any], for_generate: bool) -> tupl
     state.last_stats = dataclasses.replace(call.stats, method=pipeline.description)
     if pipeline.unmerging is not None:
         pipeline.unmerging.run = UnmergeRun(call.token_representative)
+    if pipeline.ppe is not None:
+        pipeline.ppe.begin(call.chunk_positions)
     pruner = pipeline.in_llm
     if pruner is None:
         return call, None
@@ -259,6 +272,8 @@ def _finish(state: WrapState, run: LayerRun | None) -> None:
     """Close a call's in-LLM run (later cached steps on its cache still work) and record per-layer stats."""
     if state.pipeline.unmerging is not None:  # cached steps after the call need no unmerging: nothing to keep
         state.pipeline.unmerging.run = None
+    if state.pipeline.ppe is not None:
+        state.pipeline.ppe.end()
     if run is None:
         return
     run.accepts_full_passes = False
@@ -318,7 +333,7 @@ def _unreduced_stats(state: WrapState, kwargs: dict[str, Any]) -> CallStats:
     ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
     lengths = [] if ids is None else (mask.sum(1) if mask is not None else [ids.shape[1]] * ids.shape[0])
     samples = tuple(SampleStats((), int(n), int(n)) for n in lengths)
-    return CallStats(method=state.pipeline.description, positions=state.positions, samples=samples)
+    return CallStats(method=state.pipeline.description, positions=state.positions.mode, samples=samples)
 
 
 def _with_original_prompt(output: Any, prompt: Tensor, reduced_len: int) -> Any:

@@ -34,10 +34,9 @@ from vtr.ops.packing import left_packed_index
 from vtr.vision.attention import AttentionRequest
 from vtr.methods.base import Method, Reduction, VisualItem
 from vtr.methods.vision import VisionMethod
+from vtr.positions import ChunkPositions, PositionScheme
 from vtr.stats import CallStats, ItemStats, SampleStats
 from vtr.vision.merging import EncoderMerging
-
-POSITION_MODES = ("original", "compact")
 
 
 @dataclass
@@ -52,20 +51,22 @@ class ReducedCall:
     token_structural: Tensor  # (B, L'): True on kept structural (newline) columns
     # (B, L') with virtual unmerging: the column whose token stands for each column (itself unless merged)
     token_representative: Tensor | None = None
+    # (R, B, L', C) with positions="ppe": the rotary positions of every chunk of every column (vtr.positions)
+    chunk_positions: Tensor | None = None
 
 
 def reduce_inputs(
-    adapter: Adapter, method: Method, positions: str, inputs: dict[str, Any], for_generate: bool,
+    adapter: Adapter, method: Method, positions: str | PositionScheme, inputs: dict[str, Any], for_generate: bool,
     vision: VisionMethod | None = None,
 ) -> ReducedCall:
     """Reduce every visual input in ``inputs`` with ``method`` (or ``vision``, merging inside the encoder)
     and shrink the prompt to match."""
     with section("pre_llm"):
-        return _reduce_inputs(adapter, method, positions, inputs, for_generate, vision)
+        return _reduce_inputs(adapter, method, PositionScheme.make(positions), inputs, for_generate, vision)
 
 
 def _reduce_inputs(
-    adapter: Adapter, method: Method, positions: str, inputs: dict[str, Any], for_generate: bool,
+    adapter: Adapter, method: Method, scheme: PositionScheme, inputs: dict[str, Any], for_generate: bool,
     vision: VisionMethod | None,
 ) -> ReducedCall:
     if inputs.get("input_ids") is None:
@@ -84,6 +85,7 @@ def _reduce_inputs(
     encoded = [_encode(adapter, modality, inputs, ids, mask, requests, vision)
                for modality in adapter.present_modalities(inputs)]
     full_positions = adapter.positions({**inputs, "attention_mask": mask}, for_generate)
+    chunks = ChunkPositions(adapter.rope_positions(full_positions), scheme) if scheme.ppe else None
 
     keep = mask.bool().clone()  # original padding is dropped here and rebuilt below
     items_per_row: list[list[ItemStats]] = [[] for _ in range(ids.shape[0])]
@@ -91,14 +93,14 @@ def _reduce_inputs(
     roles = _TokenRoles(torch.full_like(ids, -1), torch.zeros_like(keep), columns.clone(), columns.clone())
     expand = vision is not None and vision.vtu
     mm_encoder_outputs = {
-        visual.modality: _reduce_modality(adapter, method, visual, keep, items_per_row, roles, expand)
+        visual.modality: _reduce_modality(adapter, method, visual, keep, items_per_row, roles, expand, chunks)
         for visual in encoded
     }
 
     kept_index = left_packed_index(keep)
     valid = kept_index >= 0
     new_mask = valid.to(mask.dtype)
-    compact = positions == "compact"
+    compact = scheme.mode == "compact"
     kwargs = {k: v for k, v in inputs.items() if k not in adapter.consumed_keys(inputs)}
     for key, value in inputs.items():
         if key in kwargs and key != "position_ids" and isinstance(value, Tensor) and value.shape[:2] == ids.shape:
@@ -122,11 +124,12 @@ def _reduce_inputs(
     return ReducedCall(
         kwargs=kwargs,
         kept_index=kept_index,
-        stats=CallStats(method=method.describe(), positions=positions, samples=samples),
+        stats=CallStats(method=method.describe(), positions=scheme.mode, samples=samples),
         gapped_positions=dropped_any and not compact and full_positions.shape[0] == 1,
         token_item=_gather_columns(roles.item, kept_index, pad=-1),
         token_structural=_gather_columns(roles.structural, kept_index, pad=False),
         token_representative=representative,
+        chunk_positions=None if chunks is None else chunks.gathered(kept_index),
     )
 
 
@@ -204,11 +207,13 @@ def _reduce_modality(
     items_per_row: list[list[ItemStats]],
     roles: _TokenRoles,
     expand: bool,
+    chunks: ChunkPositions | None,
 ) -> Any:
     """Reduce each item of one modality; clear its dropped slots in ``keep``; return the reduced encoder output.
 
     The method sees the content tokens only; structural tokens follow the rows they close (``vtr.layout``).
-    ``expand`` (virtual unmerging) keeps every slot, each carrying its output token's features.
+    ``expand`` (virtual unmerging) keeps every slot, each carrying its output token's features. ``chunks``
+    (positions="ppe") records each output token's per-chunk positions from the reduction's provenance.
     """
     rank_in_row = [0] * keep.shape[0]
     new_features, reductions = [], []
@@ -220,6 +225,9 @@ def _reduce_modality(
         reduction = merge if merge is not None else method.reduce(item)
         _check_reduction(method, item, reduction)
         provenance = reduction.provenance(item.num_tokens)
+        if chunks is not None:  # an encoder merge left no member features here: PPE uses its position proxy
+            centre = None if merge is not None else (item.features, reduction.output_features(item))
+            chunks.add(row, cols[layout.content], reduction.kept, provenance, centre)
         if expand:
             new_features.append(_expanded_features(method, item, feats, layout, reduction, provenance))
             structural = layout.structural

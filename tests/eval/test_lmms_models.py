@@ -15,6 +15,7 @@ from vtr.eval.lmms import CLASS_PATHS
 from vtr.eval.models.base import Reduced
 from vtr.eval.models.llava_hf import VtrLlavaHf, VtrLlavaHfChat
 from vtr.eval.records import GenerateRecorder, last_call_flops
+from vtr.positions import PositionScheme
 
 QUESTION = "what is in the image ?"
 IMAGE = testing.random_image()
@@ -36,6 +37,11 @@ def test_every_model_id_resolves_through_the_entry_point(model_id):
     simple, chat = get_model(model_id, force_simple=True), get_model(model_id)
     assert issubclass(simple, Reduced) and simple.is_simple
     assert issubclass(chat, Reduced) and chat.is_simple == (CLASS_PATHS[model_id][1] is None)
+
+
+def test_ppe_options_reach_the_wrapped_model(checkpoint):
+    model = loaded(VtrLlavaHf, checkpoint("llava"), method="pool", budget=4, positions="ppe", ppe_chunks="4")
+    assert model.model._vtr_state.positions == PositionScheme("ppe", 4, "nearest")
 
 
 def test_chat_generation_runs_reduced_and_carries_its_record(checkpoint):
@@ -79,6 +85,8 @@ def test_method_errors_come_before_the_checkpoint_loads():
         VtrLlavaHf(pretrained="/nonexistent", method="divprune", budget=4, layer=2)
     with pytest.raises(ValueError, match="batch_size=2: vtr models answer one request at a time"):
         VtrLlavaHf(pretrained="/nonexistent", method="divprune", budget=4, batch_size=2)
+    with pytest.raises(ValueError, match="ppe_members must be one of"):
+        VtrLlavaHf(pretrained="/nonexistent", method="pool", budget=4, positions="ppe", ppe_members="centre")
 
 
 class _SwallowingModelClass:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vtr
-from conftest import greedy_without_placeholders, make_inputs
+from conftest import greedy_without_placeholders, make_inputs, padded_inputs, row_alone
 from vtr.methods import DivPrune, FastV
 
 FAMILIES = ["llava", "qwen2_5_vl", "qwen3_vl"]
@@ -16,38 +16,13 @@ IN_LLM = {
     "holitom_inner": dict(method="holitom_inner"),
     "fastv_in_deepstack": dict(method="fastv", budget=5, layer=1, query="text"),
 }
-TWO_ROWS = dict(texts=["what ?", "describe this picture please , what is in it ?"], seeds=(0, 1))
-
-
-def _padded_inputs(processor, name):
-    inputs = make_inputs(processor, name, **TWO_ROWS)
-    assert (inputs["attention_mask"] == 0).any(), "the test needs left padding"
-    return inputs
-
-
-def _row(inputs, i: int) -> dict:
-    """Row ``i`` of a processor batch, alone and without its padding (pixels split per image)."""
-    keep = inputs["attention_mask"][i].bool()
-    out = {k: v[i:i + 1][:, keep] for k, v in inputs.items() if k in ("input_ids", "attention_mask",
-                                                                      "mm_token_type_ids")}
-    if "image_grid_thw" in inputs:
-        sizes = inputs["image_grid_thw"].prod(-1).tolist()
-        out["pixel_values"] = inputs["pixel_values"].split(sizes)[i]
-        out["image_grid_thw"] = inputs["image_grid_thw"][i:i + 1]
-    else:
-        out["pixel_values"] = inputs["pixel_values"][i:i + 1]
-        if "image_sizes" in inputs:
-            out["image_sizes"] = inputs["image_sizes"][i:i + 1]
-    return out
-
-
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("config", list(IN_LLM))
 def test_cached_generate_equals_uncached_recompute(tiny, name, attention, config):
     model, processor = tiny(name)
     model.set_attn_implementation(attention)
-    inputs = _padded_inputs(processor, name)
+    inputs = padded_inputs(processor, name)
     vtr.wrap(model, **IN_LLM[config])
     cached = model.generate(**inputs, **greedy_without_placeholders(model))
     per_layer = [s.visual_per_layer for s in vtr.stats(model).samples]
@@ -63,12 +38,12 @@ def test_cached_generate_equals_uncached_recompute(tiny, name, attention, config
 @pytest.mark.parametrize("config", ["fastv", "pdrop", "holitom_inner"])
 def test_padded_batch_equals_rows_alone(tiny, name, config):
     model, processor = tiny(name)
-    inputs = _padded_inputs(processor, name)
+    inputs = padded_inputs(processor, name)
     vtr.wrap(model, **IN_LLM[config])
     batch = model.generate(**inputs, **greedy_without_placeholders(model))
     new = batch.sequences[:, inputs["input_ids"].shape[1]:]
     for i in range(2):
-        alone = model.generate(**_row(inputs, i), **greedy_without_placeholders(model))
+        alone = model.generate(**row_alone(inputs, i), **greedy_without_placeholders(model))
         assert torch.equal(alone.sequences[0, -new.shape[1]:], new[i])
         for step_batch, step_alone in zip(batch.scores, alone.scores):
             assert torch.allclose(step_batch[i], step_alone[0], atol=1e-5)
@@ -77,7 +52,7 @@ def test_padded_batch_equals_rows_alone(tiny, name, config):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_cache_holds_the_reduced_length_from_layer_k_on(tiny, name):
     model, processor = tiny(name)
-    inputs = _padded_inputs(processor, name)
+    inputs = padded_inputs(processor, name)
     vtr.wrap(model, "pdrop", layers=(1, 3), ratio=0.5)
     out = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
     cache = out.past_key_values
@@ -95,7 +70,7 @@ def test_cache_holds_the_reduced_length_from_layer_k_on(tiny, name):
 @pytest.mark.parametrize("method", ["fastv", "holitom_inner", "pdrop"])
 def test_keep_all_at_layer_k_is_identical_to_unwrapped(tiny, name, method):
     model, processor = tiny(name)
-    inputs = _padded_inputs(processor, name)
+    inputs = padded_inputs(processor, name)
     expected = model.generate(**inputs, **greedy_without_placeholders(model))
     with torch.no_grad():
         expected_logits = model(**inputs).logits
@@ -134,7 +109,7 @@ def _masked_keys_reference(model, inputs, first_layer: int, dropped: torch.Tenso
 def test_prefill_logits_equal_dropped_tokens_masked_as_keys(tiny, name, layer):
     model, processor = tiny(name)
     model.set_attn_implementation("eager")
-    inputs = _padded_inputs(processor, name)
+    inputs = padded_inputs(processor, name)
     with vtr.reduced(model, "fastv", budget=0.3, layer=layer):
         with torch.no_grad():
             out = model(**inputs)
@@ -154,7 +129,7 @@ def test_prefill_logits_equal_dropped_tokens_masked_as_keys(tiny, name, layer):
 
 def test_pre_llm_and_in_llm_methods_compose(tiny):
     model, processor = tiny("qwen2_5_vl")
-    inputs = _padded_inputs(processor, "qwen2_5_vl")
+    inputs = padded_inputs(processor, "qwen2_5_vl")
     vtr.wrap(model, [DivPrune(budget=20), FastV(budget=8, layer=2)])
     cached = model.generate(**inputs, **greedy_without_placeholders(model))
     stats = vtr.stats(model)
@@ -179,7 +154,7 @@ def test_shared_options_route_to_the_methods_that_have_them(tiny):
 
 def test_forward_with_labels_reports_the_loss_on_kept_tokens(tiny):
     model, processor = tiny("llava")
-    inputs = _padded_inputs(processor, "llava")
+    inputs = padded_inputs(processor, "llava")
     labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
     vtr.wrap(model, "fastv", budget=0.25, layer=2)
     with torch.no_grad():

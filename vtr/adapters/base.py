@@ -32,6 +32,7 @@ class Adapter:
 
     model_types: ClassVar[tuple[str, ...]] = ()
     modalities_handled: ClassVar[tuple[str, ...]] = MODALITIES  # what the adapter knows how to lay out
+    rope_rows: ClassVar[int] = 1  # position rows the text model's rotary embedding reads (1-D RoPE)
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -163,6 +164,10 @@ class Adapter:
         """Positions the unwrapped ``forward`` uses when given none (``(B, L)`` or ``(rows, B, L)``)."""
         ids = inputs["input_ids"]
         return torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+
+    def rope_positions(self, positions: Tensor) -> Tensor:
+        """The ``(rope_rows, B, L)`` rows of ``(rows, B, L)`` positions that the rotary embedding reads."""
+        return positions[:1]
 
     def finish_positions(self, gathered: Tensor, attention_mask: Tensor, compact: bool) -> Tensor:
         """Turn the gathered ``(rows, B, L')`` positions into what the model takes.

@@ -27,6 +27,7 @@ class QwenVLAdapter(Adapter):
     """Qwen2-VL, Qwen2.5-VL and Qwen3-VL (whose deepstack features are reduced like the main ones)."""
 
     model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+    rope_rows = 3  # t/h/w (the text row of generate's 4-row position ids only builds the mask)
 
     def with_features(
         self, modality: str, output: ModelOutput, features: list[Tensor], reductions: list[Reduction]
@@ -114,13 +115,15 @@ class QwenVLAdapter(Adapter):
         # only used to build the mask, and a consecutive one keeps transformers from guessing packing.
         return self.generate_positions(inputs)
 
+    def rope_positions(self, positions: Tensor) -> Tensor:
+        # (4, B, L) from generate, or t/h/w (3 rows) / 1-D (1 row) positions a caller passed
+        return positions[1:] if positions.shape[0] == 4 else positions.expand(3, -1, -1)
+
     def finish_positions(self, gathered: Tensor, attention_mask: Tensor, compact: bool) -> Tensor:
         text_row = consecutive_positions(attention_mask)
         if compact:
             return text_row.expand(gathered.shape[0], -1, -1).contiguous()
-        # gathered is (4, B, L') from generate, or t/h/w (3 rows) / 1-D (1 row) positions a caller passed
-        spatial = gathered[1:] if gathered.shape[0] == 4 else gathered.expand(3, -1, -1)
-        return torch.cat([text_row, spatial], 0)
+        return torch.cat([text_row, self.rope_positions(gathered)], 0)
 
     def fill_missing_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """get_rope_index needs ``mm_token_type_ids`` (0 text, 1 image, 2 video); derive it if absent."""

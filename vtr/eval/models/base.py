@@ -4,7 +4,8 @@ It is a mixin placed before the lmms-eval class (``class VtrLlavaHf(Reduced, Lla
 loads the checkpoint exactly as it always does, then ``vtr.wrap`` installs the reduction on that
 model, so ``generate_until`` (lmms-eval's code) and ``loglikelihood`` (below) both run reduced.
 
-``--model_args pretrained=...,method=divprune,budget=64,positions=original,layer=2``: arguments the
+``--model_args pretrained=...,method=divprune,budget=64,positions=original,layer=2`` (PPE:
+``positions=ppe,ppe_chunks=8,ppe_members=nearest``): arguments the
 lmms-eval class takes go to it, every other one is a method option. ``method`` may compose stages
 with ``+`` (``divprune+fastv``); ``none`` (the default) keeps every token and still records counts.
 """
@@ -21,23 +22,26 @@ from lmms_eval.api.instance import GenerationResult, Instance, unwrap_generation
 import vtr
 from vtr.eval.records import GenerateRecorder, ReducedTokenCounts, call_record
 from vtr.methods import Method, make_methods
+from vtr.positions import PositionScheme
 
 
 class Reduced:
     """Mixin for an lmms-eval model class; see the module docstring."""
 
     def __init__(self, method: str | None = None, budget: int | float | None = None,
-                 positions: str = "original", **kwargs: Any) -> None:
+                 positions: str = "original", ppe_chunks: int | str | None = None, ppe_members: str | None = None,
+                 **kwargs: Any) -> None:
         accepted = _named_parameters(super().__init__)
         options = {key: value for key, value in kwargs.items() if key not in accepted}
         methods = configure(method, budget, options)  # before the checkpoint loads: fail in seconds
+        scheme = PositionScheme.make(positions, None if ppe_chunks is None else int(ppe_chunks), ppe_members)
         if str(kwargs.get("batch_size", 1)) != "1":
             raise ValueError(
                 f"batch_size={kwargs['batch_size']}: vtr models answer one request at a time so that every "
                 f"logged sample carries its own visual-token and FLOPs counts; drop --batch_size or set it to 1"
             )
         super().__init__(**{key: value for key, value in kwargs.items() if key in accepted})
-        vtr.wrap(self.model, methods, positions=positions)
+        vtr.wrap(self.model, methods, positions=scheme)
         self._generations = GenerateRecorder(self.model)
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
