@@ -282,11 +282,12 @@ def test_original_positions_come_from_the_origins_on_qwen(tiny):
     assert all(p in grid_hw for p in hw) and len({tuple(p) for p in hw}) == len(hw)
 
 
-@pytest.mark.parametrize("positions", ["original", "compact"])
+@pytest.mark.parametrize("positions", ["original", "compact", "ppe"])
 @pytest.mark.parametrize("name, tau", [("llava_onevision", 0.5), ("qwen2_5_vl", 0.15)])
 def test_segments_mixing_static_and_dynamic_tokens_cached_equals_uncached(tiny, name, tau, positions):
     """A tau between the noise video's similarities: windows hold static clusters and dynamic tokens, so the
-    reference order puts original positions out of order; generation must still be exact."""
+    reference order puts original positions out of order; generation must still be exact (PPE: the model
+    gets the original ids, merged tokens' chunks rotate with their members' positions over the frames)."""
     model, processor = tiny(name)
     inputs = _video_inputs(processor, name, kinds=("noise",))
     vtr.wrap(model, "holitom", budget=0.5, tau=tau, positions=positions)
