@@ -65,14 +65,20 @@ def main() -> None:
                                     else f"cuda ({name})", case=label, n=n, dim=dim, keep=keep,
                                     method=method.name, dtype=args.dtype, median_ms=statistics.median(times),
                                     min_ms=min(times), max_ms=max(times), repeats=args.repeats))
-    header = f"{'device':<34} {'case':<16} {'N':>5} {'D':>5} {'k':>4} {'method':<9} {'median ms':>10} {'min-max ms':>17}"
+    report(results, [("device", "device", "<34"), ("case", "case", "<16"), ("n", "N", ">5"), ("dim", "D", ">5"),
+                     ("keep", "k", ">4"), ("method", "method", "<9")], args.json)
+
+
+def report(results: list[dict], columns: list[tuple[str, str, str]], json_path: str | None) -> None:
+    """Print one row per result (``columns``: key, header, format spec) plus the timings; write the JSON."""
+    header = " ".join(f"{title:{spec}}" for _, title, spec in columns) + f" {'median ms':>10} {'min-max ms':>17}"
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['device']:<34} {r['case']:<16} {r['n']:>5} {r['dim']:>5} {r['keep']:>4} {r['method']:<9} "
-              f"{r['median_ms']:>10.2f} {r['min_ms']:>8.2f}-{r['max_ms']:<8.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
+        print(" ".join(f"{r[key]:{spec}}" for key, _, spec in columns)
+              + f" {r['median_ms']:>10.2f} {r['min_ms']:>8.2f}-{r['max_ms']:<8.2f}")
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(results, f, indent=2)
 
 

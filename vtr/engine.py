@@ -91,7 +91,7 @@ def _reduce_inputs(
     keep = mask.bool().clone()  # original padding is dropped here and rebuilt below
     items_per_row: list[list[ItemStats]] = [[] for _ in range(ids.shape[0])]
     columns = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-    roles = _TokenRoles(torch.full_like(ids, -1), torch.zeros_like(keep), columns.clone())
+    roles = _TokenRoles(torch.full_like(ids, -1), torch.zeros_like(keep), columns.clone(), columns.clone())
     expand = vision is not None and vision.vtu
     mm_encoder_outputs = {
         visual.modality: _reduce_modality(adapter, method, visual, keep, items_per_row, roles, expand, chunks)
@@ -107,8 +107,9 @@ def _reduce_inputs(
         if key in kwargs and key != "position_ids" and isinstance(value, Tensor) and value.shape[:2] == ids.shape:
             kwargs[key] = _gather_columns(value, kept_index, pad=_pad_value(adapter, key))
     kwargs["attention_mask"] = new_mask
+    position_source = _gather_columns(roles.position, kept_index, pad=-1)
     kwargs["position_ids"] = adapter.finish_positions(
-        _gather_positions(full_positions, kept_index), new_mask, compact
+        _gather_positions(full_positions, position_source), new_mask, compact
     )
     kwargs["mm_encoder_outputs"] = mm_encoder_outputs
 
@@ -135,12 +136,14 @@ def _reduce_inputs(
 
 @dataclass
 class _TokenRoles:
-    """Per input column: the visual item a content token belongs to (-1 = none), structural tokens, and
-    the column whose token stands for it (itself, unless virtual unmerging copies a merged token)."""
+    """Per input column: the visual item a content token belongs to (-1 = none), structural tokens, the
+    column whose token stands for it (itself, unless virtual unmerging copies a merged token), and the
+    column whose original position it takes (itself, unless the reduction's ``origin`` moves it)."""
 
     item: Tensor
     structural: Tensor
     representative: Tensor
+    position: Tensor
     count: int = 0
 
 
@@ -238,6 +241,9 @@ def _reduce_modality(
             dropped[slots.to(cols.device)] = False
             keep[row, cols[dropped]] = False
         roles.item[row, cols[layout.content[reduction.kept].to(cols.device)]] = roles.count
+        if reduction.origin is not None:
+            roles.position[row, cols[layout.content[reduction.kept].to(cols.device)]] = cols[
+                layout.content[reduction.origin].to(cols.device)]
         roles.structural[row, cols[structural.to(cols.device)]] = True
         roles.count += 1
         reductions.append(reduction)
@@ -318,10 +324,14 @@ def _check_reduction(method: Method, item: VisualItem, reduction: Reduction) -> 
     ok = ok and int(kept[0]) >= 0 and int(kept[-1]) < item.num_tokens and bool((kept[1:] > kept[:-1]).all())
     out = reduction.output_features(item)
     ok = ok and out.shape == (kept.numel(), item.features.shape[-1])
+    origin = reduction.origin
+    ok = ok and (origin is None or (origin.shape == kept.shape and not origin.is_floating_point()
+                                    and bool(((origin >= 0) & (origin < item.num_tokens)).all())))
     if not ok:
         raise ReductionError(
             f"{method.describe()} returned an invalid reduction for a {item.modality} of {item.num_tokens} "
-            f"tokens: kept indices must be ascending, unique and in range, with one feature row each"
+            f"tokens: kept indices must be ascending, unique and in range, with one feature row each (and one "
+            f"in-range origin each, when given)"
         )
 
 

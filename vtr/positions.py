@@ -1,7 +1,8 @@
 """What a reduced token's position is: its original one, a compact re-index, or PPE's several.
 
 ``original``: every kept token keeps its original 1-D or M-RoPE position (gaps included); a merged
-token takes the position of its slot (the kept index of its reduction). ``compact``: kept tokens are
+token takes the position of its slot (the kept index of its reduction, or its ``origin`` when the
+reduction gives one: HoliTom's merged tokens in the reference order). ``compact``: kept tokens are
 re-indexed consecutively. ``ppe`` (Positional Preservation Embedding, Huang et al., ICLR 2026): the
 model still receives the ``original`` position ids (masks, decode steps and ``rope_deltas`` follow
 them), but the rotary frequencies of every token are split into ``chunks`` bands and band k of a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -11,8 +12,11 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 import vtr
 from conftest import MODELS, VIDEO_MODELS, greedy_without_placeholders, make_inputs
 from vtr import testing
-from vtr.measure.flops import (FlopsBreakdown, VisualInput, call_flops, format_breakdown, model_flops,
-                               tokens_per_layer, visual_inputs)
+from vtr.layout import Segment
+from vtr.measure.flops import (FlopsBreakdown, VisualInput, _holitom_flops, call_flops, format_breakdown,
+                               model_flops, tokens_per_layer, visual_inputs)
+from vtr.methods import HoliTom, VisualItem
+from vtr.stats import ItemStats
 
 TOLERANCE = 0.02
 CASES = [(name, "image") for name in MODELS] + [(name, "video") for name in VIDEO_MODELS]
@@ -99,6 +103,29 @@ def test_holitom_inner_matches_flop_counter(tiny, name, kind):
     measured = _counted(lambda: model(**inputs))
     (breakdown,) = call_flops(model, inputs, logits="all")
     _assert_close(measured, _modelled(breakdown))
+
+
+def test_holitom_matches_flop_counter(tiny):
+    """The whole call (vision attention capture included) agrees, and the DPC-KNN distance matmul is exact:
+    the model reads it off the provenance, the counter off the method's own run."""
+    model, processor = tiny("qwen2_5_vl")
+    frame = testing.random_video(1, 64, 48, seed=0)
+    inputs = processor(videos=[np.repeat(frame, 4, axis=0)], text=[testing.prompt(processor, "what ?", images=0,
+                                                                                     videos=1)], return_tensors="pt")
+    vtr.wrap(model, "holitom", budget=0.1)  # one segment of 48 static tokens, 10 clusters
+    measured = _counted(lambda: model(**inputs))
+    (breakdown,) = call_flops(model, inputs, logits="all")
+    assert breakdown.total == pytest.approx(measured["total"], rel=TOLERANCE)
+    features = torch.randn(2 * 48, 64, generator=torch.Generator().manual_seed(0))
+    features[48:] = features[:48] + 0.01 * torch.randn(48, 64, generator=torch.Generator().manual_seed(1))
+    features[:3] = torch.randn(3, 64)  # three dynamic positions in the first frame
+    item = VisualItem(features, (Segment(0, (2, 8, 6)),), "video", 0, {"holitom": (torch.rand(96), torch.zeros(96, 1))})
+    method = HoliTom(budget=0.1)
+    with FlopCounterMode(display=False) as counter:
+        reduction = method.reduce(item)
+    stats = ItemStats("video", 96, reduction.kept.numel(), provenance=tuple(reduction.provenance(96).tolist()))
+    assert counter.get_total_flops() == 2 * 45 * 45 * 64 > 0
+    assert _holitom_flops(model.config, stats, VisualInput("video", 2, 16, 12)) == counter.get_total_flops()
 
 
 VISION_WRAPS = {

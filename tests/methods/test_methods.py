@@ -59,8 +59,8 @@ def test_pool_on_video_pools_space_first():
 
 
 def test_registry_and_option_errors():
-    assert available_methods() == ["divprune", "dymu", "fastv", "hiprune", "holitom_inner", "none", "pdrop", "pool",
-                                   "random", "tome", "visionzip"]
+    assert available_methods() == ["divprune", "dymu", "fastv", "hiprune", "holitom", "holitom_inner", "none", "pdrop",
+                                   "pool", "random", "tome", "visionzip"]
     assert make_method("random", 0.5, seed=7) == RandomSelect(budget=0.5, seed=7)
     with pytest.raises(ValueError, match="unknown method .fastv2.*available: divprune, dymu, fastv, hiprune"):
         make_method("fastv2", 64)

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from vtr.adapters import llava_video_attention
 from vtr.adapters.base import Adapter
 from vtr.adapters.llava_attention import anyres_image_attention, encoder_attention, recording_packing, with_crops
 from vtr.adapters.llava_merging import anyres_merges, spreading_projector
@@ -120,9 +121,7 @@ class LlavaNextAdapter(_LlavaTowerAdapter):
         if modality == "image":
             return anyres_image_attention(self.vision_attention_module, capture, requests, self._image_packing,
                                           _dropped_cls(self.config))
-        raise ReductionError(f"vtr cannot yet map vision-encoder attention to the {modality} tokens of "
-                             f"{self.config.model_type} models; methods that need it (hiprune, visionzip, "
-                             f'allocation="thumbnail") run on its images')
+        return llava_video_attention.video_attention(self, capture, requests, inputs)
 
     # vision-encoder merging of AnyRes images: vtr.adapters.llava_merging
     def merging_encode(self, modality: str, merging: EncoderMerging):

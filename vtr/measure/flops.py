@@ -50,10 +50,12 @@ Assumptions, each the behaviour of transformers 5.x:
   projected features, for each visual input or part its allocation selects in); an in-LLM method's
   score recompute at layer K-1 (k_proj of every token, q_proj of the query rows, q k^T per head);
   HoliTom's token-similarity matrix at layer K (L x L x D, L the tokens entering layer K); the vision
-  attention HiPrune / VisionZip / ``allocation="thumbnail"`` ask for (q/k projections of the requested
-  encoder layer and the score matmul of the requested query rows, per attention sequence: image, crop,
-  frame or window; each request on its own, as vtr computes them), and
-  VisionZip's key similarity to its contextual targets; a vision-stage merge's A x B key similarity
+  attention HiPrune / VisionZip / HoliTom / ``allocation="thumbnail"`` ask for (q/k projections of the
+  requested encoder layer and the score matmul of the requested query rows, per attention sequence: image,
+  crop, frame or window; each request on its own, as vtr computes them), VisionZip's key similarity to its
+  contextual targets, and HoliTom's DPC-KNN distance matrix (n x n x D over the temporal means of each
+  segment's n static tokens, where it clusters; its per-position frame similarities are elementwise
+  products, no matmul); a vision-stage merge's A x B key similarity
   after every merging layer that merges at all (it runs inside the encoder, so a flop counter books it
   under the vision tower). Keep-all, random and pooling multiply nothing; methods vtr does not ship
   count 0.
@@ -73,7 +75,7 @@ from transformers import PreTrainedConfig
 from vtr.api import _state, is_wrapped
 from vtr.adapters.llava import llava_merge_target_shape, llava_protected, llava_vision_info
 from vtr.adapters.qwen_vl import qwen_vision_info
-from vtr.methods import DivPrune, HoliTomInner, LayerMethod, Method, VisionMethod, VisionZip
+from vtr.methods import DivPrune, HoliTom, HoliTomInner, LayerMethod, Method, VisionMethod, VisionZip
 from vtr.methods.base import BudgetedMethod, VisionInfo, split_budget
 from vtr.methods.vision import EncoderGeometry
 from vtr.stats import CallStats, ItemStats, SampleStats
@@ -405,6 +407,31 @@ def _visionzip_flops(config: PreTrainedConfig, method: VisionZip, stats: ItemSta
     return total
 
 
+def _holitom_flops(config: PreTrainedConfig, stats: ItemStats, item: VisualInput) -> float:
+    """DPC-KNN's distance matmul in every segment that clusters (``vtr.methods.holitom``), read off the
+    provenance: a static merged token stands for its members in every frame of its segment."""
+    if item.modality != "video" or not stats.provenance:
+        return 0.0
+    provenance = torch.tensor(stats.provenance)
+    per_frame = provenance.numel() // item.frames
+    tokens = (provenance >= 0).nonzero().squeeze(1)
+    outputs, frames = provenance[tokens], tokens // per_frame
+    n_out = int(outputs.max()) + 1 if outputs.numel() else 0
+    first = torch.full((n_out,), item.frames).scatter_reduce(0, outputs, frames, "amin")
+    last = torch.full((n_out,), -1).scatter_reduce(0, outputs, frames, "amax")
+    size = torch.bincount(outputs, minlength=n_out)
+    static = last > first
+    d = config.get_text_config().hidden_size
+    total = 0.0
+    for start in first[static].unique().tolist():
+        in_segment = static & (first == start)
+        width = int(last[in_segment][0]) - start + 1
+        n_static, clusters = int(size[in_segment].sum()) // width, int(in_segment.sum())
+        if clusters < n_static:
+            total += _linear(n_static, d, n_static)
+    return total
+
+
 def _layer_method_flops(config: PreTrainedConfig, method: LayerMethod, sample: SampleStats) -> float:
     """Score recompute at layer K-1 (``vtr.llm.scores``) and HoliTom's similarity at layer K, per K."""
     if not sample.visual_per_layer:  # no visual tokens: the in-LLM stage did not run
@@ -454,9 +481,11 @@ def reduction_flops(
     total = 0.0
     if isinstance(pre_llm, DivPrune):
         total += sum(_divprune_flops(config, pre_llm, s, item) for s, item in zip(sample.items, visual))
-    if pre_llm is not None:  # hiprune, visionzip, allocation="thumbnail" (images)
+    if pre_llm is not None:  # hiprune, visionzip, holitom, allocation="thumbnail" (images)
         total += sum(_attention_capture_flops(config, pre_llm, item) for item in visual
                      if pre_llm.wants_attention(item.modality))
+    if isinstance(pre_llm, HoliTom):
+        total += sum(_holitom_flops(config, s, item) for s, item in zip(sample.items, visual))
     if isinstance(pre_llm, VisionZip):
         total += sum(_visionzip_flops(config, pre_llm, s, item) for s, item in zip(sample.items, visual))
     if in_llm is not None:

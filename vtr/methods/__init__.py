@@ -10,6 +10,7 @@ from vtr.methods.divprune import DivPrune
 from vtr.methods.dymu import DyMU
 from vtr.methods.fastv import FastV
 from vtr.methods.hiprune import HiPrune
+from vtr.methods.holitom import HoliTom
 from vtr.methods.holitom_inner import HoliTomInner
 from vtr.methods.layer import LayerMethod
 from vtr.methods.pdrop import PDrop
@@ -20,8 +21,8 @@ from vtr.methods.vision import VisionMethod
 from vtr.methods.visionzip import VisionZip
 
 REGISTRY: dict[str, type[Method]] = {
-    cls.name: cls for cls in (KeepAll, DivPrune, RandomSelect, Pool, HiPrune, VisionZip, FastV, PDrop, HoliTomInner,
-                              ToMe, DyMU)
+    cls.name: cls for cls in (KeepAll, DivPrune, RandomSelect, Pool, HiPrune, VisionZip, HoliTom, FastV, PDrop,
+                              HoliTomInner, ToMe, DyMU)
 }
 
 
@@ -105,6 +106,7 @@ __all__ = [
     "DyMU",
     "FastV",
     "HiPrune",
+    "HoliTom",
     "HoliTomInner",
     "KeepAll",
     "LayerMethod",

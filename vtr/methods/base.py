@@ -18,7 +18,7 @@ from vtr.budget import Budget
 from vtr.errors import ReductionError
 from vtr.layout import Segment
 from vtr.methods.allocation import crop_masses, split_by_weight
-from vtr.ops.grid import group_mean
+from vtr.ops.grid import group_mean, group_weighted_sum
 from vtr.vision.attention import AttentionRequest
 
 
@@ -111,9 +111,13 @@ class Reduction:
     """What a method returns for one item.
 
     ``kept``: ascending token indices, one per output token: the placeholder slot the output token
-    occupies and whose original position it takes. ``features``: the output rows when the method merges
-    (``None`` means ``item.features[kept]``). ``assignment``: for merges, the output token each input
-    token was folded into (``-1`` = dropped); this provenance drives positions and statistics.
+    occupies and, unless ``origin`` says otherwise, whose original position it takes. ``features``: the
+    output rows when the method merges (``None`` means ``apply(item.features)``). ``assignment``: for
+    merges, the output token each input token was folded into (``-1`` = dropped); this provenance drives
+    positions and statistics. ``weights``: each input token's weight in its output token (summing to 1
+    per output token; ``None`` = the plain mean of the members). ``origin``: for methods whose output
+    order is not the order of original positions (HoliTom), the content index whose original position
+    each output token takes (``None`` = ``kept``); output token i still sits in slot ``kept[i]``.
     ``parts``: what an allocation did (``Reduction.concat``); the FLOPs model reads it.
     """
 
@@ -121,16 +125,22 @@ class Reduction:
     features: Tensor | None = None
     assignment: Tensor | None = None
     parts: tuple[tuple[int, int], ...] = ()  # (tokens, kept) per part, when an allocation split the item
+    weights: Tensor | None = None
+    origin: Tensor | None = None
 
     def apply(self, values: Tensor) -> Tensor:
         """Reduce another per-token tensor (N, ...) of the same item the same way.
 
-        Selection gathers the kept rows; a merge averages each output token's members. Adapters use it
-        for per-token side outputs of the encoder (Qwen3-VL's deepstack features).
+        Selection gathers the kept rows; a merge averages each output token's members (weighted by
+        ``weights`` when given). Adapters use it for per-token side outputs of the encoder (Qwen3-VL's
+        deepstack features).
         """
         if self.assignment is None:
             return values[self.kept]
         members = self.assignment >= 0
+        if self.weights is not None:
+            return group_weighted_sum(values[members], self.assignment[members], self.weights[members],
+                                      self.kept.numel())
         return group_mean(values[members], self.assignment[members], self.kept.numel())
 
     def provenance(self, num_tokens: int) -> Tensor:
@@ -150,6 +160,9 @@ class Reduction:
         """One reduction of the whole item from reductions of the parts that tile it: (where, part,
         reduction), ``where`` being the part's first content index (a contiguous part) or its ascending
         content indices (an AnyRes crop). Records each part's (tokens, kept) in ``parts``."""
+        if any(r.origin is not None or r.weights is not None for _, _, r in parts):
+            raise ValueError("Reduction.concat joins selections and plain-mean merges; a part with origins or "
+                             "weights (HoliTom's) must reduce the whole item itself")
         members = [torch.arange(where, where + part.num_tokens, device=part.features.device)
                    if isinstance(where, int) else where for where, part, _ in parts]
         kept, order = torch.cat([m[r.kept] for m, (_, _, r) in zip(members, parts)]).sort()

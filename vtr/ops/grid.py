@@ -35,6 +35,14 @@ def group_mean(x: Tensor, assignment: Tensor, n_groups: int) -> Tensor:
     return (sums / counts).to(x.dtype)
 
 
+def group_weighted_sum(x: Tensor, assignment: Tensor, weights: Tensor, n_groups: int) -> Tensor:
+    """Sum of the rows of ``x`` (N, D) times ``weights`` (N,) per group id in ``assignment``; float32
+    accumulation. With weights summing to 1 per group it is a weighted mean (HoliTom's centre merge)."""
+    sums = torch.zeros(n_groups, x.shape[-1], dtype=torch.float32, device=x.device)
+    sums.index_add_(0, assignment, x.float() * weights.float().unsqueeze(-1))
+    return sums.to(x.dtype)
+
+
 def group_first_member(assignment: Tensor, n_groups: int) -> Tensor:
     """Lowest token index in each group: the slot (and original position) a merged token takes."""
     n = assignment.shape[0]
