@@ -87,11 +87,12 @@ def test_qwen_video_attention_per_frame_equals_eager(tiny):
     assert got.numel() == t * int(inputs["video_grid_thw"][0, 1] * inputs["video_grid_thw"][0, 2]) // 4
 
 
+@pytest.mark.parametrize("name", ["llava_onevision", "llava_next_video"])
 @pytest.mark.parametrize("method", ["hiprune", "visionzip"])
-def test_attention_methods_run_on_llava_videos(tiny, method):
+def test_attention_methods_run_on_llava_videos(tiny, name, method):
     """The mapping serves every method that asks for vision attention, not only HoliTom."""
-    model, processor = tiny("llava_onevision")
-    inputs = make_inputs(processor, "llava_onevision", "video", texts=["what ?", "what is in it ?"], seeds=(0, 1))
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name, "video", texts=["what ?", "what is in it ?"], seeds=(0, 1))
     greedy = greedy_without_placeholders(model)
     vtr.wrap(model, method, budget=6)
     cached = model.generate(**inputs, **greedy)

@@ -137,10 +137,3 @@ def test_hiprune_buffers_are_neighbours_on_the_packed_anyres_grid(tiny, name):
         for ny, nx in ((y, x), (y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
             if 0 <= ny < h and 0 <= nx < w:
                 assert segment.start + ny * w + nx in kept
-
-
-def test_video_attention_of_llava_next_video_is_refused_clearly(tiny):
-    model, processor = tiny("llava_next_video")
-    vtr.wrap(model, "hiprune", budget=8)
-    with pytest.raises(vtr.ReductionError, match="cannot yet map vision-encoder attention to the video tokens"):
-        model.generate(**make_inputs(processor, "llava_next_video", "video"), max_new_tokens=2)
