@@ -41,6 +41,7 @@ from vtr.testing import CHAT_TEMPLATE_LLAVA  # noqa: E402
 PATCH = 8
 GRID = synthetic.IMAGE_SIZE // PATCH  # 14 x 14 patches
 MIN_COVER = PATCH * PATCH // 4  # object pixels for a patch to count as showing the object
+KEY_WORDS = [*synthetic.COLORS, *synthetic.SHAPES, "many"]  # what a question is about (attention_loss)
 CHAT_WORDS = ["USER", "ASSISTANT", ":"]
 
 
@@ -69,7 +70,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> LlavaForCondit
                pad_token_id=tokenizer.pad_token_id)
     vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                               image_size=synthetic.IMAGE_SIZE, patch_size=PATCH, projection_dim=64)
-    text = LlamaConfig(vocab_size=64 * math.ceil(len(tokenizer) / 64), hidden_size=128, intermediate_size=256,
+    text = LlamaConfig(vocab_size=64 * math.ceil(len(tokenizer) / 64), hidden_size=64, intermediate_size=192,
                        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
                        max_position_embeddings=512, tie_word_embeddings=True, **ids)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(
@@ -86,12 +87,16 @@ def prompt(question: str) -> str:
     return f"USER: <image>\n{question} ASSISTANT:"
 
 
-def patch_targets(scene: synthetic.Scene) -> torch.Tensor:
-    """(GRID * GRID, 2): per patch, 1 + the colour index and 1 + the shape index of the object covering at
-    least ``MIN_COVER`` of its pixels (the most covering one), 0 on the background."""
+def patch_cover(scene: synthetic.Scene) -> torch.Tensor:
+    """(GRID * GRID, objects): pixels of each object in each patch, patches in row-major order."""
     mask = torch.from_numpy(synthetic.object_mask(scene).astype("int64"))
     patches = mask.reshape(GRID, PATCH, GRID, PATCH).permute(0, 2, 1, 3).reshape(GRID * GRID, PATCH * PATCH)
-    cover = torch.nn.functional.one_hot(patches, len(scene.objects) + 1).sum(1)[:, 1:]  # (patches, objects)
+    return torch.nn.functional.one_hot(patches, len(scene.objects) + 1).sum(1)[:, 1:]
+
+
+def patch_targets(cover: torch.Tensor, scene: synthetic.Scene) -> torch.Tensor:
+    """(GRID * GRID, 2): per patch, 1 + the colour index and 1 + the shape index of the object covering at
+    least ``MIN_COVER`` of its pixels (the most covering one), 0 on the background."""
     best = cover.argmax(1)
     shown = cover.gather(1, best[:, None])[:, 0] >= MIN_COVER
     colors = torch.tensor([1 + list(synthetic.COLORS).index(o.color) for o in scene.objects])
@@ -99,17 +104,29 @@ def patch_targets(scene: synthetic.Scene) -> torch.Tensor:
     return torch.stack([torch.where(shown, colors[best], 0), torch.where(shown, shapes[best], 0)], dim=1)
 
 
+def evidence_patches(cover: torch.Tensor, turns: list[synthetic.Question], questions: int) -> torch.Tensor:
+    """(questions, GRID * GRID) bool: the patches showing each turn's evidence objects (none for an absent
+    colour, and for turns past the last)."""
+    out = torch.zeros(questions, cover.shape[0], dtype=torch.bool)
+    for t, turn in enumerate(turns):
+        for obj in turn.evidence:
+            out[t] |= cover[:, obj] >= MIN_COVER
+    return out
+
+
 def training_batch(processor: LlavaProcessor, start: int, size: int, questions: int) -> dict[str, torch.Tensor]:
     """Items ``start .. start + size - 1`` of the train split, right-padded (so every row starts at
-    position 0, as an unpadded prompt does), labels on the answers and their ``</s>``, and the dense
-    per-patch targets (``patch_targets``)."""
-    images, texts, targets = [], [], []
+    position 0, as an unpadded prompt does), labels on the answers and their ``</s>``, the dense
+    per-patch targets (``patch_targets``) and each turn's evidence patches (``evidence_patches``)."""
+    images, texts, targets, evidence = [], [], [], []
     for index in range(start, start + size):
         scene, turns = synthetic.training_item(index, questions)
         images.append(synthetic.render(scene))
-        targets.append(patch_targets(scene))
-        parts = [prompt(turns[0][0]) + f" {turns[0][1]} </s>"]
-        parts += [f"USER: {question} ASSISTANT: {answer} </s>" for question, answer in turns[1:]]
+        cover = patch_cover(scene)
+        targets.append(patch_targets(cover, scene))
+        evidence.append(evidence_patches(cover, turns, questions))
+        parts = [prompt(turns[0].text) + f" {turns[0].answer} </s>"]
+        parts += [f"USER: {turn.text} ASSISTANT: {turn.answer} </s>" for turn in turns[1:]]
         texts.append(" ".join(parts))
     batch = processor(images=images, text=texts, return_tensors="pt", padding=True, padding_side="right")
     ids = batch["input_ids"]
@@ -119,7 +136,36 @@ def training_batch(processor: LlavaProcessor, start: int, size: int, questions: 
     after_prompt = torch.zeros_like(ids, dtype=torch.bool)  # the token right after "ASSISTANT :" is an answer
     after_prompt[:, 2:] = (ids[:, :-2] == assistant) & (ids[:, 1:-1] == colon)
     labels = torch.where(after_prompt | (ids == eos), ids, torch.full_like(ids, -100))
-    return {**batch, "labels": labels, "patch_targets": torch.stack(targets)}
+    query = torch.full((size, questions), -1)  # the ":" before each answer, -1 past a row's last turn
+    keys = torch.zeros(size, questions, ids.shape[1], dtype=torch.bool)  # each turn's key words
+    user, key_ids = tokenizer.convert_tokens_to_ids("USER"), torch.tensor(tokenizer.convert_tokens_to_ids(KEY_WORDS))
+    for row in range(size):
+        answers = after_prompt[row].nonzero()[:, 0]
+        query[row, :len(answers)] = answers - 1
+        starts = (ids[row] == user).nonzero()[:, 0]
+        for turn, (start, answer) in enumerate(zip(starts, answers)):
+            span = torch.arange(ids.shape[1])
+            keys[row, turn] = (span > start) & (span < answer) & torch.isin(ids[row], key_ids)
+    image_positions = (ids == processor.image_token_id).nonzero()[:, 1].reshape(size, -1)
+    patches = torch.zeros(size, questions, ids.shape[1], dtype=torch.bool)
+    patches.scatter_(2, image_positions[:, None, :].expand(-1, questions, -1), torch.stack(evidence))
+    return {**batch, "labels": labels, "patch_targets": torch.stack(targets), "query_positions": query,
+            "key_words": keys, "evidence": patches}
+
+
+def attention_loss(attention: torch.Tensor, query: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log of the attention mass head 0 of one decoder layer (``attention``: its (rows, heads, L, L)
+    weights) puts, from each turn's ``query`` position (rows, turns; -1 = no turn), on that turn's
+    ``targets`` (rows, turns, L) bool; turns without a target do not count.
+
+    Without this the decoder, trained from scratch, takes thousands of steps to discover which of ~250
+    tokens matter: under uniform attention each relevant token gets 1/250 of the gradient. Supervising
+    one head per hop breaks that symmetry (layer 0: the question's key words; layer 1: the evidence
+    patches); the other heads stay free, and nothing of this changes the model's architecture."""
+    rows = attention[:, 0].gather(1, query.clamp(min=0)[..., None].expand(-1, -1, attention.shape[-1]))
+    mass = (rows * targets).sum(-1)
+    valid = (query >= 0) & targets.any(-1)
+    return -(mass[valid] + 1e-6).log().mean()
 
 
 class PatchProbe(torch.nn.Module):
@@ -188,6 +234,7 @@ def main() -> None:
     tokenizer = build_tokenizer()
     processor = build_processor(tokenizer)
     model = build_model(tokenizer, args.seed).train()
+    model.set_attn_implementation("eager")  # attention weights for attention_loss; saved as sdpa below
     probe = PatchProbe(model)
     params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {params / 1e6:.2f}M", flush=True)
@@ -201,21 +248,27 @@ def main() -> None:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         batch = training_batch(processor, step * args.batch_size, args.batch_size, args.questions)
-        targets = batch.pop("patch_targets")
-        language = model(**batch).loss
-        patches = probe.loss(targets)
+        extra = {key: batch.pop(key) for key in ("patch_targets", "query_positions", "key_words", "evidence")}
+        out = model(**batch, output_attentions=True)
+        language = out.loss
+        patches = probe.loss(extra["patch_targets"])
+        query = extra["query_positions"]
+        looking = (attention_loss(out.attentions[0], query, extra["key_words"])
+                   + attention_loss(out.attentions[1], query, extra["evidence"]))
         optimizer.zero_grad(set_to_none=True)
-        (language + args.aux_weight * patches).backward()
+        (language + args.aux_weight * (patches + looking)).backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         optimizer.step()
         if step % 25 == 0:
             print(f"step {step} loss {language.item():.4f} patch loss {patches.item():.4f} "
+                  f"attention loss {looking.item():.4f} "
                   f"elapsed {time.monotonic() - started:.0f}s", flush=True)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             scores = evaluate(model, processor, "val", args.val_samples)
             history.append({"step": step + 1, "elapsed_s": round(time.monotonic() - started), **scores})
             print("val", json.dumps(history[-1]), flush=True)
     model.eval()
+    model.set_attn_implementation("sdpa")
     model.save_pretrained(args.out)
     processor.save_pretrained(args.out)
     (args.out / "training.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},

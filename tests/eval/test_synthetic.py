@@ -39,28 +39,36 @@ def test_answers_follow_the_scene():
         by_shape = {o.shape: o for o in objects}
         assert len(by_color) == len(by_shape) == len(objects)  # colours and shapes are unique in a scene
         words = item.question.split()
+        evidence = [objects[i] for i in item.evidence]
         if item.question_type == "color":
-            assert item.answer == by_shape[words[4]].color
+            assert item.answer == by_shape[words[4]].color and evidence == [by_shape[words[4]]]
         elif item.question_type == "shape":
-            assert item.answer == by_color[words[4]].shape
+            assert item.answer == by_color[words[4]].shape and evidence == [by_color[words[4]]]
         elif item.question_type == "count":
-            assert item.answer == synthetic.COUNTS[len(objects) - 1]
+            assert item.answer == synthetic.COUNTS[len(objects) - 1] and evidence == list(objects)
         elif item.question_type == "position":
             first, second = by_color[words[2]], by_color[words[9]]
             assert abs(first.center_x - second.center_x) >= synthetic.MIN_DX
             assert item.answer == ("left" if first.center_x < second.center_x else "right")
+            assert evidence == [first, second]
         else:
             assert item.answer == ("yes" if words[3] in by_color else "no")
+            assert evidence == ([by_color[words[3]]] if item.answer == "yes" else [])
         assert set(words) <= set(synthetic.vocabulary())
 
 
-def test_objects_are_drawn_where_the_scene_says():
+def test_objects_are_drawn_where_the_scene_and_its_mask_say():
     item = synthetic.sample("test", 3)
     pixels = np.asarray(item.image()).astype(int)
-    for obj in item.scene.objects:
+    mask = synthetic.object_mask(item.scene)
+    for i, obj in enumerate(item.scene.objects):
         centre = pixels[obj.top + obj.size * 2 // 3, obj.left + obj.size // 2]  # inside every shape
         assert np.abs(centre - synthetic.COLORS[obj.color]).max() == 0
+        assert (pixels[mask == i + 1] == synthetic.COLORS[obj.color]).all()
+        ys, xs = np.nonzero(mask == i + 1)
+        assert ys.min() >= obj.top and xs.max() < obj.left + obj.size
     assert item.image().size == (synthetic.IMAGE_SIZE, synthetic.IMAGE_SIZE)
+    assert 0.01 < (mask > 0).mean() < 0.15  # the objects are a small part of the image
 
 
 def test_every_question_type_and_answer_is_balanced_enough():

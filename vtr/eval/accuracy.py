@@ -41,7 +41,7 @@ def encode(processor, items: list[synthetic.Sample], batch_size: int = 100) -> l
         chunk = items[start:start + batch_size]
         texts = [synthetic_prompt(processor, item.question) for item in chunk]
         batches.append(processor(images=[item.image() for item in chunk], text=texts, return_tensors="pt",
-                                 padding=True))
+                                 padding=True, padding_side="left"))
     return batches
 
 

@@ -81,6 +81,7 @@ class Sample:
     question_type: str
     question: str
     answer: str
+    evidence: tuple[int, ...]  # the objects (indices into scene.objects) the answer rests on
 
     def image(self) -> Image.Image:
         return render(self.scene)
@@ -121,28 +122,38 @@ def make_scene(rng: np.random.Generator, count: int, separated: bool = False) ->
     return Scene(int(rng.integers(2**31)), objects)
 
 
-def ask(scene: Scene, question_type: str, rng: np.random.Generator) -> tuple[str, str]:
-    """``(question, answer)`` of one type about ``scene``; position questions need two objects."""
+@dataclass(frozen=True)
+class Question:
+    """A question, its one-word answer, and the objects whose pixels decide it (none for an absent colour)."""
+
+    text: str
+    answer: str
+    evidence: tuple[int, ...]
+
+
+def ask(scene: Scene, question_type: str, rng: np.random.Generator) -> Question:
+    """One question of ``question_type`` about ``scene``; position questions need two objects."""
     objects = scene.objects
-    target = objects[int(rng.integers(len(objects)))]
+    target = int(rng.integers(len(objects)))
+    obj = objects[target]
     if question_type == "color":
-        return TEMPLATES["color"].format(shape=target.shape), target.color
+        return Question(TEMPLATES["color"].format(shape=obj.shape), obj.color, (target,))
     if question_type == "shape":
-        return TEMPLATES["shape"].format(color=target.color), target.shape
+        return Question(TEMPLATES["shape"].format(color=obj.color), obj.shape, (target,))
     if question_type == "count":
-        return TEMPLATES["count"], COUNTS[len(objects) - 1]
+        return Question(TEMPLATES["count"], COUNTS[len(objects) - 1], tuple(range(len(objects))))
     if question_type == "position":
         if len(objects) < 2:
             raise ValueError("a position question needs a scene with at least two objects")
-        first, second = (objects[0], objects[1]) if rng.random() < 0.5 else (objects[1], objects[0])
-        answer = "left" if first.center_x < second.center_x else "right"
-        return TEMPLATES["position"].format(color=first.color, other=second.color), answer
+        first, second = (0, 1) if rng.random() < 0.5 else (1, 0)
+        answer = "left" if objects[first].center_x < objects[second].center_x else "right"
+        text = TEMPLATES["position"].format(color=objects[first].color, other=objects[second].color)
+        return Question(text, answer, (first, second))
     if question_type == "presence":
-        present = {o.color for o in objects}
         if rng.random() < 0.5:
-            return TEMPLATES["presence"].format(color=target.color), "yes"
-        absent = [c for c in COLORS if c not in present]
-        return TEMPLATES["presence"].format(color=absent[int(rng.integers(len(absent)))]), "no"
+            return Question(TEMPLATES["presence"].format(color=obj.color), "yes", (target,))
+        absent = [c for c in COLORS if c not in {o.color for o in objects}]
+        return Question(TEMPLATES["presence"].format(color=absent[int(rng.integers(len(absent)))]), "no", ())
     raise ValueError(f"unknown question type {question_type!r}; the types are {', '.join(QUESTION_TYPES)}")
 
 
@@ -158,15 +169,15 @@ def sample(split: str, index: int) -> Sample:
     rng = _rng(split, index)
     question_type = QUESTION_TYPES[index % len(QUESTION_TYPES)]
     scene = scene_for(question_type, rng)
-    question, answer = ask(scene, question_type, rng)
-    return Sample(split, index, scene, question_type, question, answer)
+    question = ask(scene, question_type, rng)
+    return Sample(split, index, scene, question_type, question.text, question.answer, question.evidence)
 
 
 def samples(split: str, count: int, start: int = 0) -> list[Sample]:
     return [sample(split, index) for index in range(start, start + count)]
 
 
-def training_item(index: int, questions: int) -> tuple[Scene, list[tuple[str, str]]]:
+def training_item(index: int, questions: int) -> tuple[Scene, list[Question]]:
     """One training scene and ``questions`` questions about it (distinct types where the scene allows), so
     that one pass of the vision encoder supervises several answers."""
     rng = _rng("train", index)
