@@ -41,7 +41,8 @@ from vtr.testing import CHAT_TEMPLATE_LLAVA  # noqa: E402
 PATCH = 8
 GRID = synthetic.IMAGE_SIZE // PATCH  # 14 x 14 patches
 MIN_COVER = PATCH * PATCH // 4  # object pixels for a patch to count as showing the object
-KEY_WORDS = [*synthetic.COLORS, *synthetic.SHAPES, "many"]  # what a question is about (attention_loss)
+# what a question is about and what it asks for (attention_loss)
+KEY_WORDS = [*synthetic.COLORS, *synthetic.SHAPES, "color", "shape", "many", "there", "left"]
 CHAT_WORDS = ["USER", "ASSISTANT", ":"]
 
 
@@ -95,22 +96,28 @@ def patch_cover(scene: synthetic.Scene) -> torch.Tensor:
 
 
 def patch_targets(cover: torch.Tensor, scene: synthetic.Scene) -> torch.Tensor:
-    """(GRID * GRID, 2): per patch, 1 + the colour index and 1 + the shape index of the object covering at
-    least ``MIN_COVER`` of its pixels (the most covering one), 0 on the background."""
+    """(GRID * GRID, 3): per patch, 1 + the colour index of the object covering at least ``MIN_COVER`` of
+    its pixels (the most covering one; 0 on the background), that object's shape index (-100, ignored, on
+    the background) and the patch's column (what left/right questions compare)."""
     best = cover.argmax(1)
     shown = cover.gather(1, best[:, None])[:, 0] >= MIN_COVER
     colors = torch.tensor([1 + list(synthetic.COLORS).index(o.color) for o in scene.objects])
-    shapes = torch.tensor([1 + synthetic.SHAPES.index(o.shape) for o in scene.objects])
-    return torch.stack([torch.where(shown, colors[best], 0), torch.where(shown, shapes[best], 0)], dim=1)
+    shapes = torch.tensor([synthetic.SHAPES.index(o.shape) for o in scene.objects])
+    columns = torch.arange(GRID * GRID) % GRID
+    return torch.stack([torch.where(shown, colors[best], 0), torch.where(shown, shapes[best], -100), columns], dim=1)
 
 
 def evidence_patches(cover: torch.Tensor, turns: list[synthetic.Question], questions: int) -> torch.Tensor:
-    """(questions, GRID * GRID) bool: the patches showing each turn's evidence objects (none for an absent
-    colour, and for turns past the last)."""
-    out = torch.zeros(questions, cover.shape[0], dtype=torch.bool)
+    """(questions, 2, GRID * GRID) bool, per turn: the patches of all its evidence objects (for head 0) and
+    of the first one it names (head 1; none for a count question, which names none); nothing for an
+    absent colour and for turns past the last."""
+    out = torch.zeros(questions, 2, cover.shape[0], dtype=torch.bool)
     for t, turn in enumerate(turns):
-        for obj in turn.evidence:
-            out[t] |= cover[:, obj] >= MIN_COVER
+        shown = [cover[:, obj] >= MIN_COVER for obj in turn.evidence]
+        for patches in shown:
+            out[t, 0] |= patches
+        if shown and "many" not in turn.text.split():
+            out[t, 1] = shown[0]
     return out
 
 
@@ -137,44 +144,54 @@ def training_batch(processor: LlavaProcessor, start: int, size: int, questions: 
     after_prompt[:, 2:] = (ids[:, :-2] == assistant) & (ids[:, 1:-1] == colon)
     labels = torch.where(after_prompt | (ids == eos), ids, torch.full_like(ids, -100))
     query = torch.full((size, questions), -1)  # the ":" before each answer, -1 past a row's last turn
-    keys = torch.zeros(size, questions, ids.shape[1], dtype=torch.bool)  # each turn's key words
-    user, key_ids = tokenizer.convert_tokens_to_ids("USER"), torch.tensor(tokenizer.convert_tokens_to_ids(KEY_WORDS))
+    keys = torch.zeros(size, questions, 2, ids.shape[1], dtype=torch.bool)
+    key_ids = torch.tensor(tokenizer.convert_tokens_to_ids(KEY_WORDS))
+    attribute_ids = torch.tensor(tokenizer.convert_tokens_to_ids([*synthetic.COLORS, *synthetic.SHAPES]))
+    starts_all = ids == tokenizer.convert_tokens_to_ids("USER")
+    span = torch.arange(ids.shape[1])
     for row in range(size):
         answers = after_prompt[row].nonzero()[:, 0]
         query[row, :len(answers)] = answers - 1
-        starts = (ids[row] == user).nonzero()[:, 0]
-        for turn, (start, answer) in enumerate(zip(starts, answers)):
-            span = torch.arange(ids.shape[1])
-            keys[row, turn] = (span > start) & (span < answer) & torch.isin(ids[row], key_ids)
+        for turn, (start, answer) in enumerate(zip(starts_all[row].nonzero()[:, 0], answers)):
+            inside = (span > start) & (span < answer)
+            keys[row, turn, 0] = inside & torch.isin(ids[row], key_ids)
+            attributes = (inside & torch.isin(ids[row], attribute_ids)).nonzero()[:, 0]
+            if len(attributes):
+                keys[row, turn, 1, attributes[0]] = True
     image_positions = (ids == processor.image_token_id).nonzero()[:, 1].reshape(size, -1)
-    patches = torch.zeros(size, questions, ids.shape[1], dtype=torch.bool)
-    patches.scatter_(2, image_positions[:, None, :].expand(-1, questions, -1), torch.stack(evidence))
+    patches = torch.zeros(size, questions, 2, ids.shape[1], dtype=torch.bool)
+    patches.scatter_(3, image_positions[:, None, None, :].expand(-1, questions, 2, -1), torch.stack(evidence))
     return {**batch, "labels": labels, "patch_targets": torch.stack(targets), "query_positions": query,
             "key_words": keys, "evidence": patches}
 
 
 def attention_loss(attention: torch.Tensor, query: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """-log of the attention mass head 0 of one decoder layer (``attention``: its (rows, heads, L, L)
-    weights) puts, from each turn's ``query`` position (rows, turns; -1 = no turn), on that turn's
-    ``targets`` (rows, turns, L) bool; turns without a target do not count.
+    """-log of the attention mass heads 0 and 1 of one decoder layer (``attention``: its (rows, heads, L, L)
+    weights) put, from each turn's ``query`` position (rows, turns; -1 = no turn), on that turn's
+    ``targets`` (rows, turns, 2, L) bool, one target per head; empty targets do not count.
 
     Without this the decoder, trained from scratch, takes thousands of steps to discover which of ~250
     tokens matter: under uniform attention each relevant token gets 1/250 of the gradient. Supervising
-    one head per hop breaks that symmetry (layer 0: the question's key words; layer 1: the evidence
-    patches); the other heads stay free, and nothing of this changes the model's architecture."""
-    rows = attention[:, 0].gather(1, query.clamp(min=0)[..., None].expand(-1, -1, attention.shape[-1]))
-    mass = (rows * targets).sum(-1)
-    valid = (query >= 0) & targets.any(-1)
+    two heads per hop breaks that symmetry (layer 0: the question's key words, and its first attribute
+    word; layer 1: the evidence patches, and those of the object named first, which is what tells left
+    from right); the other heads stay free, and the architecture is unchanged."""
+    heads, length = targets.shape[2], attention.shape[-1]
+    per_head = attention[:, :heads].transpose(1, 2)  # (rows, L, heads, L)
+    picked = per_head.gather(1, query.clamp(min=0)[:, :, None, None].expand(-1, -1, heads, length))
+    mass = (picked * targets).sum(-1)
+    valid = (query >= 0)[..., None] & targets.any(-1)
     return -(mass[valid] + 1e-6).log().mean()
 
 
 class PatchProbe(torch.nn.Module):
-    """The auxiliary head: colour and shape logits from each projected visual token, captured by a hook."""
+    """The auxiliary head: colour, shape and column logits from each projected visual token (captured by a
+    hook), so that what a question needs is linearly readable from the token of every patch."""
 
     def __init__(self, model: LlavaForConditionalGeneration) -> None:
         super().__init__()
         width = model.config.text_config.hidden_size
-        self.head = torch.nn.Linear(width, 1 + len(synthetic.COLORS) + 1 + len(synthetic.SHAPES))
+        self.sizes = (1 + len(synthetic.COLORS), len(synthetic.SHAPES), GRID)
+        self.head = torch.nn.Linear(width, sum(self.sizes))
         self.features: torch.Tensor | None = None
         model.model.multi_modal_projector.register_forward_hook(self._capture)
 
@@ -182,11 +199,9 @@ class PatchProbe(torch.nn.Module):
         self.features = output
 
     def loss(self, targets: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.features.reshape(*targets.shape[:2], -1))
-        split = 1 + len(synthetic.COLORS)
-        ce = torch.nn.functional.cross_entropy
-        return (ce(logits[..., :split].flatten(0, 1), targets[..., 0].flatten())
-                + ce(logits[..., split:].flatten(0, 1), targets[..., 1].flatten()))
+        logits = self.head(self.features.reshape(*targets.shape[:2], -1)).split(self.sizes, dim=-1)
+        return sum(torch.nn.functional.cross_entropy(part.flatten(0, 1), targets[..., i].flatten())
+                   for i, part in enumerate(logits))
 
 
 @torch.no_grad()
