@@ -236,7 +236,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--questions", type=int, default=5, help="question/answer turns per training image")
     parser.add_argument("--aux-weight", type=float, default=1.0, help="weight of the per-patch colour/shape loss")
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
