@@ -9,8 +9,27 @@ from vtr import testing
 from vtr.cli import main
 
 
-def test_demo_prints_a_table_for_every_method_and_budget(capsys):
-    assert main(["demo", "--budgets", "0.5,8", "--max-new-tokens", "2", "--repeats", "1"]) == 0
+def table_rows(out: str) -> list[list[str]]:
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines]
+
+
+def test_default_demo_scores_the_trained_model_on_the_synthetic_benchmark(capsys):
+    assert main(["demo", "--samples", "10", "--methods", "random,fastv,tome", "--budgets", "0.5,0.11"]) == 0
+    header, *rows = table_rows(capsys.readouterr().out)
+    assert header[:4] == ["method", "budget", "visual tokens (LLM in / last layer)", "accuracy"]
+    by_key = {(r[0], r[1]): r for r in rows}
+    assert [r[:2] for r in rows] == [["none", "-"], *([m, b] for m in ("random", "fastv", "tome") for b in ("0.5", "0.11"))]
+    assert by_key[("none", "-")][2] == "196 / 196" and by_key[("none", "-")][4] == "100%"
+    assert by_key[("random", "0.5")][2] == "98 / 98" and by_key[("random", "0.11")][2] == "22 / 22"
+    assert by_key[("fastv", "0.11")][2] == "196 / 22"  # in-LLM: all enter the LLM, 22 reach the last layer
+    for method, budget in [("random", "0.5"), ("random", "0.11"), ("fastv", "0.5")]:
+        accuracy = float(by_key[(method, budget)][3])
+        assert 0 <= accuracy <= 1 and int(by_key[(method, budget)][6].rstrip("%")) < 100  # cheaper than none
+
+
+def test_demo_on_a_random_tiny_model_prints_a_table_for_every_method_and_budget(capsys):
+    assert main(["demo", "--model", "llava", "--budgets", "0.5,8", "--max-new-tokens", "2", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("| ")]
     assert lines[0].split("|")[1].strip() == "method"

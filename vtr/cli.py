@@ -19,13 +19,17 @@ def _csv(text: str) -> list[str]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import torch
-
-    from vtr.demo import format_table, load, run_demo
+    from vtr.demo import TRAINED, format_accuracy_table, format_table, load, run_accuracy_demo, run_demo
 
     model, processor = load(args.model, device=args.device, dtype=_dtype(args.dtype))
-    rows = run_demo(model, processor, args.methods, [_budget(b) for b in args.budgets], args.max_new_tokens,
-                    args.repeats)
+    budgets = [_budget(b) for b in args.budgets]
+    if args.model == TRAINED:
+        rows = run_accuracy_demo(model, processor, args.methods, budgets, args.samples)
+        print(f"model: {args.model} (vtr.assets, trained on vtr.eval.synthetic; {args.device}, {args.dtype}); "
+              f"{args.samples} synthetic test samples, greedy one-word answers; FLOPs: vtr.measure.flops, per sample")
+        print(format_accuracy_table(rows))
+        return 0
+    rows = run_demo(model, processor, args.methods, budgets, args.max_new_tokens, args.repeats)
     print(f"model: {args.model} ({model.config.model_type}, {args.device}, {args.dtype}); "
           f"prefill = median of {args.repeats} forward passes incl. vision encoder and reduction")
     print(format_table(rows))
@@ -146,14 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vtr", description="Training-free visual-token reduction for HF VLMs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="methods x budgets on one image: tokens kept, prefill time, answer")
-    demo.add_argument("--model", default="llava",
-                      help="a built-in tiny model (llava, qwen2_vl, qwen2_5_vl, ...) or a checkpoint dir / hub id")
+    from vtr.assets import NAME as TRAINED
+
+    demo = sub.add_parser("demo", help="methods x budgets: accuracy on the synthetic benchmark (default model), or "
+                                       "tokens kept, prefill time and answer on one image")
+    demo.add_argument("--model", default=TRAINED,
+                      help=f"{TRAINED} (the shipped trained tiny LLaVA: accuracy table), a built-in random tiny model "
+                           f"(llava, qwen2_vl, qwen2_5_vl, ...: mechanics table) or a checkpoint dir / hub id")
+    demo.add_argument("--samples", type=int, default=200, help=f"synthetic test samples ({TRAINED} only)")
     demo.add_argument("--methods", type=_csv, default=None, help="comma-separated (default: all)")
     demo.add_argument("--budgets", type=_csv, default=["0.5", "0.25", "0.11"],
                       help="comma-separated ints (tokens per image) or fractions in (0, 1]")
-    demo.add_argument("--max-new-tokens", type=int, default=8)
-    demo.add_argument("--repeats", type=int, default=3)
+    demo.add_argument("--max-new-tokens", type=int, default=8, help="mechanics table only")
+    demo.add_argument("--repeats", type=int, default=3, help="prefill timing repeats, mechanics table only")
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--dtype", default="float32", choices=DTYPES)
     demo.set_defaults(func=_cmd_demo)

@@ -26,7 +26,7 @@ def test_every_task_reads_the_shipped_documents():
         assert (TASKS_DIR / config["dataset_kwargs"]["data_files"]["test"]).is_file()
         names[config["task"]] = config["output_type"]
     assert names == {"vtr_colors": "generate_until", "vtr_colors_mc": "multiple_choice",
-                     "vtr_video_colors": "generate_until"}
+                     "vtr_video_colors": "generate_until", "vtr_synthetic": "generate_until"}
 
 
 def test_images_videos_and_scores_follow_the_document():
@@ -41,3 +41,13 @@ def test_images_videos_and_scores_follow_the_document():
     assert not np.array_equal(frames[0], frames[-1])  # the square moves
     assert utils.process_results(doc, [" Blue. It is"]) == {"exact_match": 1.0}
     assert utils.process_results(doc, ["red"]) == {"exact_match": 0.0}
+
+
+def test_synthetic_documents_redraw_their_test_sample():
+    from vtr.eval import synthetic
+
+    utils = task_utils()
+    doc = {"index": 7, "question": "is there a red object ?", "answer": "no"}
+    [image] = utils.synthetic_doc_to_visual(doc)
+    assert image.tobytes() == synthetic.sample("test", 7).image().tobytes()
+    assert utils.synthetic_doc_to_text(doc) == "is there a red object ?"

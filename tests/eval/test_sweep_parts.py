@@ -109,3 +109,24 @@ def test_report_writes_both_plots_without_flops_too(tmp_path):
     written = write_report(tmp_path, SETUP, [row("none", None, 0.5, None, 64), row("divprune", 4, 0.25, None, 4)])
     assert [path.name for path in written] == ["summary.md", "score_vs_budget.png", "score_vs_tflops.png"]
     assert all(path.read_bytes()[:4] == b"\x89PNG" for path in written[1:])
+
+
+def test_a_method_list_is_a_whole_sweep_of_the_shipped_model_on_the_synthetic_task():
+    import argparse
+
+    from vtr.assets import TINY_LLAVA_SYNTH
+    from vtr.eval.sweep import _out_dir, _setup, add_sweep_arguments
+
+    parser = argparse.ArgumentParser()
+    add_sweep_arguments(parser)
+    args = parser.parse_args(["--methods", "none,random"])
+    setup = _setup(args)
+    assert (setup.model, setup.pretrained, setup.tasks) == ("vtr_llava_hf", str(TINY_LLAVA_SYNTH), ("vtr_synthetic",))
+    assert setup.model_args == "device=cpu,device_map=cpu,dtype=float32"
+    assert args.budgets == [0.5, 0.25, 0.11] and str(_out_dir(args)) == "runs/sweep-tiny-llava-synth"
+    user = _setup(parser.parse_args(["--methods", "none", "--model-args", "dtype=bfloat16,layer=2"]))
+    assert user.model_args == "device=cpu,device_map=cpu,dtype=bfloat16,layer=2"  # the user's keys win
+    with pytest.raises(SweepError, match="--model vtr_qwen2_vl needs --pretrained"):
+        _setup(parser.parse_args(["--methods", "none", "--model", "vtr_qwen2_vl"]))
+    with pytest.raises(SweepError, match="--out is required with --pretrained"):
+        _out_dir(parser.parse_args(["--methods", "none", "--pretrained", "ckpt"]))

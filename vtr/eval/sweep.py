@@ -9,6 +9,10 @@ re-runs that config only. A run that leaves no results for every task stops the 
 exit code and the config named; finished lines stay. ``DIR/summary.md`` and the plots are rebuilt
 from ``results.jsonl`` at the end of every invocation. The CLI registers ``add_sweep_arguments`` and
 calls ``run_sweep``.
+
+Without ``--model``/``--pretrained``/``--tasks`` the sweep runs vtr's shipped tiny LLaVA (``vtr.assets``)
+on the synthetic benchmark (``vtr_synthetic``) on the CPU, into ``runs/sweep-tiny-llava-synth``, at the
+budgets 0.5, 0.25 and 0.11: ``vtr sweep --methods none,random,divprune`` is a whole offline sweep.
 """
 
 from __future__ import annotations
@@ -29,21 +33,30 @@ from vtr.eval.runner import LOG_FILE, RunFailed, lmms_eval_command, run_lmms_eva
 from vtr.eval.store import ResultStore
 
 RESERVED_MODEL_ARGS = {"pretrained": "--pretrained", "method": "--methods", "budget": "--budgets"}
+DEFAULT_MODEL, DEFAULT_TASK, DEFAULT_BUDGETS = "vtr_llava_hf", "vtr_synthetic", [0.5, 0.25, 0.11]
+# the shipped model is tiny: the CPU is the default device (lmms-eval's is cuda); a user's keys win
+DEFAULT_MODEL_ARGS = {"device": "cpu", "device_map": "cpu", "dtype": "float32"}
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, choices=MODEL_IDS, help="vtr's lmms-eval model (family)")
-    parser.add_argument("--pretrained", required=True, help="checkpoint directory or hub id")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_IDS,
+                        help=f"vtr's lmms-eval model (family); default {DEFAULT_MODEL}")
+    parser.add_argument("--pretrained", default=None,
+                        help="checkpoint directory or hub id; default: vtr's shipped tiny LLaVA (on the CPU) when "
+                             f"--model is {DEFAULT_MODEL}")
     parser.add_argument("--methods", type=_names, required=True,
                         help="comma-separated; 'none' = the unreduced reference (run once); '+' composes stages")
-    parser.add_argument("--budgets", type=_budgets, default=[],
-                        help="comma-separated ints (visual tokens kept per image/video) or fractions in (0, 1]")
-    parser.add_argument("--tasks", type=_names, required=True,
-                        help="comma-separated lmms-eval tasks; vtr's offline tasks (vtr_colors, vtr_colors_mc, "
-                             "vtr_video_colors) are always found")
+    parser.add_argument("--budgets", type=_budgets, default=DEFAULT_BUDGETS,
+                        help="comma-separated ints (visual tokens kept per image/video) or fractions in (0, 1]; "
+                             "default 0.5,0.25,0.11")
+    parser.add_argument("--tasks", type=_names, default=[DEFAULT_TASK],
+                        help=f"comma-separated lmms-eval tasks (default {DEFAULT_TASK}); vtr's offline tasks "
+                             "(vtr_synthetic, vtr_colors, vtr_colors_mc, vtr_video_colors) are always found")
     parser.add_argument("--limit", type=_number, default=None,
                         help="documents per task (int) or fraction of each task; for quick checks only")
-    parser.add_argument("--out", type=Path, required=True, help="sweep directory (created; resumed if it exists)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="sweep directory (created; resumed if it exists); required with --pretrained, "
+                             "else runs/sweep-tiny-llava-synth")
     parser.add_argument("--include-path", action="append", default=[],
                         help="another directory of lmms-eval task YAMLs (repeatable)")
     parser.add_argument("--num-processes", type=int, default=1,
@@ -73,7 +86,7 @@ def _sweep(args: argparse.Namespace) -> None:
     setup = _setup(args)
     configs = plan_configs(args.methods, args.budgets)
     _check_configs(configs, setup.model_args)
-    out = args.out.resolve()
+    out = _out_dir(args).resolve()
     store = ResultStore(out)
     store.claim(setup)
     done = store.done()
@@ -138,11 +151,32 @@ class _Progress:
 
 def _setup(args: argparse.Namespace) -> SweepSetup:
     model_args = args.model_args.strip().strip(",")
-    for key in _parse_model_args(model_args):
+    given = _parse_model_args(model_args)
+    for key in given:
         if key in RESERVED_MODEL_ARGS:
             raise SweepError(f"--model-args sets {key!r}; the sweep sets it per run: use {RESERVED_MODEL_ARGS[key]}")
-    return SweepSetup(model=args.model, pretrained=args.pretrained, tasks=tuple(args.tasks), limit=args.limit,
+    pretrained = args.pretrained
+    if pretrained is None:
+        if args.model != DEFAULT_MODEL:
+            raise SweepError(f"--model {args.model} needs --pretrained (a checkpoint directory or hub id); only "
+                             f"{DEFAULT_MODEL} has a default, vtr's shipped tiny LLaVA")
+        from vtr.assets import tiny_llava_synth
+
+        pretrained = str(tiny_llava_synth())
+        defaults = ",".join(f"{key}={value}" for key, value in DEFAULT_MODEL_ARGS.items() if key not in given)
+        model_args = ",".join(part for part in (defaults, model_args) if part)
+    return SweepSetup(model=args.model, pretrained=pretrained, tasks=tuple(args.tasks), limit=args.limit,
                       model_args=model_args, force_simple=args.force_simple)
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    if args.out is not None:
+        return args.out
+    if args.pretrained is not None:
+        raise SweepError("--out is required with --pretrained (the sweep directory, created or resumed)")
+    from vtr.assets import NAME
+
+    return Path("runs") / f"sweep-{NAME}"
 
 
 def _check_configs(configs: list[Config], model_args: str) -> None:

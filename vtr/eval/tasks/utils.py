@@ -1,8 +1,9 @@
-"""Documents -> visuals, prompts and scores for the tiny color tasks.
+"""Documents -> visuals, prompts and scores for vtr's offline tasks.
 
-Images and videos are synthesised from ``doc["color"]``: a solid background with a small grey square
-(which moves across the frames of a video), so a real model can answer and a reduction method has
-distinct tokens to choose from.
+Color tasks: images and videos are synthesised from ``doc["color"]``: a solid background with a small
+grey square (which moves across the frames of a video), so a real model can answer and a reduction
+method has distinct tokens to choose from. ``vtr_synthetic``: the image of test sample ``doc["index"]``
+of ``vtr.eval.synthetic``, redrawn from its seed.
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ def doc_to_visual(doc: dict) -> list[Image.Image]:
 
 def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
     return QUESTION.format(medium="image")
+
+
+def synthetic_doc_to_visual(doc: dict) -> list[Image.Image]:
+    from vtr.eval import synthetic
+
+    return [synthetic.sample("test", int(doc["index"])).image()]
+
+
+def synthetic_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    return doc["question"]
 
 
 def video_doc_to_visual(doc: dict) -> list[str]:
