@@ -31,8 +31,6 @@ def test_the_checkpoint_is_small_and_loads_offline(trained):
     assert all(len(processor.tokenizer.tokenize(answer)) == 1 for answer in synthetic.ANSWERS)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 acceptance not met yet: keep-all is 0.885 on these 200 samples; "
-                                        "the model has not learned position questions (0.45), see the README")
 def test_keep_all_accuracy_on_held_out_samples(trained):
     model, processor, items, batches = trained
     score = accuracy.score(model, processor, items, batches)
@@ -40,12 +38,13 @@ def test_keep_all_accuracy_on_held_out_samples(trained):
     assert score.accuracy >= 0.90
 
 
-def test_keep_all_answers_colour_shape_count_and_presence(trained):
-    """What the shipped model has learned: every question type except position."""
+def test_keep_all_answers_every_question_type(trained):
+    """No question type is left to the prior: colour, shape, count, left/right and presence are all learned."""
     model, processor, items, batches = trained
     score = accuracy.score(model, processor, items, batches)
-    learned = [ok for item, ok in zip(items, score.correct) if item.question_type != "position"]
-    assert sum(learned) / len(learned) >= 0.95
+    for question_type in synthetic.QUESTION_TYPES:
+        answers = [ok for item, ok in zip(items, score.correct) if item.question_type == question_type]
+        assert answers and sum(answers) / len(answers) >= 0.80, question_type
 
 
 def test_random_pruning_at_11_percent_loses_at_least_10_points(trained):
