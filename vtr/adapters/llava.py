@@ -121,7 +121,8 @@ class LlavaNextAdapter(_LlavaTowerAdapter):
         if modality == "image":
             return anyres_image_attention(self.vision_attention_module, capture, requests, self._image_packing,
                                           _dropped_cls(self.config))
-        return llava_video_attention.video_attention(self, capture, requests, inputs)
+        return llava_video_attention.video_attention(self.model, self.vision_attention_module, capture, requests,
+                                                     inputs, _dropped_cls(self.config))
 
     # vision-encoder merging of AnyRes images: vtr.adapters.llava_merging
     def merging_encode(self, modality: str, merging: EncoderMerging):

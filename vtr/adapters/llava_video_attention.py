@@ -11,13 +11,14 @@ stay aligned with every placeholder slot of the item, as the engine expects.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from vtr.errors import ReductionError
-from vtr.vision.attention import AttentionCapture, AttentionRequest, clip_like_attention
+from vtr.adapters.llava_attention import encoder_attention
+from vtr.vision.attention import AttentionCapture, AttentionRequest
 
 
 def _pool(model: torch.nn.Module, values: Tensor) -> Tensor:
@@ -34,21 +35,18 @@ def _pool(model: torch.nn.Module, values: Tensor) -> Tensor:
     return resampler(values)
 
 
-def video_attention(adapter: Any, capture: AttentionCapture, requests: dict[str, AttentionRequest],
-                    inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:
+def video_attention(model: torch.nn.Module, attention_module: Callable[[int], torch.nn.Module],
+                    capture: AttentionCapture, requests: dict[str, AttentionRequest], inputs: dict[str, Any],
+                    drop_cls: int) -> list[dict[str, tuple[Tensor, Tensor]]]:
     """Per video, per request name: (scores, mean keys) aligned with the video's placeholder slots."""
-    model = adapter.model
     videos = inputs["pixel_values_videos"].shape[0]
-    drop_cls = 1 if adapter.config.vision_feature_select_strategy == "default" else 0
     newline = 1 if hasattr(model.model, "apply_pooling") else 0
     per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in range(videos)]
     for name, request in requests.items():
-        args, kwargs = capture.inputs[request.layer]
-        hidden = args[0] if args else kwargs["hidden_states"]
+        frame_scores, frame_keys = encoder_attention(attention_module, capture, request, drop_cls)
         with torch.no_grad():
-            attention = clip_like_attention(adapter.vision_attention_module(request.layer), hidden, request.query)
-            scores = _pool(model, torch.stack(attention.scores)[:, drop_cls:].unsqueeze(-1)).squeeze(-1)
-            keys = _pool(model, torch.stack(attention.keys)[:, drop_cls:])
+            scores = _pool(model, frame_scores.unsqueeze(-1)).squeeze(-1)
+            keys = _pool(model, frame_keys)
         scores = torch.nn.functional.pad(scores.reshape(videos, -1), (0, newline))
         keys = torch.nn.functional.pad(keys.reshape(videos, -1, keys.shape[-1]), (0, 0, 0, newline))
         for item, item_scores, item_keys in zip(per_item, scores, keys):
