@@ -222,13 +222,14 @@ def _reduce_modality(
         item = VisualItem(feats[layout.content], layout.segments, visual.modality, rank_in_row[row], attention)
         rank_in_row[row] += 1
         reduction = merge if merge is not None else method.reduce(item)
-        _check_reduction(method, item, reduction)
+        outputs = reduction.output_features(item)  # one gather for a selection, reused below
+        _check_reduction(method, item, reduction, outputs)
         provenance = reduction.provenance(item.num_tokens)
         if chunks is not None:  # an encoder merge left no member features here: PPE uses its position proxy
-            centre = None if merge is not None else (item.features, reduction.output_features(item))
+            centre = None if merge is not None else (item.features, outputs)
             chunks.add(row, cols[layout.content], reduction.kept, provenance, centre)
         if expand:
-            new_features.append(_expanded_features(method, item, feats, layout, reduction, provenance))
+            new_features.append(_expanded_features(method, feats, layout, outputs, provenance))
             structural = layout.structural
             roles.representative[row, cols[layout.content]] = cols[layout.content[reduction.kept[provenance]]]
         else:
@@ -236,7 +237,7 @@ def _reduce_modality(
             content_kept[reduction.kept] = True
             structural = layout.structural[layout.structural_kept(content_kept)]
             slots = torch.cat([layout.content[reduction.kept], structural])
-            new_features.append(torch.cat([reduction.output_features(item), feats[structural]])[slots.argsort()])
+            new_features.append(torch.cat([outputs, feats[structural]])[slots.argsort()])
             dropped = torch.ones(feats.shape[0], dtype=torch.bool, device=cols.device)
             dropped[slots.to(cols.device)] = False
             keep[row, cols[dropped]] = False
@@ -255,14 +256,15 @@ def _reduce_modality(
     return adapter.with_features(visual.modality, visual.output, new_features, reductions)
 
 
-def _expanded_features(method: Method, item: VisualItem, feats: Tensor, layout: ItemLayout, reduction: Reduction,
+def _expanded_features(method: Method, feats: Tensor, layout: ItemLayout, outputs: Tensor,
                        provenance: Tensor) -> Tensor:
-    """Every slot of the item, each content token carrying the features of the output token it went into."""
+    """Every slot of the item, each content token carrying the features (``outputs``) of the output token it
+    went into."""
     if bool((provenance < 0).any()):
         raise ReductionError(f"virtual token unmerging needs every token merged into an output token, but "
                              f"{method.describe()} dropped some")
     expanded = feats.clone()
-    expanded[layout.content] = reduction.output_features(item)[provenance]
+    expanded[layout.content] = outputs[provenance]
     return expanded
 
 
@@ -317,12 +319,11 @@ def _placeholder_slots(
     return slots
 
 
-def _check_reduction(method: Method, item: VisualItem, reduction: Reduction) -> None:
+def _check_reduction(method: Method, item: VisualItem, reduction: Reduction, out: Tensor) -> None:
     """Cheap structural checks: a method bug must fail loudly, not scramble the prompt."""
     kept = reduction.kept
     ok = kept.dim() == 1 and kept.numel() >= 1 and not kept.is_floating_point()
     ok = ok and int(kept[0]) >= 0 and int(kept[-1]) < item.num_tokens and bool((kept[1:] > kept[:-1]).all())
-    out = reduction.output_features(item)
     ok = ok and out.shape == (kept.numel(), item.features.shape[-1])
     origin = reduction.origin
     ok = ok and (origin is None or (origin.shape == kept.shape and not origin.is_floating_point()
