@@ -185,6 +185,9 @@ def _pipeline(adapter: Adapter, methods: list[Method], scheme: PositionScheme) -
     if in_llm is None:
         return Pipeline(methods, pre_llm, None, description, vision, unmerging, ppe)
     assert isinstance(in_llm, LayerMethod)
+    if scheme.ppe and in_llm.renumbers_positions:
+        raise ValueError(f"{in_llm.describe()} renumbers positions after each drop, which would replace the PPE "
+                         f"positions of positions='ppe'; pass renumber=False to cascade it after PPE")
     pruner = LayerPruner(adapter.decoder(), in_llm, adapter.text_attn_implementation())
     undo = adapter.patch_decoder(pruner)
     pruner.remove = _chained(pruner.remove, undo)
