@@ -83,7 +83,8 @@ def wrap(
     positions), ``"compact"`` (kept tokens are re-indexed consecutively) or ``"ppe"`` (merged tokens
     rotate ``ppe_chunks`` bands of their rotary frequencies with the positions of as many members,
     chosen by ``ppe_members``: ``"nearest"`` to the cluster centre or ``"highest"`` index; see
-    ``vtr.positions``); in-LLM stages and virtual unmerging always keep positions. Extra keyword
+    ``vtr.positions``); in-LLM stages and virtual unmerging keep positions (except PDrop, which renumbers
+    after each drop as its reference does: its option ``renumber=False`` keeps them). Extra keyword
     arguments are method options.
     """
     scheme = PositionScheme.make(positions, ppe_chunks, ppe_members)
