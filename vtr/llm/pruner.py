@@ -91,9 +91,14 @@ class LayerRun:
     rope_positions: Tensor | None = None  # what the model's rotary module got in the current pass or step
     renumbered: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # range start -> cos/sin
 
-    def kept_at(self, layer: int) -> _Kept | None:
+    def range_start(self, layer: int) -> int | None:
+        """The pruning layer that set the columns ``layer`` sees (``None`` before the first)."""
         starts = [k for k in self.kept if k <= layer]
-        return self.kept[max(starts)] if starts else None
+        return max(starts) if starts else None
+
+    def kept_at(self, layer: int) -> _Kept | None:
+        start = self.range_start(layer)
+        return None if start is None else self.kept[start]
 
     def final_index(self) -> Tensor | None:
         """(B, N) full-pass column of every output column of the last full pass, -1 on pad slots."""
@@ -305,14 +310,13 @@ class LayerPruner:
             return cos, sin
         if not kept.moved:
             return _gather_tokens(cos, kept.index), _gather_tokens(sin, kept.index)
-        start = max(k for k in self.run.kept if k <= layer)
+        start = self.run.range_start(layer)
         if start not in self.run.renumbered:
             positions = self.run.rope_positions
             if positions is None or positions.shape[-1] != self.run.full_len:
                 raise ReductionError(f"{self.method.describe()} renumbers positions, but the text model's rotary "
                                      f"module did not see this pass's {self.run.full_len} positions")
-            shift = kept.shift if positions.dim() == 2 else kept.shift.unsqueeze(0)
-            self.run.renumbered[start] = self._rotary(like, _gather_last(positions, kept.index) - shift)
+            self.run.renumbered[start] = self._rotary(like, _gather_last(positions, kept.index) - kept.shift)
         return self.run.renumbered[start]
 
     def _rotary(self, like: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -366,7 +370,7 @@ class LayerPruner:
     def _renumbered_step(self, layer: int, kwargs: dict[str, Any], kept: _Kept) -> dict[str, Any]:
         """A cached step's new tokens moved down by everything their row dropped up to this layer."""
         run = self.run
-        start = max(k for k in run.kept if k <= layer)
+        start = run.range_start(layer)
         if start not in run.renumbered:
             if run.rope_positions is None:
                 raise ReductionError(f"{self.method.describe()} renumbers positions, but the text model's rotary "
