@@ -4,8 +4,6 @@ the whole conversation that keeps the first turn's reduction."""
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-
 import pytest
 import torch
 
@@ -83,16 +81,17 @@ def test_pre_llm_later_turn_equals_a_fresh_reduced_recompute(tiny, name):
     _assert_same_answer(second, fresh)
 
 
-@dataclass(frozen=True)
-class _Replay(FastV):
-    """FastV keeping the given columns at its layer, whatever the prompt: the first turn's choice."""
+def _replay(chosen: torch.Tensor, **options) -> FastV:
+    """FastV keeping the columns ``chosen`` (B, N) at its layer, whatever the prompt: the first turn's choice
+    (-1: a pad slot)."""
 
-    columns: tuple[tuple[int, ...], ...] = ()
+    class Replay(FastV):
+        def select(self, step: LayerInput) -> LayerOutput:
+            keep = torch.zeros_like(step.group, dtype=torch.bool)
+            keep.scatter_(1, chosen.to(keep.device).clamp_min(0), True)  # only candidate columns are read
+            return LayerOutput(keep)
 
-    def select(self, step: LayerInput) -> LayerOutput:
-        keep = torch.zeros_like(step.group, dtype=torch.bool)
-        keep.scatter_(1, torch.tensor(self.columns, device=keep.device).clamp_min(0), True)  # -1: pad slot
-        return LayerOutput(keep)
+    return Replay(**options)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -104,7 +103,7 @@ def test_in_llm_later_turn_keeps_the_first_turns_choice(tiny, name):
     second, ids, mask, chosen = _chat(model, inputs)
     per_layer = vtr.stats(model).samples[0].visual_per_layer
     assert per_layer[-1] < per_layer[0]
-    vtr.wrap(model, _Replay(budget=5, layer=2, columns=tuple(map(tuple, chosen.tolist()))))
+    vtr.wrap(model, _replay(chosen, budget=5, layer=2))
     replayed = model.generate(**_whole_conversation(inputs, ids, mask), **_greedy(model), use_cache=False)
     _assert_same_answer(second, replayed)
 
@@ -126,7 +125,7 @@ def test_third_turn_of_a_padded_batch_with_two_stages(tiny, name, positions):
     inputs = padded_inputs(processor, name)
     vtr.wrap(model, ["divprune", "fastv"], budget=6, layer=2, positions=positions)
     third, ids, mask, chosen = _chat(model, inputs, turns=3)
-    vtr.wrap(model, ["divprune", _Replay(budget=6, layer=2, columns=tuple(map(tuple, chosen.tolist())))],
+    vtr.wrap(model, ["divprune", _replay(chosen, budget=6, layer=2)],
              budget=6, positions=positions)
     replayed = model.generate(**_whole_conversation(inputs, ids, mask), **_greedy(model), use_cache=False)
     _assert_same_answer(third, replayed)
@@ -173,6 +172,14 @@ def test_a_cache_passed_with_another_conversation_is_refused(tiny):
         model.generate(input_ids=ids, attention_mask=mask, cache=first.past_key_values, **_greedy(model))
 
 
+def test_input_ids_the_cache_already_holds_are_refused(tiny):
+    model, inputs, first = _first_turn(tiny, budget=6)
+    ids = first.sequences[:, :-1]  # the cache holds every token but the last generated one
+    with pytest.raises(vtr.ReductionError, match="with at least one new token"):
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), cache=first.past_key_values,
+                       **_greedy(model))
+
+
 def test_position_ids_on_a_later_turn_are_refused(tiny):
     model, inputs, first = _first_turn(tiny, budget=6)
     ids, mask = _next_turn(first, inputs["attention_mask"])
@@ -187,3 +194,16 @@ def test_rewrapping_between_turns_of_an_in_llm_cache_is_refused(tiny):
     vtr.wrap(model, "pdrop", budget=5)
     with pytest.raises(vtr.ReductionError, match="Finish the conversation before re-wrapping"):
         model.generate(input_ids=ids, attention_mask=mask, cache=first.past_key_values, **_greedy(model))
+
+
+def test_interleaved_conversations_each_continue_their_own_cache(tiny):
+    """Another conversation's call between two turns does not leak into this one's in-LLM stage."""
+    model, processor = tiny("llava")
+    inputs, other = make_inputs(processor, "llava"), make_inputs(processor, "llava", seeds=(7,))
+    vtr.wrap(model, "fastv", budget=5, layer=2)
+    alone, _, _, _ = _chat(model, inputs)
+    first = model.generate(**inputs, **_greedy(model))
+    model.generate(**other, **_greedy(model))  # another conversation's first turn
+    ids, mask = _next_turn(first, inputs["attention_mask"])
+    _assert_same_answer(model.generate(input_ids=ids, attention_mask=mask, cache=first.past_key_values,
+                                       **_greedy(model)), alone)

@@ -102,8 +102,13 @@ def continue_inputs(adapter: Adapter, turn: CachedTurn, held: int, kwargs: dict[
             f"{reduced_prompt} prompt tokens and {turn.sequences.shape[1] - turn.prompt_len} generated ones; a cache "
             f"vtr filled cannot be cropped into its prompt: continue with the whole cache or start over without it"
         )
+    if ids.shape[1] <= covered:
+        raise ReductionError(
+            f"this KV cache already holds the first {covered} tokens of the conversation and input_ids has "
+            f"{ids.shape[1]}: pass input_ids=cat(previous_output.sequences, new_tokens) with at least one new token"
+        )
     same_rows = ids.shape[0] == turn.sequences.shape[0]
-    if not same_rows or ids.shape[1] <= covered or not torch.equal(ids[:, :covered], turn.sequences[:, :covered].to(
+    if not same_rows or not torch.equal(ids[:, :covered], turn.sequences[:, :covered].to(
             ids.device)) or not torch.equal(mask[:, :covered], turn.caller_mask[:, :covered].to(mask.device)):
         raise ReductionError(
             f"this KV cache was filled by vtr for a conversation of {turn.sequences.shape[0]} row(s) whose first "
