@@ -241,25 +241,27 @@ class LayerPruner:
         kept = self.run.kept_at(layer)
         if kept is None:
             return full
-        return full.gather(1, kept.index).masked_fill(~kept.valid, pad_slot)
+        return full.gather(1, kept.index.to(full.device)).masked_fill(~kept.valid.to(full.device), pad_slot)
 
     def _prune(self, layer: int, states: Tensor, kwargs: dict[str, Any]) -> Tensor:
         run, roles = self.run, self.run.roles
         batch, length = states.shape[:2]
         prompt_cols = length - (run.full_len - roles.group.shape[1])  # appended columns stay at the end
-        group = self._current(roles.group, -1, -1, layer - 1, batch)
-        attended = self._current(roles.attended, True, False, layer - 1, batch)
+        # decided where the hidden states are (a model split over devices moves them from layer to layer)
+        device = states.device
+        group = self._current(roles.group, -1, -1, layer - 1, batch).to(device)
+        attended = self._current(roles.attended, True, False, layer - 1, batch).to(device)
         scores = self._scores(layer, states, kwargs, group, attended, prompt_cols)
         step = LayerInput(hidden=states, scores=scores, group=group, stage=self.prune_at.index(layer),
-                          entry_counts=roles.entry_counts, num_layers=self.num_layers)
+                          entry_counts=roles.entry_counts.to(device), num_layers=self.num_layers)
         decision = self.method.select(step)
         previous = run.kept_at(layer - 1)
-        slot_valid = previous.valid if previous is not None else torch.ones_like(attended)
+        slot_valid = previous.valid.to(device) if previous is not None else torch.ones_like(attended)
         keep = slot_valid & ((group < 0) | decision.keep)
         local = left_packed_index(keep)
         hidden = decision.hidden if decision.hidden is not None else states
         gathered = hidden.gather(1, local.clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        base = previous.index if previous is not None else torch.arange(length, device=states.device).expand(batch, -1)
+        base = torch.arange(length, device=device).expand(batch, -1) if previous is None else previous.index.to(device)
         index, valid = base.gather(1, local.clamp_min(0)), local >= 0
         run.kept[layer] = self._renumbered(index, valid) if self.renumber else _Kept(index, valid)
         return gathered
@@ -267,7 +269,7 @@ class LayerPruner:
     def _renumbered(self, index: Tensor, valid: Tensor) -> _Kept:
         """The kept columns with how far each one's position moves: the real tokens (not padding, not pad
         slots) of its row that no longer appear, before it. Counted over the full pass, so stages add up."""
-        real = self._expanded(self.run.roles.attended, index.shape[0], self.run.full_len, True)
+        real = self._expanded(self.run.roles.attended, index.shape[0], self.run.full_len, True).to(index.device)
         present = torch.zeros_like(real)
         rows, cols = valid.nonzero(as_tuple=True)
         present[rows, index[rows, cols]] = True
@@ -293,7 +295,7 @@ class LayerPruner:
             queries = torch.full((batch, 1), prompt_cols - 1, device=states.device)
             weight = torch.ones(batch, 1, device=states.device)
         else:  # every attended text token of the prompt
-            visual = self._current(self.run.roles.visual, False, False, layer - 1, batch)
+            visual = self._current(self.run.roles.visual, False, False, layer - 1, batch).to(attended.device)
             text = attended & ~visual
             text[:, prompt_cols:] = False
             packed = left_packed_index(text)
@@ -352,8 +354,9 @@ class LayerPruner:
         kept = self.run.kept_at(self.run.current_layer)
         flat_rank = (positions.flatten().long().cumsum(0) - 1).view_as(positions)
         positions = positions.expand(kept.index.shape[0], -1) if positions.shape[0] == 1 else positions
-        current = positions.gather(1, kept.index) & kept.valid
-        return current, flat_rank.gather(1, kept.index)[current]
+        index, valid = kept.index.to(positions.device), kept.valid.to(positions.device)
+        current = positions.gather(1, index) & valid
+        return current, flat_rank.gather(1, index)[current]
 
     # ------------------------------------------------------------------ cached steps
     def _decode_kwargs(self, layer: int, kwargs: dict[str, Any], cache: Any, queries: int) -> dict[str, Any]:
@@ -385,6 +388,7 @@ class LayerPruner:
 
 def _gather_tokens(values: Tensor, index: Tensor) -> Tensor:
     """Gather the token axis (dim 1) of (B|1, L, ...) at ``index`` (B, N)."""
+    index = index.to(values.device)
     values = values.expand(index.shape[0], *values.shape[1:])
     shape = (*index.shape, *values.shape[2:])
     return values.gather(1, index.view(*index.shape, *([1] * (values.dim() - 2))).expand(shape))
@@ -392,6 +396,7 @@ def _gather_tokens(values: Tensor, index: Tensor) -> Tensor:
 
 def _gather_last(values: Tensor, index: Tensor) -> Tensor:
     """Gather the last axis of position ids shaped (B|1, L) or (R, B|1, L) at ``index`` (B, N)."""
+    index = index.to(values.device)
     if values.dim() == 2:
         return values.expand(index.shape[0], -1).gather(1, index)
     return values.expand(values.shape[0], index.shape[0], -1).gather(2, index.expand(values.shape[0], -1, -1))
