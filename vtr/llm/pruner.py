@@ -70,15 +70,20 @@ class _Kept:
 class _LayerInputs:
     """Gathered layer inputs, reused while a layer's sources are the very objects they were made from.
 
-    The key is the identity of the sources (kept columns, the model's cos/sin, mask, position ids, the
-    cache length on decode steps); the sources themselves are held, so an identity is never reused by
-    another tensor while its entry lives. Cleared at every full pass.
+    The key is the identity of the sources (kept columns, the model's cos/sin, mask, position ids); the
+    sources themselves are held, so an identity is never reused by another tensor while its entry lives.
+    Entries live for one epoch (a full pass, or one decode step: its cache length), so a long generate
+    holds one step's masks, not every step's.
     """
 
     def __init__(self) -> None:
         self._entries: dict[tuple, tuple[tuple, Any]] = {}
+        self._epoch: Any = None
 
-    def get(self, sources: tuple, make):
+    def get(self, epoch: Any, sources: tuple, make):
+        if epoch != self._epoch:
+            self.clear()
+            self._epoch = epoch
         key = tuple(id(source) if isinstance(source, (Tensor, tuple, _Kept)) or source is None else source
                     for source in sources)
         entry = self._entries.get(key)
@@ -88,6 +93,7 @@ class _LayerInputs:
 
     def clear(self) -> None:
         self._entries.clear()
+        self._epoch = None
 
 
 @dataclass
@@ -292,9 +298,9 @@ class LayerPruner:
 
         if len(run.visual_per_layer) == layer - self.prune_at[0]:
             run.visual_per_layer.append(run.gathered.get(
-                ("visual", kept), lambda: self._current(run.roles.visual, False, False, layer,
+                "full", ("visual", kept), lambda: self._current(run.roles.visual, False, False, layer,
                                                         kept.index.shape[0]).sum(1)))
-        return {**kwargs, **run.gathered.get(("full", kept, embeddings, position_ids, mask), gather)}
+        return {**kwargs, **run.gathered.get("full", (kept, embeddings, position_ids, mask), gather)}
 
     def injection_rows(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Translate a full-length injection mask for the sequence leaving the current layer.
@@ -322,7 +328,7 @@ class LayerPruner:
             key_valid = torch.cat([kept.valid, torch.ones_like(new, dtype=torch.bool)], dim=1)
             return decode_mask(mask, key_index, key_valid, queries, self.flash)
 
-        return {**kwargs, "attention_mask": run.gathered.get(("decode", kept, mask, keys, queries), gather)}
+        return {**kwargs, "attention_mask": run.gathered.get(keys, (kept, mask, queries), gather)}
 
 
 def _gather_tokens(values: Tensor, index: Tensor) -> Tensor:
