@@ -83,7 +83,8 @@ def wrap(
     positions), ``"compact"`` (kept tokens are re-indexed consecutively) or ``"ppe"`` (merged tokens
     rotate ``ppe_chunks`` bands of their rotary frequencies with the positions of as many members,
     chosen by ``ppe_members``: ``"nearest"`` to the cluster centre or ``"highest"`` index; see
-    ``vtr.positions``); in-LLM stages and virtual unmerging always keep positions. Extra keyword
+    ``vtr.positions``); in-LLM stages and virtual unmerging keep positions (except PDrop, which renumbers
+    after each drop as its reference does: its option ``renumber=False`` keeps them). Extra keyword
     arguments are method options.
     """
     scheme = PositionScheme.make(positions, ppe_chunks, ppe_members)
@@ -185,6 +186,9 @@ def _pipeline(adapter: Adapter, methods: list[Method], scheme: PositionScheme) -
     if in_llm is None:
         return Pipeline(methods, pre_llm, None, description, vision, unmerging, ppe)
     assert isinstance(in_llm, LayerMethod)
+    if scheme.ppe and in_llm.renumbers_positions:
+        raise ValueError(f"{in_llm.describe()} renumbers positions after each drop, which would replace the PPE "
+                         f"positions of positions='ppe'; pass renumber=False to cascade it after PPE")
     pruner = LayerPruner(adapter.decoder(), in_llm, adapter.text_attn_implementation())
     undo = adapter.patch_decoder(pruner)
     pruner.remove = _chained(pruner.remove, undo)

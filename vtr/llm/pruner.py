@@ -5,7 +5,9 @@ code is replaced. During a full pass (prefill, or every step of an uncached gene
 pruning layer K:
 
 1. scores the candidates with the attention the query tokens paid them at layer K-1, recomputed from
-   that layer's q/k (``vtr.llm.scores``), causal and under any attention implementation;
+   that layer's q/k (``vtr.llm.scores``), causal and under any attention implementation; or, for a
+   method that ``scores_own_layer`` (PDrop's reference), with layer K's own input norm and q/k applied
+   to the hidden states entering layer K, at the positions layer K-1 used;
 2. asks the method which candidates stay (and for merged hidden states);
 3. keeps, per row, the kept columns in order; rows are left-filled with masked pad slots to a common
    length;
@@ -13,6 +15,13 @@ pruning layer K:
 and every layer from K on gets the model's full-length rotary cos/sin, position ids and mask gathered at
 its kept columns. Layers from K on therefore cache fewer keys. On a cached step the new tokens' queries
 are untouched and only the key axis of the mask is gathered (kept prompt columns + every new token).
+
+A method that ``renumbers_positions`` (PDrop's reference) moves every kept token down by the number of
+real tokens dropped before it in its row (pad slots and padding do not count), on every rotary axis:
+the model's own rotary module is evaluated on those positions once per stage and pass, and the new
+tokens of a cached step (or the appended tokens of an uncached pass) move down by everything their row
+dropped, so decoding continues from the renumbered positions and an uncached recompute still equals
+the cached generate.
 
 The gathered inputs change only where the kept columns do (at a pruning layer) or where the model hands a
 layer different inputs (a sliding-window mask, a new decode step): they are gathered once per such change
@@ -61,10 +70,15 @@ class PromptRoles:
 
 @dataclass
 class _Kept:
-    """The columns a range of layers sees: full-pass column per current column; False on pad slots."""
+    """The columns a range of layers sees: full-pass column per current column; False on pad slots.
+
+    With renumbered positions, also how far each column's position moves down."""
 
     index: Tensor  # (B, N)
     valid: Tensor  # (B, N)
+    shift: Tensor | None = None  # (B, N) real tokens dropped before each column (0 on pad slots)
+    dropped: Tensor | None = None  # (B,) real tokens each row dropped in all, so far
+    moved: bool = False  # whether any position moves (a host flag, read once per stage)
 
 
 class _LayerInputs:
@@ -109,10 +123,17 @@ class LayerRun:
     captured: dict[int, tuple[Tensor, tuple[Tensor, Tensor]]] = field(default_factory=dict)
     current_layer: int = -1  # the decoder layer running now (for injections between layers)
     gathered: _LayerInputs = field(default_factory=_LayerInputs)
+    rope_positions: Tensor | None = None  # what the model's rotary module got in the current pass or step
+    renumbered: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # range start -> cos/sin
+
+    def range_start(self, layer: int) -> int | None:
+        """The pruning layer that set the columns ``layer`` sees (``None`` before the first)."""
+        starts = [k for k in self.kept if k <= layer]
+        return max(starts) if starts else None
 
     def kept_at(self, layer: int) -> _Kept | None:
-        starts = [k for k in self.kept if k <= layer]
-        return self.kept[max(starts)] if starts else None
+        start = self.range_start(layer)
+        return None if start is None else self.kept[start]
 
     def final_index(self) -> Tensor | None:
         """(B, N) full-pass column of every output column of the last full pass, -1 on pad slots."""
@@ -132,13 +153,23 @@ class LayerPruner:
         self.prune_at = method.check_layers(self.num_layers)
         self.flash = str(attn_implementation).startswith("flash")
         self.quirks = bool(getattr(method, "reference_quirks", False))
+        self.own_scores = method.scores_own_layer
+        self.renumber = method.renumbers_positions
+        self.rotary = getattr(decoder, "rotary_emb", None)
+        if self.renumber and self.rotary is None:
+            raise ValueError(f"{method.describe()} renumbers positions with the text model's rotary module, which "
+                             f"{type(decoder).__name__} lacks; pass renumber=False")
         self.run: LayerRun | None = None
+        self._rotary_busy = False  # our own rotary calls are not the model's positions
         self._handles = []
         for i in range(self.prune_at[0], self.num_layers):
             self._handles.append(self.layers[i].register_forward_pre_hook(self._layer_hook(i), with_kwargs=True))
+        if self.renumber:
+            self._handles.append(self.rotary.register_forward_pre_hook(self._rotary_hook, with_kwargs=True))
         for k in self.prune_at:
-            attention = self.layers[k - 1].self_attn
-            self._handles.append(attention.register_forward_pre_hook(self._capture_hook(k), with_kwargs=True))
+            if not self.own_scores:
+                attention = self.layers[k - 1].self_attn
+                self._handles.append(attention.register_forward_pre_hook(self._capture_hook(k), with_kwargs=True))
             if self.quirks:
                 self._handles.append(self.layers[k - 1].register_forward_pre_hook(self._quirk_hook(k - 1),
                                                                                   with_kwargs=True))
@@ -164,6 +195,12 @@ class LayerPruner:
             return None
 
         return hook
+
+    def _rotary_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]):
+        if self.run is not None and not self._rotary_busy:
+            self.run.rope_positions = args[1] if len(args) > 1 else kwargs["position_ids"]
+            self.run.renumbered = {}
+        return None
 
     def _quirk_hook(self, layer: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
@@ -195,7 +232,7 @@ class LayerPruner:
             if layer == self.prune_at[0]:
                 self._begin_full_pass(states, cache)
             if layer in self.prune_at:
-                states = self._prune(layer, states)
+                states = self._prune(layer, states, kwargs)
             kwargs = self._full_pass_kwargs(layer, kwargs)
         elif cache is not None and run.cache is not None and run.cache() is cache and run.kept:
             kwargs = self._decode_kwargs(layer, kwargs, cache, states.shape[1])
@@ -242,13 +279,13 @@ class LayerPruner:
             return full
         return full.gather(1, kept.index).masked_fill(~kept.valid, pad_slot)
 
-    def _prune(self, layer: int, states: Tensor) -> Tensor:
+    def _prune(self, layer: int, states: Tensor, kwargs: dict[str, Any]) -> Tensor:
         run, roles = self.run, self.run.roles
         batch, length = states.shape[:2]
         prompt_cols = length - (run.full_len - roles.group.shape[1])  # appended columns stay at the end
         group = self._current(roles.group, -1, -1, layer - 1, batch)
         attended = self._current(roles.attended, True, False, layer - 1, batch)
-        scores = self._scores(layer, group, attended, prompt_cols)
+        scores = self._scores(layer, states, kwargs, group, attended, prompt_cols)
         step = LayerInput(hidden=states, scores=scores, group=group, stage=self.prune_at.index(layer),
                           entry_counts=roles.entry_counts, num_layers=self.num_layers)
         decision = self.method.select(step)
@@ -259,14 +296,34 @@ class LayerPruner:
         hidden = decision.hidden if decision.hidden is not None else states
         gathered = hidden.gather(1, local.clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         base = previous.index if previous is not None else torch.arange(length, device=states.device).expand(batch, -1)
-        run.kept[layer] = _Kept(base.gather(1, local.clamp_min(0)), local >= 0)
+        index, valid = base.gather(1, local.clamp_min(0)), local >= 0
+        run.kept[layer] = self._renumbered(index, valid) if self.renumber else _Kept(index, valid)
         return gathered
 
-    def _scores(self, layer: int, group: Tensor, attended: Tensor, prompt_cols: int) -> Tensor:
-        captured = self.run.captured.pop(layer, None)
-        if captured is None:
-            raise ReductionError(f"no layer {layer - 1} attention input was captured for {self.method.describe()}")
-        states, position_embeddings = captured
+    def _renumbered(self, index: Tensor, valid: Tensor) -> _Kept:
+        """The kept columns with how far each one's position moves: the real tokens (not padding, not pad
+        slots) of its row that no longer appear, before it. Counted over the full pass, so stages add up."""
+        real = self._expanded(self.run.roles.attended, index.shape[0], self.run.full_len, True)
+        present = torch.zeros_like(real)
+        rows, cols = valid.nonzero(as_tuple=True)
+        present[rows, index[rows, cols]] = True
+        before = (real & ~present).long().cumsum(1)
+        dropped = before[:, -1]
+        return _Kept(index, valid, before.gather(1, index).masked_fill(~valid, 0), dropped, bool(dropped.any()))
+
+    def _scores(self, layer: int, states: Tensor, kwargs: dict[str, Any], group: Tensor, attended: Tensor,
+                prompt_cols: int) -> Tensor:
+        if self.own_scores:  # layer K's own norm and projections of what enters it, at layer K-1's positions
+            attention = self.layers[layer].self_attn
+            position_embeddings = self._position_embeddings(layer - 1, kwargs, states)
+            with torch.no_grad():
+                states = self.layers[layer].input_layernorm(states)
+        else:
+            captured = self.run.captured.pop(layer, None)
+            if captured is None:
+                raise ReductionError(f"no layer {layer - 1} attention input was captured for {self.method.describe()}")
+            attention = self.layers[layer - 1].self_attn
+            states, position_embeddings = captured
         batch = states.shape[0]
         if self.method.query == "last":
             queries = torch.full((batch, 1), prompt_cols - 1, device=states.device)
@@ -279,8 +336,33 @@ class LayerPruner:
             queries, weight = packed.clamp_min(0), (packed >= 0).float()
             weight = weight / weight.sum(1, keepdim=True).clamp_min(1)
         with torch.no_grad():
-            return attention_to_keys(self.layers[layer - 1].self_attn, states, position_embeddings, queries,
-                                     weight, attended)
+            return attention_to_keys(attention, states, position_embeddings, queries, weight, attended)
+
+    def _position_embeddings(self, layer: int, kwargs: dict[str, Any], like: Tensor) -> tuple[Tensor, Tensor]:
+        """The rotary cos/sin of the columns layer ``layer`` sees in this full pass (``kwargs``: any layer's)."""
+        kept = self.run.kept_at(layer)
+        cos, sin = kwargs["position_embeddings"]
+        if kept is None:
+            return cos, sin
+        if not kept.moved:
+            return _gather_tokens(cos, kept.index), _gather_tokens(sin, kept.index)
+        start = self.run.range_start(layer)
+        if start not in self.run.renumbered:
+            positions = self.run.rope_positions
+            if positions is None or positions.shape[-1] != self.run.full_len:
+                raise ReductionError(f"{self.method.describe()} renumbers positions, but the text model's rotary "
+                                     f"module did not see this pass's {self.run.full_len} positions")
+            self.run.renumbered[start] = self._rotary(like, _gather_last(positions, kept.index) - kept.shift)
+        return self.run.renumbered[start]
+
+    def _rotary(self, like: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """The model's rotary module on ``positions`` (not recorded as the model's own positions)."""
+        self._rotary_busy = True
+        try:
+            with torch.no_grad():
+                return self.rotary(like, positions)
+        finally:
+            self._rotary_busy = False
 
     def _full_pass_kwargs(self, layer: int, kwargs: dict[str, Any]) -> dict[str, Any]:
         run = self.run
@@ -289,17 +371,17 @@ class LayerPruner:
             kwargs.get("attention_mask")
 
         def gather() -> dict[str, Any]:
-            cos, sin = embeddings
-            inputs = {"position_embeddings": (_gather_tokens(cos, kept.index), _gather_tokens(sin, kept.index)),
+            inputs = {"position_embeddings": self._position_embeddings(layer, kwargs, embeddings[0]),
                       "attention_mask": full_pass_mask(mask, kept.index, kept.valid, self.flash)}
             if isinstance(position_ids, Tensor) and position_ids.shape[-1] == run.full_len:
-                inputs["position_ids"] = _gather_last(position_ids, kept.index)
+                gathered = _gather_last(position_ids, kept.index)
+                inputs["position_ids"] = gathered - kept.shift if kept.moved else gathered
             return inputs
 
         if len(run.visual_per_layer) == layer - self.prune_at[0]:
             run.visual_per_layer.append(run.gathered.get(
                 "full", ("visual", kept), lambda: self._current(run.roles.visual, False, False, layer,
-                                                        kept.index.shape[0]).sum(1)))
+                                                                kept.index.shape[0]).sum(1)))
         return {**kwargs, **run.gathered.get("full", (kept, embeddings, position_ids, mask), gather)}
 
     def injection_rows(self, positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -328,7 +410,23 @@ class LayerPruner:
             key_valid = torch.cat([kept.valid, torch.ones_like(new, dtype=torch.bool)], dim=1)
             return decode_mask(mask, key_index, key_valid, queries, self.flash)
 
-        return {**kwargs, "attention_mask": run.gathered.get(keys, (kept, mask, queries), gather)}
+        kwargs = {**kwargs, "attention_mask": run.gathered.get(keys, (kept, mask, queries), gather)}
+        return self._renumbered_step(layer, kwargs, kept) if kept.moved else kwargs
+
+    def _renumbered_step(self, layer: int, kwargs: dict[str, Any], kept: _Kept) -> dict[str, Any]:
+        """A cached step's new tokens moved down by everything their row dropped up to this layer."""
+        run = self.run
+        start = run.range_start(layer)
+        if start not in run.renumbered:
+            if run.rope_positions is None:
+                raise ReductionError(f"{self.method.describe()} renumbers positions, but the text model's rotary "
+                                     f"module saw no positions for this step")
+            shift = kept.dropped.view(-1, 1)
+            run.renumbered[start] = self._rotary(kwargs["position_embeddings"][0], run.rope_positions - shift)
+        position_ids = kwargs.get("position_ids")
+        if isinstance(position_ids, Tensor):
+            kwargs["position_ids"] = position_ids - kept.dropped.view(-1, 1)
+        return {**kwargs, "position_embeddings": run.renumbered[start]}
 
 
 def _gather_tokens(values: Tensor, index: Tensor) -> Tensor:
