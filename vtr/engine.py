@@ -29,7 +29,7 @@ from torch import Tensor
 from vtr.adapters.base import Adapter
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
-from vtr.measure.timing import section
+from vtr.measure.timing import ENCODER_SECTION, section
 from vtr.ops.packing import left_packed_index
 from vtr.vision.attention import AttentionRequest
 from vtr.methods.base import Method, Reduction, VisualItem
@@ -169,7 +169,7 @@ def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor
         if merging is not None:
             stack.enter_context(merging.installed())
             stack.enter_context(adapter.merging_encode(modality, merging))
-        with section("encode"):  # the model's own encoder: not vtr's overhead
+        with section(ENCODER_SECTION):  # the model's own encoder: not vtr's overhead
             output = adapter.encode(modality, inputs)
     if capture is not None:
         attention = adapter.item_attention(modality, capture, requests, inputs)

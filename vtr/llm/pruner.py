@@ -23,6 +23,11 @@ tokens of a cached step (or the appended tokens of an uncached pass) move down b
 dropped, so decoding continues from the renumbered positions and an uncached recompute still equals
 the cached generate.
 
+The gathered inputs change only where the kept columns do (at a pruning layer) or where the model hands a
+layer different inputs (a sliding-window mask, a new decode step): they are gathered once per such change
+and reused by the following layers (``_LayerInputs``), so a pass costs a few gathers per stage, not per
+layer.
+
 Only the prompt's columns are candidates; tokens after the prompt (those an uncached generate appends)
 are always kept and the scores come from the prompt alone, so an uncached recompute makes the same
 choice as the cached prefill.
@@ -76,6 +81,35 @@ class _Kept:
     moved: bool = False  # whether any position moves (a host flag, read once per stage)
 
 
+class _LayerInputs:
+    """Gathered layer inputs, reused while a layer's sources are the very objects they were made from.
+
+    The key is the identity of the sources (kept columns, the model's cos/sin, mask, position ids); the
+    sources themselves are held, so an identity is never reused by another tensor while its entry lives.
+    Entries live for one epoch (a full pass, or one decode step: its cache length), so a long generate
+    holds one step's masks, not every step's.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, tuple[tuple, Any]] = {}
+        self._epoch: Any = None
+
+    def get(self, epoch: Any, sources: tuple, make):
+        if epoch != self._epoch:
+            self.clear()
+            self._epoch = epoch
+        key = tuple(id(source) if isinstance(source, (Tensor, tuple, _Kept)) or source is None else source
+                    for source in sources)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = (sources, make())
+        return entry[1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._epoch = None
+
+
 @dataclass
 class LayerRun:
     """One reduced call (a forward with pixels, or a whole generate) and the cache it fills."""
@@ -88,6 +122,7 @@ class LayerRun:
     visual_per_layer: list[Tensor] = field(default_factory=list)  # (B,) visual tokens seen by each layer
     captured: dict[int, tuple[Tensor, tuple[Tensor, Tensor]]] = field(default_factory=dict)
     current_layer: int = -1  # the decoder layer running now (for injections between layers)
+    gathered: _LayerInputs = field(default_factory=_LayerInputs)
     rope_positions: Tensor | None = None  # what the model's rotary module got in the current pass or step
     renumbered: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # range start -> cos/sin
 
@@ -225,6 +260,7 @@ class LayerPruner:
         run.full_len, run.kept = length, {}
         run.cache = None if cache is None else weakref.ref(cache)  # never keep a finished KV cache alive
         run.visual_per_layer = []
+        run.gathered.clear()
 
     def _expanded(self, values: Tensor, batch: int, length: int, appended) -> Tensor:
         """A prompt-shaped (B0, L0) map for a pass of ``length``: rows repeated for beams, appended columns
@@ -331,18 +367,24 @@ class LayerPruner:
             self._rotary_busy = False
 
     def _full_pass_kwargs(self, layer: int, kwargs: dict[str, Any]) -> dict[str, Any]:
-        kept = self.run.kept_at(layer)
-        kwargs = dict(kwargs)
-        kwargs["position_embeddings"] = self._position_embeddings(layer, kwargs, kwargs["position_embeddings"][0])
-        position_ids = kwargs.get("position_ids")
-        if isinstance(position_ids, Tensor) and position_ids.shape[-1] == self.run.full_len:
-            gathered = _gather_last(position_ids, kept.index)
-            kwargs["position_ids"] = gathered - kept.shift if kept.moved else gathered
-        kwargs["attention_mask"] = full_pass_mask(kwargs.get("attention_mask"), kept.index, kept.valid, self.flash)
-        if len(self.run.visual_per_layer) == layer - self.prune_at[0]:
-            visual = self._current(self.run.roles.visual, False, False, layer, kept.index.shape[0])
-            self.run.visual_per_layer.append(visual.sum(1))
-        return kwargs
+        run = self.run
+        kept = run.kept_at(layer)
+        embeddings, position_ids, mask = kwargs["position_embeddings"], kwargs.get("position_ids"), \
+            kwargs.get("attention_mask")
+
+        def gather() -> dict[str, Any]:
+            inputs = {"position_embeddings": self._position_embeddings(layer, kwargs, embeddings[0]),
+                      "attention_mask": full_pass_mask(mask, kept.index, kept.valid, self.flash)}
+            if isinstance(position_ids, Tensor) and position_ids.shape[-1] == run.full_len:
+                gathered = _gather_last(position_ids, kept.index)
+                inputs["position_ids"] = gathered - kept.shift if kept.moved else gathered
+            return inputs
+
+        if len(run.visual_per_layer) == layer - self.prune_at[0]:
+            run.visual_per_layer.append(run.gathered.get(
+                "full", ("visual", kept), lambda: self._current(run.roles.visual, False, False, layer,
+                                                                kept.index.shape[0]).sum(1)))
+        return {**kwargs, **run.gathered.get("full", (kept, embeddings, position_ids, mask), gather)}
 
     def injection_rows(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Translate a full-length injection mask for the sequence leaving the current layer.
@@ -363,11 +405,15 @@ class LayerPruner:
         run = self.run
         kept = run.kept_at(layer)
         keys = cache.get_seq_length(0)  # layer 0 already holds this step's tokens: the mask's key count
-        new = torch.arange(run.full_len, keys, device=kept.index.device).expand(kept.index.shape[0], -1)
-        key_index = torch.cat([kept.index, new], dim=1)
-        key_valid = torch.cat([kept.valid, torch.ones_like(new, dtype=torch.bool)], dim=1)
-        kwargs = {**kwargs, "attention_mask": decode_mask(kwargs.get("attention_mask"), key_index, key_valid, queries,
-                                                          self.flash)}
+        mask = kwargs.get("attention_mask")
+
+        def gather() -> Tensor:
+            new = torch.arange(run.full_len, keys, device=kept.index.device).expand(kept.index.shape[0], -1)
+            key_index = torch.cat([kept.index, new], dim=1)
+            key_valid = torch.cat([kept.valid, torch.ones_like(new, dtype=torch.bool)], dim=1)
+            return decode_mask(mask, key_index, key_valid, queries, self.flash)
+
+        kwargs = {**kwargs, "attention_mask": run.gathered.get(keys, (kept, mask, queries), gather)}
         return self._renumbered_step(layer, kwargs, kept) if kept.moved else kwargs
 
     def _renumbered_step(self, layer: int, kwargs: dict[str, Any], kept: _Kept) -> dict[str, Any]:
