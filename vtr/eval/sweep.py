@@ -18,7 +18,6 @@ budgets 0.5, 0.25 and 0.11: ``vtr sweep --methods none,random,divprune`` is a wh
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import sys
 import time
@@ -183,10 +182,9 @@ def _check_configs(configs: list[Config], model_args: str) -> None:
     """Reject up front a config every run of which would fail: an unknown method, an invalid budget, or a
     method option (a ``--model-args`` key that some vtr method takes) that its methods lack. Keys no vtr
     method takes are lmms-eval's to judge, at run time."""
-    from vtr.eval.models.base import configure
-    from vtr.methods import REGISTRY
+    from vtr.eval.models.base import configure, method_option_names
 
-    option_names = {field.name for method in REGISTRY.values() for field in dataclasses.fields(method)}
+    option_names = method_option_names()
     options = {key: value for key, value in _parse_model_args(model_args).items() if key in option_names}
     for config in configs:
         try:
