@@ -8,15 +8,18 @@ import pytest
 import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.models import get_model
-from lmms_eval.models.model_utils.gen_metrics import reset_logged_metrics, summarize_logged_metrics
+from lmms_eval.models.model_utils.gen_metrics import (
+    reset_logged_metrics,
+    summarize_logged_metrics,
+)
 from loguru import logger as eval_logger
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from vtr import testing
 from vtr.eval.lmms import CLASS_PATHS
 from vtr.eval.models.base import EvaluationAborted, Reduced
-from vtr.eval.models.loading import Loading
 from vtr.eval.models.llava_hf import VtrLlavaHf, VtrLlavaHfChat
+from vtr.eval.models.loading import Loading
 from vtr.eval.records import GenerateRecorder, last_call_flops
 from vtr.eval.tasks.utils import video_doc_to_visual
 from vtr.positions import PositionScheme

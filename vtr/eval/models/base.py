@@ -71,7 +71,7 @@ class Reduced:
                       ppe_chunks: int | str | None, ppe_members: str | None, kwargs: dict[str, Any]) -> None:
         """Check everything that needs no checkpoint first (fail in seconds), then load and wrap."""
         accepted = _named_parameters(super().__init__)
-        rank, world_size = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank, world_size = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         loading = Loading.resolve({key: kwargs.pop(key) for key in LOADING_KEYS if key in kwargs}, rank, world_size)
         if world_size > 1 and self.gpu_only_data_parallel and not loading.device.startswith("cuda"):
             raise ValueError(
@@ -90,7 +90,7 @@ class Reduced:
         passed.update({key: getattr(loading, key) for key in ("device", "device_map") if key in accepted})
         with loading.applied():
             super().__init__(**passed)
-        eval_logger.info(f"vtr model: rank {os.environ.get('RANK', 0)}/{world_size} on {loading.describe()}")
+        eval_logger.info(f"vtr model: rank {os.environ.get('RANK', '0')}/{world_size} on {loading.describe()}")
         vtr.wrap(self.model, methods, positions=scheme)
         self._generations = GenerateRecorder(self.model)
         self._records: list[tuple[tuple[str, Any], dict[str, Any]]] = []
@@ -124,7 +124,7 @@ class Reduced:
         (e.g. ``avg_vtr_content_tokens_kept``): a run without ``--log_samples`` still reports them.
         """
         records = _gathered(self._records)
-        if int(os.environ.get("RANK", 0)) == 0 and records:
+        if int(os.environ.get("RANK", "0")) == 0 and records:
             by_sample: dict[tuple[str, Any], list[dict[str, Any]]] = {}
             for sample, record in records:
                 by_sample.setdefault(sample, []).append(record)
