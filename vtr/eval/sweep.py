@@ -6,7 +6,8 @@
 Each finished config becomes one line of ``DIR/results.jsonl`` (written atomically); a config whose
 line is there is skipped, so re-running the command resumes an interrupted sweep, and deleting a line
 re-runs that config only. A run that leaves no results for every task stops the sweep with a non-zero
-exit code and the config named; finished lines stay. ``DIR/summary.md`` and the plots are rebuilt
+exit code and the config named; finished lines stay. Ctrl-C and SIGTERM end the running config's
+lmms-eval processes and record nothing of it; ``DIR/sweep.lock`` keeps a second live sweep out. ``DIR/summary.md`` and the plots are rebuilt
 from ``results.jsonl`` at the end of every invocation. The CLI registers ``add_sweep_arguments`` and
 calls ``run_sweep``.
 
@@ -43,7 +44,7 @@ from vtr.eval.store import ResultStore, SweepLock
 
 RESERVED_MODEL_ARGS = {"pretrained": "--pretrained", "method": "--methods", "budget": "--budgets"}
 DEFAULT_MODEL, DEFAULT_TASK, DEFAULT_BUDGETS = "vtr_llava_hf", "vtr_synthetic", [0.5, 0.25, 0.11]
-# the shipped model is tiny: the CPU is the default device (lmms-eval's is cuda); a user's keys win
+# the shipped model is tiny: it runs on the CPU even where there is a GPU; a user's keys win
 DEFAULT_MODEL_ARGS = {"device": "cpu", "device_map": "cpu", "dtype": "float32"}
 
 
