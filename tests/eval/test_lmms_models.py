@@ -164,6 +164,17 @@ def test_method_and_argument_errors_come_before_the_checkpoint_loads_and_abort_t
     fails("dtype='float64' is not one of auto, float32, bfloat16, float16", dtype="float64")
 
 
+def test_a_qwen_class_refuses_data_parallel_without_a_gpu_per_rank(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    expected = ("lmms-eval's Qwen2_5_VL runs data parallel on GPUs only" if not torch.cuda.is_available()
+                else "2 data-parallel processes need 2 GPUs" if torch.cuda.device_count() < 2 else None)
+    if expected is None:
+        pytest.skip("two GPUs: rank 1 goes to cuda:1")
+    with pytest.raises(EvaluationAborted, match=expected):
+        get_model("vtr_qwen2_5_vl", force_simple=True)(pretrained="/nonexistent", method="none")
+
+
 class _SwallowingModelClass:
     """Like lmms-eval's llava_hf chat class: an exception in generate() becomes an empty answer."""
 

@@ -82,7 +82,7 @@ def write_task_paths(directory: Path, include_paths: list[str]) -> Path:
 
 def lmms_eval_command(setup: SweepSetup, config: Config, output_dir: Path, task_paths: Path,
                       num_processes: int, gpus: int) -> Launch:
-    """``python -m lmms_eval ...``, or data parallel over ``num_processes`` ranks (see ``launcher``)."""
+    """``python -m lmms_eval ...``, or data parallel over ``num_processes`` ranks (``data_parallel_launcher``)."""
     launcher, env = data_parallel_launcher(num_processes, gpus) if num_processes > 1 else ([sys.executable], {})
     model_args = ",".join(part for part in (f"pretrained={setup.pretrained}", config.model_args, setup.model_args)
                           if part)
