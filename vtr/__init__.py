@@ -5,8 +5,9 @@
     model.generate(**inputs)                        # unchanged API, fewer visual tokens
     vtr.stats(model); vtr.unwrap(model)
 
-The names below are imported on first use (PEP 562), so ``import vtr`` (and the ``vtr`` command's
-start-up) does not pay for torch and transformers until something needs them.
+The names below, and the submodule ``vtr.assets`` (``vtr.assets.tiny_llava_synth()``), are imported on
+first use (PEP 562), so ``import vtr`` (and the ``vtr`` command's start-up) does not pay for torch and
+transformers until something needs them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _SOURCES = {
 }
 
 __all__ = sorted(_SOURCES)
+_SUBMODULES = ("assets",)  # reachable as attributes after a plain ``import vtr``
 
 if TYPE_CHECKING:
     from vtr.adapters import supported_models
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"vtr.{name}")
     if name not in _SOURCES:
         raise AttributeError(f"module 'vtr' has no attribute {name!r}")
     value = getattr(importlib.import_module(_SOURCES[name]), name)
