@@ -61,3 +61,12 @@ def test_a_user_error_is_one_line_and_exit_code_2_a_bug_keeps_its_traceback(caps
     monkeypatch.setattr("vtr.commands.models.run", broken)
     with pytest.raises(KeyError):
         main(["models"])
+
+
+def test_ctrl_c_ends_the_command_with_a_line_and_exit_code_130(capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("vtr.commands.models.run", interrupted)
+    assert main(["models"]) == 130
+    assert capsys.readouterr().err == "vtr models: interrupted\n"

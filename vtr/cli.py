@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"vtr {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as error:
         if not isinstance(error, _user_errors()) or os.environ.get("VTR_TRACEBACK"):
             raise
