@@ -1,9 +1,11 @@
 """Start-up time of the ``vtr`` command: wall time of fresh processes, median of several runs.
 
-    python scripts/bench_startup.py [--repeats 7] [COMMAND ...]
+    python scripts/bench_startup.py [--repeats 7] [-- COMMAND ...]     e.g. -- "--help" "methods"
 
-Each run is a new interpreter (``python -m vtr.cli ARGS``), so nothing is cached in-process; the OS
-page cache is warm after the first run, which is what a user typing commands sees. Prints one line
+Each run is a new interpreter running ``vtr.cli`` as the ``vtr`` command does, in an empty directory
+(so the ``vtr`` measured is the one this interpreter imports: installed, or first on ``PYTHONPATH``);
+nothing is cached in-process, and the OS page cache is warm after the first run, which is what a user
+typing commands sees. Prints one line
 per command: median, min and max seconds, and whether torch / transformers got imported. A
 benchmark, not a test: the target (``vtr --help`` and ``vtr methods`` under 1 s) is checked by reading
 its output.
@@ -16,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 DEFAULT_COMMANDS = ["--help", "methods", "demo --help", "sweep --help"]
@@ -28,12 +31,13 @@ PROBE = ("import sys, runpy; sys.argv = ['vtr'] + sys.argv[1:]\n"
 
 def time_command(args: list[str], repeats: int) -> tuple[list[float], str]:
     times, heavy = [], ""
-    for _ in range(repeats):
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-        times.append(time.perf_counter() - start)
-        heavy = next((line for line in done.stderr.splitlines() if line.startswith("HEAVY")), "HEAVY ? ?")
+    with tempfile.TemporaryDirectory() as empty:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, cwd=empty,
+                                  env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+            times.append(time.perf_counter() - start)
+            heavy = next((line for line in done.stderr.splitlines() if line.startswith("HEAVY")), "HEAVY ? ?")
     return times, heavy
 
 
@@ -41,7 +45,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="fresh processes per command (default 7)")
     parser.add_argument("commands", nargs="*", default=DEFAULT_COMMANDS,
-                        help=f"vtr arguments, one quoted string per command (default {DEFAULT_COMMANDS})")
+                        help=f"vtr arguments, one quoted string per command, after -- (default {DEFAULT_COMMANDS})")
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}; {args.repeats} fresh processes per command")
     for command in args.commands:
