@@ -40,6 +40,15 @@ def test_default_demo_scores_the_trained_model_on_the_synthetic_benchmark(capsys
         assert abs(tokens - (196 - 4 * level)) <= 16, (level, tokens)
 
 
+def test_the_default_demo_has_a_row_per_method_on_the_shipped_model(capsys):
+    """`vtr demo --samples 2`: the default model, methods and budgets, DyMU at its shipped levels."""
+    assert main(["demo", "--samples", "2"]) == 0
+    header, *rows = table_rows(capsys.readouterr().out)
+    assert {r[0] for r in rows} == set(vtr.available_methods())
+    assert len(rows) == 1 + 3 * (len(vtr.available_methods()) - 1)  # none, then 3 budgets or 3 DyMU levels each
+    assert [r[1] for r in rows if r[0] == "dymu"] == ["r=8", "r=16", "r=32"]
+
+
 @pytest.mark.parametrize("name", list(testing.BUILDERS))
 def test_mechanics_table_has_a_row_per_method_on_every_built_in_model(capsys, name):
     """The default method list on every built-in model: exit 0, a row per method and level, and methods
