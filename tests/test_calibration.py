@@ -1,4 +1,5 @@
-"""DyMU threshold calibration (vtr.calibration, vtr.vision.calibrate) on the tiny LLaVA-1.5: thresholds that remove the target on average."""
+"""DyMU threshold calibration (vtr.calibration over vtr.vision.calibrate) on the tiny LLaVA-1.5: thresholds
+that remove the target on average."""
 
 from __future__ import annotations
 

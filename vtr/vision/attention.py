@@ -21,8 +21,6 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from vtr.methods.base import AttentionRequest
-
 @dataclass(frozen=True)
 class LayerAttention:
     """Per encoder sequence (an image, crop or attention segment): scores (n,) and mean keys (n, head_dim)."""
