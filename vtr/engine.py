@@ -31,8 +31,7 @@ from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
 from vtr.measure.timing import ENCODER_SECTION, section
 from vtr.ops.packing import left_packed_index
-from vtr.vision.attention import AttentionRequest
-from vtr.methods.base import Method, Reduction, VisualItem
+from vtr.methods.base import AttentionRequest, Method, Reduction, VisualItem
 from vtr.methods.vision import VisionMethod
 from vtr.positions import ChunkPositions, PositionScheme
 from vtr.stats import CallStats, ItemStats, SampleStats

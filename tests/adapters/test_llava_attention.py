@@ -9,7 +9,7 @@ from conftest import make_inputs
 from vtr import testing
 from vtr.adapters import adapter_for
 from vtr.engine import _encode
-from vtr.vision.attention import AttentionRequest
+from vtr.methods.base import AttentionRequest
 
 
 def _eager_attention(model, pixels, layer: int) -> torch.Tensor:

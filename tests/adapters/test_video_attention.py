@@ -11,7 +11,7 @@ from transformers.vision_utils import get_vision_window_index
 import vtr
 from conftest import greedy_without_placeholders, make_inputs
 from vtr.adapters import adapter_for
-from vtr.vision.attention import AttentionRequest
+from vtr.methods.base import AttentionRequest
 
 
 def _eager_received(model, pixels: torch.Tensor, layer: int) -> torch.Tensor:

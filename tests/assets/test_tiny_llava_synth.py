@@ -54,3 +54,19 @@ def test_random_pruning_at_11_percent_loses_at_least_10_points(trained):
         pruned = accuracy.score(model, processor, items, batches)
     assert pruned.visual_llm_input == 22  # round(0.11 * 196)
     assert keep_all - pruned.accuracy >= 0.10
+
+
+def test_calibrated_dymu_thresholds_are_shipped_next_to_it():
+    """`vtr calibrate` records (scripts/calibrate_tiny.py): one threshold per merging layer of its 4-layer
+    CLIP, stricter as fewer tokens are merged; the demo's accuracy test runs DyMU with them."""
+    import json
+
+    from vtr.assets import dymu_thresholds, shipped_dymu_levels
+
+    assert shipped_dymu_levels() == [8, 16, 32] and dymu_thresholds(5) is None
+    records = [json.loads(dymu_thresholds(level).read_text()) for level in shipped_dymu_levels()]
+    assert [r["target_removed"] for r in records] == [8, 16, 32]
+    assert all(r["model"] == "tiny-llava-synth" and len(r["thresholds"]) == 4 for r in records)
+    for fewer, more in zip(records, records[1:]):  # merging more tokens needs lower thresholds, layer by layer
+        assert all(a > b for a, b in zip(fewer["thresholds"], more["thresholds"]))
+    assert vtr.methods.DyMU(thresholds=str(dymu_thresholds(8))).values == tuple(records[0]["thresholds"])

@@ -220,7 +220,7 @@ def test_report_writes_every_plot_without_flops_too(tmp_path):
     assert all(path.read_bytes()[:4] == b"\x89PNG" for path in written[1:])
 
 
-def test_a_method_list_is_a_whole_sweep_of_the_shipped_model_on_the_synthetic_task():
+def test_a_method_list_is_a_whole_sweep_of_the_shipped_model_on_the_synthetic_task(tmp_path, monkeypatch):
     import argparse
 
     from vtr.assets import TINY_LLAVA_SYNTH
@@ -232,7 +232,10 @@ def test_a_method_list_is_a_whole_sweep_of_the_shipped_model_on_the_synthetic_ta
     setup = _setup(args)
     assert (setup.model, setup.pretrained, setup.tasks) == ("vtr_llava_hf", str(TINY_LLAVA_SYNTH), ("vtr_synthetic",))
     assert setup.model_args == "device=cpu,device_map=cpu,dtype=float32"
-    assert args.budgets == [0.5, 0.25, 0.11] and str(_out_dir(args)) == "runs/sweep-tiny-llava-synth"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))  # no --out: a per-user directory, not the cwd
+    assert args.budgets == [0.5, 0.25, 0.11] and _out_dir(args) == tmp_path / "vtr" / "runs" / "sweep-tiny-llava-synth"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert _out_dir(args) == Path.home() / ".local" / "share" / "vtr" / "runs" / "sweep-tiny-llava-synth"
     user = _setup(parser.parse_args(["--methods", "none", "--model-args", "dtype=bfloat16,layer=2"]))
     assert user.model_args == "device=cpu,device_map=cpu,dtype=bfloat16,layer=2"  # the user's keys win
     with pytest.raises(SweepError, match="--model vtr_qwen2_vl needs --pretrained"):

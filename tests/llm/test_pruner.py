@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
 import vtr
 from conftest import greedy_without_placeholders, make_inputs, padded_inputs, row_alone
+from vtr.llm.cache import cache_keyword
 from vtr.methods import DivPrune, FastV
 
 FAMILIES = ["llava", "qwen2_5_vl", "qwen3_vl"]
@@ -181,7 +184,8 @@ def test_text_only_prompt_and_unwrap(tiny):
 
 
 def test_manual_decoding_loop_continues_on_the_reduced_cache(tiny):
-    """A forward with pixels, then cached steps by hand (no generate), gives generate's tokens."""
+    """A forward with pixels, then cached steps by hand (no generate), gives generate's tokens; passing the
+    cache under the installed transformers' keyword raises no deprecation warning."""
     model, processor = tiny("llava")
     inputs = make_inputs(processor, "llava")
     vtr.wrap(model, "fastv", budget=0.5, layer=2)
@@ -193,7 +197,10 @@ def test_manual_decoding_loop_continues_on_the_reduced_cache(tiny):
         tokens = [out.logits[:, -1].argmax(-1)]
         for _ in range(2):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            step = model(input_ids=tokens[-1][:, None], attention_mask=mask, past_key_values=past, use_cache=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", FutureWarning)
+                step = model(input_ids=tokens[-1][:, None], attention_mask=mask, use_cache=True,
+                             **{cache_keyword(): past})
             tokens.append(step.logits[:, -1].argmax(-1))
     assert torch.equal(torch.stack(tokens, 1), expected[:, inputs["input_ids"].shape[1]:])
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import vtr
 from conftest import make_inputs
-from vtr.cli import main
 from vtr.measure.bench import BenchConfig, run_bench
 from vtr.measure.timing import recording, section
 
@@ -41,15 +39,3 @@ def test_sections_record_only_while_recording():
         with section("inside"):
             pass
     assert set(recorder.seconds) == {"inside"} and recorder.seconds["inside"] >= 0
-
-
-def test_bench_command_prints_a_table_and_writes_json(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    assert main(["bench", "--model", "qwen2_5_vl", "--methods", "random", "--budgets", "0.5", "--repeats", "1",
-                 "--new-tokens", "2", "--dtype", "float32", "--json", str(out)]) == 0
-    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert [line.split("|")[1].strip() for line in table[2:]] == ["none", "ideal", "random"]
-    data = json.loads(out.read_text())
-    assert data["meta"]["model"] == "qwen2_5_vl" and len(data["rows"]) == 3
-    assert set(data["rows"][2]) >= {"ttft_ms", "prefill_ms", "reduction_ms", "decode_tok_s", "peak_mem_mb",
-                                    "tflops", "ttft_over_ideal", "visual_llm"}

@@ -9,7 +9,8 @@ from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
 
 from conftest import make_inputs
 from vtr.adapters import adapter_for
-from vtr.vision.attention import AttentionCapture, AttentionRequest, clip_like_attention, qwen_vit_attention
+from vtr.methods.base import AttentionRequest
+from vtr.vision.attention import AttentionCapture, clip_like_attention, qwen_vit_attention
 
 
 def _eager_encoder_attentions(model, vision_tower, pixel_values) -> tuple:

@@ -19,8 +19,8 @@ from transformers.utils import ModelOutput
 
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
-from vtr.methods.base import Reduction, VisionInfo
-from vtr.vision.attention import AttentionCapture, AttentionRequest
+from vtr.methods.base import AttentionRequest, Reduction, VisionInfo
+from vtr.vision.attention import AttentionCapture
 from vtr.vision.merging import EncoderMerging, MergeTarget
 
 MODALITIES = ("image", "video")

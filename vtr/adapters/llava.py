@@ -20,8 +20,8 @@ from vtr.adapters.llava_attention import anyres_image_attention, encoder_attenti
 from vtr.adapters.llava_merging import anyres_merges, spreading_projector
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout, layout_with_newlines, square_grid
-from vtr.methods.base import Reduction, VisionInfo
-from vtr.vision.attention import AttentionCapture, AttentionRequest
+from vtr.methods.base import AttentionRequest, Reduction, VisionInfo
+from vtr.vision.attention import AttentionCapture
 from vtr.vision.merging import EncoderMerging, MergeTarget
 
 

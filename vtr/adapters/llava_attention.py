@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from vtr.layout import ItemLayout
-from vtr.vision.attention import AttentionCapture, AttentionRequest, clip_like_attention
+from vtr.methods.base import AttentionRequest
+from vtr.vision.attention import AttentionCapture, clip_like_attention
 
 
 @dataclasses.dataclass

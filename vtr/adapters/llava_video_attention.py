@@ -18,7 +18,8 @@ from torch import Tensor
 
 from vtr.errors import ReductionError
 from vtr.adapters.llava_attention import encoder_attention
-from vtr.vision.attention import AttentionCapture, AttentionRequest
+from vtr.methods.base import AttentionRequest
+from vtr.vision.attention import AttentionCapture
 
 
 def _pool(model: torch.nn.Module, values: Tensor) -> Tensor:

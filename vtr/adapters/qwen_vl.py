@@ -11,8 +11,8 @@ from transformers.utils import ModelOutput
 
 from vtr.adapters.base import Adapter, consecutive_positions
 from vtr.layout import ItemLayout
-from vtr.methods.base import Reduction, VisionInfo
-from vtr.vision.attention import AttentionCapture, AttentionRequest, qwen_vit_attention
+from vtr.methods.base import AttentionRequest, Reduction, VisionInfo
+from vtr.vision.attention import AttentionCapture, qwen_vit_attention
 
 MM_TOKEN_TYPE = {"image": 1, "video": 2}
 

@@ -12,7 +12,8 @@ from ``results.jsonl`` at the end of every invocation. The CLI registers ``add_s
 calls ``run_sweep``.
 
 Without ``--model``/``--pretrained``/``--tasks`` the sweep runs vtr's shipped tiny LLaVA (``vtr.assets``)
-on the synthetic benchmark (``vtr_synthetic``) on the CPU, into ``runs/sweep-tiny-llava-synth``, at the
+on the synthetic benchmark (``vtr_synthetic``) on the CPU, into ``$XDG_DATA_HOME/vtr/runs/sweep-tiny-llava-synth``
+(``~/.local/share/vtr/...`` when ``XDG_DATA_HOME`` is unset), at the
 budgets 0.5, 0.25 and 0.11: ``vtr sweep --methods none,random,divprune`` is a whole offline sweep.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import signal
 import sys
 import threading
@@ -66,7 +68,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         help="documents per task (int) or fraction of each task; for quick checks only")
     parser.add_argument("--out", type=Path, default=None,
                         help="sweep directory (created; resumed if it exists); required with --pretrained, "
-                             "else runs/sweep-tiny-llava-synth")
+                             "else $XDG_DATA_HOME/vtr/runs/sweep-tiny-llava-synth (~/.local/share/vtr/... when unset)")
     parser.add_argument("--include-path", action="append", default=[],
                         help="another directory of lmms-eval task YAMLs (repeatable)")
     parser.add_argument("--num-processes", type=int, default=1,
@@ -219,7 +221,14 @@ def _out_dir(args: argparse.Namespace) -> Path:
         raise SweepError("--out is required with --pretrained (the sweep directory, created or resumed)")
     from vtr.assets import NAME
 
-    return Path("runs") / f"sweep-{NAME}"
+    return user_data_dir() / "runs" / f"sweep-{NAME}"
+
+
+def user_data_dir() -> Path:
+    """Where a sweep without ``--out`` goes: ``$XDG_DATA_HOME/vtr`` (``~/.local/share/vtr`` when unset), a
+    per-user directory, so a sweep started inside a repository or any other folder leaves nothing there."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "vtr"
 
 
 def _check_configs(configs: list[Config], model_args: str) -> None:

@@ -167,15 +167,19 @@ def measure_ideal(model, inputs: dict, budget: int | float, config: BenchConfig)
 
 
 def run_bench(model, inputs: dict, methods: list[str], budgets: list[int | float], config: BenchConfig,
-              **options: Any) -> list[BenchRow]:
-    """Rows: unreduced, then per budget the ideal row and every method (``options`` go to the methods)."""
+              progress: Callable[[str], None] = lambda label: None, **options: Any) -> list[BenchRow]:
+    """Rows: unreduced, then per budget the ideal row and every method (``options`` go to the methods).
+    ``progress(label)`` is called as each of the ``1 + len(budgets) * (1 + len(methods))`` rows starts."""
     if vtr.is_wrapped(model):
         raise ValueError("run_bench wraps the model itself; pass an unwrapped model")
+    progress("none")
     rows = [measure(model, inputs, "none", "-", config)]
     for budget in budgets:
+        progress(f"ideal at budget {budget}")
         ideal = measure_ideal(model, inputs, budget, config)
         rows.append(ideal)
         for method in methods:
+            progress(f"{method} at budget {budget}")
             with vtr.reduced(model, method, budget=budget, **options):
                 row = measure(model, inputs, method, str(budget), config)
             rows.append(dataclasses.replace(row, ttft_over_ideal=row.ttft_ms.median / ideal.ttft_ms.median))

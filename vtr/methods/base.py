@@ -19,7 +19,6 @@ from vtr.errors import ReductionError
 from vtr.layout import Segment
 from vtr.methods.allocation import crop_masses, split_by_weight
 from vtr.ops.grid import group_mean, group_weighted_sum
-from vtr.vision.attention import AttentionRequest
 
 
 class Stage(str, Enum):
@@ -38,6 +37,21 @@ class VisionInfo:
     feature_layer: int  # 0-based index of the layer whose output becomes the features
     has_cls: bool
     encoder: str  # "clip" (CLIP/SigLIP-style) or "qwen" (Qwen ViT)
+
+
+VISION_QUERIES = ("cls", "received")  # vtr.vision.attention: the CLS row, or the mean over every query row
+
+
+@dataclass(frozen=True)
+class AttentionRequest:
+    """Scores of one encoder layer (0-based index into the encoder's layers)."""
+
+    layer: int
+    query: str = "received"
+
+    def __post_init__(self) -> None:
+        if self.query not in VISION_QUERIES:
+            raise ValueError(f"vision attention query must be one of {VISION_QUERIES}, got {self.query!r}")
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,8 @@ from typing import ClassVar
 import torch
 
 from vtr.errors import ReductionError
-from vtr.methods.base import BudgetedMethod, Reduction, Stage, VisionInfo, VisualItem
+from vtr.methods.base import AttentionRequest, BudgetedMethod, Reduction, Stage, VisionInfo, VisualItem
 from vtr.ops.grid import cross_neighbourhood, top_indices
-from vtr.vision.attention import AttentionRequest
 
 REFERENCE_OBJECT_LAYER = {"clip": (9, 24), "qwen": (16, 32)}  # (1-based layer, encoder depth)
 

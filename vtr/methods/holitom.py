@@ -41,12 +41,11 @@ import torch
 from torch import Tensor
 
 from vtr.budget import Budget
-from vtr.methods.base import Method, Reduction, Stage, VisionInfo, VisualItem
+from vtr.methods.base import AttentionRequest, Method, Reduction, Stage, VisionInfo, VisualItem
 from vtr.methods.hiprune import requested
 from vtr.ops.dpc_knn import centre_weights, dpc_knn_centres, nearest_centre, scaled_distances
 from vtr.ops.grid import group_weighted_sum
 from vtr.ops.segmentation import best_segmentation, consecutive_similarity, window_counts
-from vtr.vision.attention import AttentionRequest
 
 ATTENTION = "holitom"
 

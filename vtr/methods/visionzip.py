@@ -32,10 +32,9 @@ from typing import ClassVar
 
 import torch
 
-from vtr.methods.base import BudgetedMethod, Reduction, Stage, VisionInfo, VisualItem
+from vtr.methods.base import AttentionRequest, BudgetedMethod, Reduction, Stage, VisionInfo, VisualItem
 from vtr.methods.hiprune import requested
 from vtr.ops.grid import group_mean, top_indices
-from vtr.vision.attention import AttentionRequest
 
 
 MERGES = ("reference", "mean")

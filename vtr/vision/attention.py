@@ -21,21 +21,6 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-QUERIES = ("cls", "received")
-
-
-@dataclass(frozen=True)
-class AttentionRequest:
-    """Scores of one encoder layer (0-based index into the encoder's layers)."""
-
-    layer: int
-    query: str = "received"
-
-    def __post_init__(self) -> None:
-        if self.query not in QUERIES:
-            raise ValueError(f"vision attention query must be one of {QUERIES}, got {self.query!r}")
-
-
 @dataclass(frozen=True)
 class LayerAttention:
     """Per encoder sequence (an image, crop or attention segment): scores (n,) and mean keys (n, head_dim)."""

@@ -1,16 +1,14 @@
-"""DyMU threshold calibration on the tiny LLaVA-1.5: thresholds that remove the target on average."""
+"""DyMU threshold calibration (vtr.calibration over vtr.vision.calibrate) on the tiny LLaVA-1.5: thresholds
+that remove the target on average."""
 
 from __future__ import annotations
-
-import argparse
-import json
 
 import pytest
 import torch
 
 import vtr
 from vtr import testing
-from vtr.vision.calibrate import add_calibrate_arguments, calibrate, run_calibrate
+from vtr.calibration import calibrate
 
 TARGET = 8
 
@@ -53,26 +51,6 @@ def test_calibrate_refuses_what_cannot_be_met(tiny):
         calibrate(model, [testing.random_image()], 4)
     with pytest.raises(ValueError, match="target_removed must be an int"):
         calibrate(model, [testing.random_image()], 0, processor=processor)
-
-
-def test_run_calibrate_writes_thresholds_dymu_reads(tmp_path, capsys):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for seed in range(3):
-        testing.random_image(32, 32, seed=seed).save(folder / f"{seed}.png")
-    (folder / "notes.txt").write_text("not an image")
-    parser = argparse.ArgumentParser()
-    add_calibrate_arguments(parser)
-    out = tmp_path / "thresholds.json"
-    args = parser.parse_args(["--model", "llava", "--images", str(folder), "--target-removed", "4", "--out", str(out)])
-    assert run_calibrate(args) == 0
-    record = json.loads(out.read_text())
-    assert record["images"] == 3 and record["target_removed"] == 4 and len(record["thresholds"]) == 2
-    assert "2 thresholds from 3 images" in capsys.readouterr().out
-    assert vtr.methods.DyMU(thresholds=str(out)).values == tuple(record["thresholds"])
-    with pytest.raises(ValueError, match="no images"):
-        run_calibrate(parser.parse_args(["--model", "llava", "--images", str(tmp_path), "--target-removed", "4",
-                                         "--out", str(out)]))
 
 
 @pytest.mark.parametrize("name", ["llava_next", "llava_onevision"])
