@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"a preset ({PRESET_NAMES}: real dimensions, random weights), a built-in tiny "
                              f"model, or a checkpoint directory / hub id")
     parser.add_argument("--methods", type=names, default=["divprune", "random", "fastv"],
-                        help="comma-separated method names")
+                        help="comma-separated method names; '+' composes stages (e.g. holitom+holitom_inner)")
     parser.add_argument("--budgets", type=numbers, default=[0.25],
                         help="comma-separated ints (tokens kept per image/video) or fractions in (0, 1]; a "
                              "fraction reduces on every model")

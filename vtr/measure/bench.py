@@ -168,8 +168,8 @@ def measure_ideal(model, inputs: dict, budget: int | float, config: BenchConfig)
 
 def run_bench(model, inputs: dict, methods: list[str], budgets: list[int | float], config: BenchConfig,
               progress: Callable[[str], None] = lambda label: None, **options: Any) -> list[BenchRow]:
-    """Rows: unreduced, then per budget the ideal row and every method (``options`` go to the methods).
-    ``progress(label)`` is called as each of the ``1 + len(budgets) * (1 + len(methods))`` rows starts."""
+    """Rows: unreduced, then per budget the ideal row and every method (``options`` go to the methods;
+    ``"a+b"`` composes stages, e.g. ``holitom+holitom_inner``). ``progress(label)`` is called as each of the ``1 + len(budgets) * (1 + len(methods))`` rows starts."""
     if vtr.is_wrapped(model):
         raise ValueError("run_bench wraps the model itself; pass an unwrapped model")
     progress("none")
@@ -180,7 +180,7 @@ def run_bench(model, inputs: dict, methods: list[str], budgets: list[int | float
         rows.append(ideal)
         for method in methods:
             progress(f"{method} at budget {budget}")
-            with vtr.reduced(model, method, budget=budget, **options):
+            with vtr.reduced(model, method.split("+"), budget=budget, **options):
                 row = measure(model, inputs, method, str(budget), config)
             rows.append(dataclasses.replace(row, ttft_over_ideal=row.ttft_ms.median / ideal.ttft_ms.median))
     return rows
