@@ -177,23 +177,30 @@ def _pipeline(adapter: Adapter, methods: list[Method], scheme: PositionScheme) -
     if vision is not None:
         _check_vision_composition(adapter, vision, by_stage)
     pre_llm = by_stage.get(Stage.PRE_LLM, [KeepAll()])[0]
+    if any(pre_llm.wants_attention(modality) for modality in adapter.modalities()):
+        pre_llm.attention_requests(adapter.vision_info())  # e.g. hiprune's object_layer vs the encoder's depth
     in_llm = by_stage.get(Stage.LLM, [None])[0]
-    description = " + ".join(m.describe() for m in methods)
-    unmerging = VirtualUnmerging(adapter.decoder()) if vision is not None and vision.vtu else None
-    # prepended to every layer's hooks: the in-LLM stage gathers the PPE cos/sin at its kept columns
-    ppe = PositionPreservation(adapter.decoder(), adapter.rope_rows, scheme.chunks) if scheme.ppe else None
-    if in_llm is None:
-        return Pipeline(methods, pre_llm, None, description, vision, unmerging, ppe)
-    assert isinstance(in_llm, LayerMethod)
-    pruner = LayerPruner(adapter.decoder(), in_llm, adapter.text_attn_implementation())
-    undo = adapter.patch_decoder(pruner)
-    pruner.remove = _chained(pruner.remove, undo)
-    return Pipeline(methods, pre_llm, pruner, description, vision, ppe=ppe)
+    pipeline = Pipeline(methods, pre_llm, None, " + ".join(m.describe() for m in methods), vision)
+    try:  # a hook that fails to install takes the ones installed before it along: the model stays as it was
+        if vision is not None and vision.vtu:
+            pipeline.unmerging = VirtualUnmerging(adapter.decoder())
+        if scheme.ppe:  # prepended to every layer's hooks: the in-LLM stage gathers the PPE cos/sin at its columns
+            pipeline.ppe = PositionPreservation(adapter.decoder(), adapter.rope_rows, scheme.chunks)
+        if in_llm is not None:
+            assert isinstance(in_llm, LayerMethod)
+            pipeline.in_llm = LayerPruner(adapter.decoder(), in_llm, adapter.text_attn_implementation())
+            pipeline.in_llm.remove = _chained(pipeline.in_llm.remove, adapter.patch_decoder(pipeline.in_llm))
+    except BaseException:
+        pipeline.close()
+        raise
+    return pipeline
 
 
 def _check_vision_composition(adapter: Adapter, vision: VisionMethod, by_stage: dict[Stage, list[Method]]) -> None:
-    """What a vision-encoder method composes with (checked at wrap time, before any hook exists)."""
-    adapter.merge_target()  # families without vision-encoder merging say so here
+    """What a vision-encoder method composes with, and its plan for this encoder (checked at wrap time,
+    before any hook exists): building its matcher for a full-size encoder call raises what every call would
+    (dymu's threshold count against the encoder's depth, an unreachable tome budget)."""
+    target = adapter.merge_target()  # families without vision-encoder merging say so here
     if Stage.PRE_LLM in by_stage:
         raise ValueError(
             f"{vision.name} merges inside the vision encoder; composing it with the pre-LLM method "
@@ -205,6 +212,7 @@ def _check_vision_composition(adapter: Adapter, vision: VisionMethod, by_stage: 
             f"{vision.name} with vtu=True runs every decoder layer's attention at the original length, which an "
             f"in-LLM method ({by_stage[Stage.LLM][0].name}) cannot shorten; pass vtu=False to compose them"
         )
+    vision.matcher(target.full_size_geometry())
 
 
 def _chained(*steps):
