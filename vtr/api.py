@@ -19,7 +19,7 @@ from torch import Tensor
 
 from vtr.adapters import Adapter, adapter_for
 from vtr.engine import ReducedCall, reduce_inputs
-from vtr.llm.cache import passed_cache
+from vtr.llm.cache import check_shrinkable_cache, passed_cache
 from vtr.llm.ppe import PositionPreservation
 from vtr.llm.pruner import LayerPruner, LayerRun, PromptRoles
 from vtr.llm.unmerge import UnmergeRun, VirtualUnmerging
@@ -103,7 +103,7 @@ def wrap(
     state = WrapState(adapter=adapter, pipeline=pipeline, positions=scheme, saved=saved)
     original_forward, original_generate = model.forward, model.generate
     model.__dict__["forward"] = _reducing_forward(state, model, original_forward)
-    model.__dict__["generate"] = _reducing_generate(state, original_generate)
+    model.__dict__["generate"] = _reducing_generate(state, model, original_generate)
     model.__dict__[_STATE_ATTR] = state
     return model
 
@@ -259,9 +259,12 @@ def _reducing_forward(state: WrapState, model: torch.nn.Module, original):
     return forward
 
 
-def _start(state: WrapState, kwargs: dict[str, Any], for_generate: bool) -> tuple[ReducedCall, LayerRun | None]:
+def _start(state: WrapState, kwargs: dict[str, Any], for_generate: bool,
+           generation_config: Any = None) -> tuple[ReducedCall, LayerRun | None]:
     """Reduce before the LLM and arm the in-LLM stage (if any) for the passes of this call."""
     pipeline = state.pipeline
+    if pipeline.in_llm is not None:
+        check_shrinkable_cache(kwargs, generation_config)
     call = reduce_inputs(state.adapter, pipeline.pre_llm, state.positions, kwargs, for_generate, pipeline.vision)
     state.last_stats = dataclasses.replace(call.stats, method=pipeline.description)
     if pipeline.unmerging is not None:
@@ -316,7 +319,7 @@ def _with_explicit_mask(call: ReducedCall | None, kwargs: dict[str, Any]) -> dic
     return {**kwargs, "attention_mask": torch.ones_like(ids)}
 
 
-def _reducing_generate(state: WrapState, original):
+def _reducing_generate(state: WrapState, model: torch.nn.Module, original):
     @functools.wraps(original)
     def generate(inputs: Tensor | None = None, **kwargs: Any):
         if inputs is not None:
@@ -324,7 +327,7 @@ def _reducing_generate(state: WrapState, original):
         if not _needs_reduction(state, kwargs):
             state.last_stats = _unreduced_stats(state, kwargs)
             return original(**kwargs)
-        call, run = _start(state, kwargs, for_generate=True)
+        call, run = _start(state, kwargs, for_generate=True, generation_config=model.generation_config)
         state.generating = call
         try:
             output = original(**call.kwargs)

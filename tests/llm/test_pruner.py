@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from transformers import StaticCache
 
 import vtr
-from conftest import greedy_without_placeholders, make_inputs, padded_inputs, row_alone
+from conftest import GREEDY, greedy_without_placeholders, make_inputs, padded_inputs, row_alone
 from vtr.methods import DivPrune, FastV
 
 FAMILIES = ["llava", "qwen2_5_vl", "qwen3_vl"]
@@ -198,11 +201,48 @@ def test_manual_decoding_loop_continues_on_the_reduced_cache(tiny):
     assert torch.equal(torch.stack(tokens, 1), expected[:, inputs["input_ids"].shape[1]:])
 
 
-def test_a_static_cache_is_refused_with_the_fix(tiny):
+def _static_generation_config(model):
+    config = copy.deepcopy(model.generation_config)
+    config.cache_implementation = "static"
+    return config
+
+
+# every way a user asks for a cache whose layers all have one length: (how, what the error names)
+FIXED_LENGTH = {
+    "static": (lambda model: dict(cache_implementation="static"), "cache_implementation='static'"),
+    # on a CPU, transformers itself raises a CUDA error for this one before any layer runs
+    "offloaded_static": (lambda model: dict(cache_implementation="offloaded_static"), "'offloaded_static'"),
+    "generation_config": (lambda model: dict(generation_config=_static_generation_config(model)), "'static'"),
+    "passed": (lambda model: dict(past_key_values=StaticCache(config=model.config, max_cache_len=256)), "StaticCache"),
+}
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("how", list(FIXED_LENGTH))
+def test_a_fixed_length_cache_is_refused_at_the_call_with_the_fix(tiny, name, how):
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name)
+    vtr.wrap(model, "pdrop")
+    expected = model.generate(**inputs, **GREEDY).sequences
+    ran = []  # the refusal comes before transformers runs (or allocates) anything
+    handle = model.model.language_model.layers[0].register_forward_pre_hook(lambda *args: ran.append(1))
+    asked, named = FIXED_LENGTH[how]
+    with pytest.raises(vtr.ReductionError, match=f"dynamic KV cache .*got .*{named}.*do not pass "
+                                                 f"cache_implementation='static' or a preallocated cache"):
+        model.generate(**inputs, max_new_tokens=2, **asked(model))
+    assert not ran
+    handle.remove()
+    assert torch.equal(model.generate(**inputs, **GREEDY).sequences, expected)  # still wrapped, still right
+
+
+def test_a_static_cache_passed_to_forward_is_refused_before_any_layer(tiny):
     model, processor = tiny("llava")
+    inputs = make_inputs(processor, "llava")
     vtr.wrap(model, "fastv", budget=0.5)
-    with pytest.raises(vtr.ReductionError, match="dynamic KV cache"):
-        model.generate(**make_inputs(processor, "llava"), max_new_tokens=2, cache_implementation="static")
+    expected = model(**inputs).logits
+    with pytest.raises(vtr.ReductionError, match="dynamic KV cache .*got a StaticCache"):
+        model(**inputs, past_key_values=StaticCache(config=model.config, max_cache_len=256), use_cache=True)
+    assert torch.equal(model(**inputs).logits, expected)
 
 
 def test_bad_layers_and_quirk_option_are_rejected(tiny):
