@@ -9,8 +9,9 @@ import torch
 from transformers import StaticCache
 
 import vtr
-from conftest import GREEDY, greedy_without_placeholders, make_inputs, padded_inputs, row_alone
-from vtr.methods import DivPrune, FastV
+from conftest import GREEDY, greedy_without_placeholders, image_for, make_inputs, padded_inputs, row_alone
+from vtr import testing
+from vtr.methods import DivPrune, FastV, PDrop
 
 FAMILIES = ["llava", "qwen2_5_vl", "qwen3_vl"]
 IN_LLM = {
@@ -50,6 +51,45 @@ def test_padded_batch_equals_rows_alone(tiny, name, config):
         assert torch.equal(alone.sequences[0, -new.shape[1]:], new[i])
         for step_batch, step_alone in zip(batch.scores, alone.scores):
             assert torch.allclose(step_batch[i], step_alone[0], atol=1e-5)
+
+
+def _image_row_and_shorter_text_row(processor, name: str, shorter_by: int = 3) -> tuple[dict, dict, dict]:
+    """(batch, image row alone, text row alone): an image prompt and a text-only prompt ``shorter_by`` tokens
+    shorter, so only the text row is left-padded before the LLM."""
+    image_prompt = testing.prompt(processor, "what is in the image ?")
+    image_alone = processor(images=[image_for(name)], text=[image_prompt], return_tensors="pt")
+    target = image_alone["input_ids"].shape[1] - shorter_by
+    words = 1
+    while len(processor(text=[testing.prompt(processor, "the " * words, images=0)])["input_ids"][0]) < target:
+        words += 1
+    text_prompt = testing.prompt(processor, "the " * words, images=0)
+    text_alone = processor(text=[text_prompt], return_tensors="pt")
+    assert text_alone["input_ids"].shape[1] == target  # one token per word: exactly shorter_by shorter
+    batch = processor(images=[image_for(name)], text=[image_prompt, text_prompt], return_tensors="pt", padding=True)
+    assert batch["attention_mask"][0].all() and int((batch["attention_mask"][1] == 0).sum()) == shorter_by
+    return batch, image_alone, text_alone
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl"])
+def test_multi_stage_padding_when_the_unpadded_row_becomes_the_shorter_one(tiny, name):
+    """PDrop's first stage makes the image row (no padding before the LLM) shorter than the left-padded text
+    row, so the image row gets pad slots; later stages must keep them out (letting an earlier stage's pad
+    slots back in changes the image row, and only that row)."""
+    model, processor = tiny(name)
+    batch, image_alone, text_alone = _image_row_and_shorter_text_row(processor, name)
+    vtr.wrap(model, "pdrop")
+    greedy = greedy_without_placeholders(model)
+    together = model.generate(**batch, **greedy)
+    per_layer = vtr.stats(model).samples[0].visual_per_layer
+    first, *later = PDrop().prune_layers(len(per_layer))
+    # the premise: the first stage drops more than the text row's padding, and later stages drop more
+    assert per_layer[0] - per_layer[first] > 3 and later and per_layer[later[-1]] < per_layer[first]
+    new = together.sequences[:, batch["input_ids"].shape[1]:]
+    for row, alone_inputs in enumerate((image_alone, text_alone)):
+        alone = model.generate(**alone_inputs, **greedy)
+        assert torch.equal(alone.sequences[0, alone_inputs["input_ids"].shape[1]:], new[row]), row
+        for step_batch, step_alone in zip(together.scores, alone.scores):
+            assert torch.allclose(step_batch[row], step_alone[0], atol=1e-5), row
 
 
 @pytest.mark.parametrize("name", FAMILIES)
