@@ -15,10 +15,13 @@ export TOKENIZERS_PARALLELISM=false
 
 .PHONY: demo test install clean
 
+# The distribution was called vtr before it became visual-token-reduction: an old editable install is dropped
+# first, so the two do not both own the vtr command and entry points (pip skips it when it is absent).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(TORCH_PINS) 2>&1 | grep -v "is ignored: it is neither" || true
 	$(BIN)/python -c "import torch, torchvision" 
+	$(PIP) uninstall -y vtr 2>&1 | grep -v "not installed" || true
 	$(PIP) install -e '.[eval,dev]' 2>&1 | grep -v "is ignored: it is neither" || true
 	$(BIN)/python -c "import vtr, transformers, lmms_eval, pytest"
 	touch $(STAMP)

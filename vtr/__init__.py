@@ -14,6 +14,17 @@ from vtr.methods import available_methods
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """Import ``vtr.assets`` on first use, so ``vtr.assets.tiny_llava_synth()`` works after a plain
+    ``import vtr`` without loading it (or anything else) at import time."""
+    if name == "assets":
+        import importlib
+
+        return importlib.import_module("vtr.assets")
+    raise AttributeError(f"module 'vtr' has no attribute {name!r}")
+
+
 __all__ = [
     "Budget",
     "ReductionError",

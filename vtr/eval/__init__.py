@@ -8,5 +8,6 @@
   runs), ``store`` (results.jsonl), ``runner`` (the lmms-eval subprocess and its checks), ``outputs``
   (reading a run back) and ``report`` (summary.md and plots).
 
-Nothing here is imported by ``import vtr``: lmms-eval is an optional dependency (``pip install vtr[eval]``).
+Nothing here is imported by ``import vtr``: lmms-eval is an optional dependency
+(the ``eval`` extra of the ``visual-token-reduction`` distribution: ``pip install -e '.[eval]'``).
 """
