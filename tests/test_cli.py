@@ -66,6 +66,16 @@ def test_bad_budget_on_the_command_line():
         main(["demo", "--methods", "random", "--budgets", "1.5", "--repeats", "1"])
 
 
+def test_option_values_are_parsed_so_wrap_can_check_their_types():
+    from vtr.cli import _options
+
+    assert _options(["layer=2", "ratio=0.25", "vtu=False", "reference_quirks=true", "layers=[1,3]",
+                     "allocation=global", "object_layer=none"]) == dict(
+        layer=2, ratio=0.25, vtu=False, reference_quirks=True, layers=[1, 3], allocation="global", object_layer=None)
+    with pytest.raises(ValueError, match="fastv layer must be an int >= 1, got 'two'"):  # a typo fails at wrap
+        main(["flops", "--model", "llava-1.5-7b", "--method", "fastv", "--budget", "64", "--option", "layer=two"])
+
+
 def test_flops_command_costs_a_preset_with_its_real_dimensions(capsys):
     assert main(["flops", "--model", "llava-1.5-7b", "--method", "divprune", "--budget", "64",
                  "--new-tokens", "8"]) == 0
