@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from vtr.adapters import Adapter, adapter_for
 from vtr.engine import ReducedCall, reduce_inputs
+from vtr.errors import ReductionError
 from vtr.llm.cache import check_shrinkable_cache, passed_cache
 from vtr.llm.ppe import PositionPreservation
 from vtr.llm.pruner import LayerPruner, LayerRun, PromptRoles
@@ -26,6 +28,7 @@ from vtr.llm.unmerge import UnmergeRun, VirtualUnmerging
 from vtr.methods import KeepAll, LayerMethod, Method, Stage, VisionMethod, make_methods
 from vtr.positions import PositionScheme
 from vtr.stats import CallStats, SampleStats
+from vtr.turns import CachedTurn, continue_inputs
 
 _STATE_ATTR = "_vtr_state"
 _PATCHED = ("forward", "generate")
@@ -62,6 +65,8 @@ class WrapState:
     saved: dict[str, Any]  # attribute name -> previous instance-dict entry (or _MISSING)
     last_stats: CallStats | None = None
     generating: ReducedCall | None = field(default=None, repr=False)
+    # the KV caches reduced generate() calls filled -> what they hold (a later turn maps onto it)
+    turns: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)
 
 
 def wrap(
@@ -83,7 +88,8 @@ def wrap(
     positions), ``"compact"`` (kept tokens are re-indexed consecutively) or ``"ppe"`` (merged tokens
     rotate ``ppe_chunks`` bands of their rotary frequencies with the positions of as many members,
     chosen by ``ppe_members``: ``"nearest"`` to the cluster centre or ``"highest"`` index; see
-    ``vtr.positions``); in-LLM stages and virtual unmerging always keep positions. Extra keyword
+    ``vtr.positions``); in-LLM stages and virtual unmerging keep positions (except PDrop, which renumbers
+    after each drop as its reference does: its option ``renumber=False`` keeps them). Extra keyword
     arguments are method options.
     """
     scheme = PositionScheme.make(positions, ppe_chunks, ppe_members)
@@ -180,6 +186,9 @@ def _pipeline(adapter: Adapter, methods: list[Method], scheme: PositionScheme) -
     if any(pre_llm.wants_attention(modality) for modality in adapter.modalities()):
         pre_llm.attention_requests(adapter.vision_info())  # e.g. hiprune's object_layer vs the encoder's depth
     in_llm = by_stage.get(Stage.LLM, [None])[0]
+    if scheme.ppe and isinstance(in_llm, LayerMethod) and in_llm.renumbers_positions:
+        raise ValueError(f"{in_llm.describe()} renumbers positions after each drop, which would replace the PPE "
+                         f"positions of positions='ppe'; pass renumber=False to cascade it after PPE")
     pipeline = Pipeline(methods, pre_llm, None, " + ".join(m.describe() for m in methods), vision)
     try:  # a hook that fails to install takes the ones installed before it along: the model stays as it was
         if vision is not None and vision.vtu:
@@ -324,6 +333,17 @@ def _reducing_generate(state: WrapState, model: torch.nn.Module, original):
     def generate(inputs: Tensor | None = None, **kwargs: Any):
         if inputs is not None:
             kwargs["input_ids"] = inputs
+        cache = passed_cache(kwargs)
+        held = 0 if cache is None else cache.get_seq_length()
+        turn = state.turns.get(cache) if held else None
+        if held and _needs_reduction(state, kwargs):
+            raise ReductionError(
+                f"vtr reduces the images and videos of a conversation's first turn, but pixel inputs came with a "
+                f"KV cache already holding {held} tokens; on later turns pass no pixels (the cache holds them). "
+                f"To add an image, start over without the cache: the whole conversation with all its images"
+            )
+        if turn is not None:
+            return _continued_generate(state, original, turn, held, kwargs)
         if not _needs_reduction(state, kwargs):
             state.last_stats = _unreduced_stats(state, kwargs)
             return original(**kwargs)
@@ -334,9 +354,48 @@ def _reducing_generate(state: WrapState, model: torch.nn.Module, original):
         finally:
             state.generating = None
             _finish(state, run)
-        return _with_original_prompt(output, kwargs["input_ids"], call.kept_index.shape[1])
+        output = _with_original_prompt(output, kwargs["input_ids"], call.kept_index.shape[1])
+        _remember_turn(state, cache, output, CachedTurn.after(
+            output, kwargs["input_ids"], kwargs.get("attention_mask"), call.kwargs, call.kept_index,
+            state.last_stats, run, state.pipeline.in_llm))
+        return output
 
     return generate
+
+
+def _continued_generate(state: WrapState, original, turn: CachedTurn, held: int, kwargs: dict[str, Any]):
+    """A later turn of a conversation whose cache a reduced call filled (``vtr.turns``): the first turn's
+    reduction stays, including the in-LLM stage's choice in the cache's shorter layers."""
+    pruner = state.pipeline.in_llm
+    if turn.pruner is not None and turn.pruner is not pruner:
+        raise ReductionError(
+            f"this KV cache was filled under an earlier vtr configuration whose in-LLM stage "
+            f"({turn.stats.method}) left shorter layers in it; the model is now wrapped with "
+            f"{state.pipeline.description}. Finish the conversation before re-wrapping, or start over without "
+            f"the cache"
+        )
+    call = continue_inputs(state.adapter, turn, held, kwargs)
+    previous = None if pruner is None else pruner.run
+    if pruner is not None:  # the cache's own record of its shorter layers (or none: full-length layers)
+        pruner.run = turn.layer_run
+    try:
+        output = original(**call.kwargs)
+    finally:
+        if pruner is not None:
+            pruner.run = previous
+    state.last_stats = turn.stats
+    output = _with_original_prompt(output, call.caller_ids, call.kwargs["input_ids"].shape[1])
+    _remember_turn(state, passed_cache(kwargs), output, CachedTurn.after(
+        output, call.caller_ids, call.caller_mask, call.kwargs, call.kept_index, turn.stats, turn.layer_run,
+        turn.pruner))
+    return output
+
+
+def _remember_turn(state: WrapState, passed: Any, output: Any, turn: CachedTurn) -> None:
+    """Record what the cache of a finished reduced generate() holds: the one passed in, or the one returned."""
+    cache = passed if passed is not None else (None if isinstance(output, Tensor) else passed_cache(output))
+    if cache is not None:
+        state.turns[cache] = turn
 
 
 def _unreduced_stats(state: WrapState, kwargs: dict[str, Any]) -> CallStats:

@@ -29,7 +29,7 @@ from torch import Tensor
 from vtr.adapters.base import Adapter
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
-from vtr.measure.timing import section
+from vtr.measure.timing import ENCODER_SECTION, section
 from vtr.ops.packing import left_packed_index
 from vtr.vision.attention import AttentionRequest
 from vtr.methods.base import Method, Reduction, VisualItem
@@ -105,9 +105,9 @@ def _reduce_inputs(
     kwargs = {k: v for k, v in inputs.items() if k not in adapter.consumed_keys(inputs)}
     for key, value in inputs.items():
         if key in kwargs and key != "position_ids" and isinstance(value, Tensor) and value.shape[:2] == ids.shape:
-            kwargs[key] = _gather_columns(value, kept_index, pad=_pad_value(adapter, key))
+            kwargs[key] = gather_columns(value, kept_index, pad=pad_value(adapter, key))
     kwargs["attention_mask"] = new_mask
-    position_source = _gather_columns(roles.position, kept_index, pad=-1)
+    position_source = gather_columns(roles.position, kept_index, pad=-1)
     kwargs["position_ids"] = adapter.finish_positions(
         _gather_positions(full_positions, position_source), new_mask, compact
     )
@@ -127,8 +127,8 @@ def _reduce_inputs(
         kept_index=kept_index,
         stats=CallStats(method=method.describe(), positions=scheme.mode, samples=samples),
         gapped_positions=dropped_any and not compact and full_positions.shape[0] == 1,
-        token_item=_gather_columns(roles.item, kept_index, pad=-1),
-        token_structural=_gather_columns(roles.structural, kept_index, pad=False),
+        token_item=gather_columns(roles.item, kept_index, pad=-1),
+        token_structural=gather_columns(roles.structural, kept_index, pad=False),
         token_representative=representative,
         chunk_positions=None if chunks is None else chunks.gathered(kept_index),
     )
@@ -169,7 +169,7 @@ def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor
         if merging is not None:
             stack.enter_context(merging.installed())
             stack.enter_context(adapter.merging_encode(modality, merging))
-        with section("encode"):  # the model's own encoder: not vtr's overhead
+        with section(ENCODER_SECTION):  # the model's own encoder: not vtr's overhead
             output = adapter.encode(modality, inputs)
     if capture is not None:
         attention = adapter.item_attention(modality, capture, requests, inputs)
@@ -275,7 +275,7 @@ def _reduced_representatives(representative: Tensor, kept_index: Tensor) -> Tens
     reduced_of = torch.zeros_like(representative)  # original column -> reduced column
     rows, cols = valid.nonzero(as_tuple=True)
     reduced_of[rows, kept_index[rows, cols]] = cols
-    original = _gather_columns(representative, kept_index, pad=0)
+    original = gather_columns(representative, kept_index, pad=0)
     return torch.where(valid, reduced_of.gather(1, original), own)
 
 
@@ -336,7 +336,7 @@ def _check_reduction(method: Method, item: VisualItem, reduction: Reduction, out
         )
 
 
-def _gather_columns(values: Tensor, index: Tensor, pad: int | float) -> Tensor:
+def gather_columns(values: Tensor, index: Tensor, pad: int | float) -> Tensor:
     """Gather the sequence columns ``index`` (B, L') of a per-token tensor shaped (B, L, ...)."""
     trailing = [1] * (values.dim() - 2)
     valid = (index >= 0).view(*index.shape, *trailing)
@@ -350,7 +350,7 @@ def _gather_positions(positions: Tensor, index: Tensor) -> Tensor:
     return positions.gather(2, src).masked_fill((index < 0).unsqueeze(0), 0)
 
 
-def _pad_value(adapter: Adapter, key: str) -> int:
+def pad_value(adapter: Adapter, key: str) -> int:
     if key == "labels":
         return -100
     if key == "input_ids":

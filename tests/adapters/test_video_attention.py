@@ -96,5 +96,7 @@ def test_attention_methods_run_on_llava_videos(tiny, name, method):
     greedy = greedy_without_placeholders(model)
     vtr.wrap(model, method, budget=6)
     cached = model.generate(**inputs, **greedy)
-    assert [s.items[0].content_after for s in vtr.stats(model).samples] == [6, 6]
+    clip = method == "visionzip" and model.config.vision_config.model_type == "clip_vision_model"
+    expected = 5 if clip else 6  # visionzip's reference spends a dominant slot on CLS, which the model drops
+    assert [s.items[0].content_after for s in vtr.stats(model).samples] == [expected, expected]
     assert torch.equal(cached.sequences, model.generate(**inputs, **greedy, use_cache=False).sequences)

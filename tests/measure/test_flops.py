@@ -95,6 +95,21 @@ def test_vision_attention_methods_match_flop_counter(tiny, name, method):
     assert breakdown.total == pytest.approx(measured["total"], rel=TOLERANCE)
 
 
+@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("options", [{}, dict(score_layer="previous", renumber=False, rounding="round")])
+def test_pdrop_matches_flop_counter(tiny, name, options):
+    """The default scores with layer K's projections and renumbers positions (elementwise rotary work,
+    no matmul); vtr's earlier variant scores with layer K-1's: both cost the same q/k recompute."""
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name)
+    vtr.wrap(model, "pdrop", **options)
+    measured = _counted(lambda: model(**inputs))
+    (breakdown,) = call_flops(model, inputs, logits="all")
+    _assert_close(measured, _modelled(breakdown))
+    per_layer = breakdown.llm_prefill_per_layer
+    assert breakdown.reduction > 0 and per_layer[3] < per_layer[2] < per_layer[1] < per_layer[0]
+
+
 @pytest.mark.parametrize("name, kind", [("llava_next", "image"), ("qwen2_5_vl", "video")])
 def test_holitom_inner_matches_flop_counter(tiny, name, kind):
     model, processor = tiny(name)

@@ -49,10 +49,11 @@ def test_hiprune_default_layers_follow_the_paper_and_scale():
         HiPrune(budget=8, object_layer=5).attention_requests(VisionInfo(3, 1, True, "clip"))
 
 
-def test_visionzip_keeps_dominant_tokens_and_averages_contextual_members():
+def test_visionzip_mean_merge_keeps_dominant_tokens_and_averages_contextual_members():
+    """vtr's earlier rule, kept as merge="mean": each contextual token is the mean of its target and members."""
     scores = torch.rand(48, generator=torch.Generator().manual_seed(3))
     item = _item(scores, scores)
-    reduction = VisionZip(budget=16, contextual=0.25).reduce(item)  # 12 dominant + 4 contextual
+    reduction = VisionZip(budget=16, contextual=0.25, merge="mean").reduce(item)  # 12 dominant + 4 contextual
     assert reduction.kept.numel() == 16
     dominant = set(torch.sort(scores, descending=True).indices[:12].tolist())
     assert dominant <= set(reduction.kept.tolist())
@@ -63,6 +64,60 @@ def test_visionzip_keeps_dominant_tokens_and_averages_contextual_members():
     assert int((reduction.assignment >= 0).sum()) == 48  # every token is represented
     contextual = [out for out in range(16) if int((reduction.assignment == out).sum()) > 1]
     assert 0 < len(contextual) <= 4
+
+
+def _reference_visionzip(scores, keys, features, dominant: int, contextual: int, with_cls: bool):
+    """The reference's selection and merge, written out for one image: with a class token the dominant set
+    is CLS + the ``dominant - 1`` patches of highest CLS attention (CLS cannot reach an HF LLaVA prompt, so
+    only the patches are returned); the remaining patches, in order, give ``contextual`` targets every
+    ``len(rest) // contextual``; each other remaining patch joins the target of highest key cosine
+    similarity; a contextual token is its target plus the mean of the patches that joined it."""
+    patches = dominant - 1 if with_cls else dominant
+    chosen = sorted(torch.topk(scores, patches).indices.tolist())
+    rest = [i for i in range(scores.numel()) if i not in chosen]
+    step = len(rest) // contextual
+    targets = [rest[j * step] for j in range(contextual)]
+    unit = torch.nn.functional.normalize(keys.float(), dim=-1)
+    joined: dict[int, list[int]] = {t: [] for t in targets}
+    for i in rest:
+        if i not in joined:
+            joined[targets[int((unit[targets] @ unit[i]).argmax())]].append(i)
+    out = {i: features[i] for i in chosen}
+    for t, members in joined.items():
+        out[t] = features[t] + (torch.stack([features[m] for m in members]).mean(0) if members else 0)
+    return out
+
+
+@pytest.mark.parametrize("with_cls", [True, False])
+@pytest.mark.parametrize("budget, contextual", [(16, 0.25), (64, 10 / 64), (20, 0.2)])
+def test_visionzip_default_follows_the_reference_loop(with_cls, budget, contextual):
+    n = 96
+    generator = torch.Generator().manual_seed(budget)
+    scores = torch.rand(n, generator=generator)
+    keys = torch.randn(n, 4, generator=generator)
+    features = torch.randn(n, 16, generator=generator)
+    name = "dominant_cls" if with_cls else "dominant"
+    item = VisualItem(features, (Segment(0, (1, 8, 12)),), "image", 0, {name: (scores, keys)})
+    reduction = VisionZip(budget=budget, contextual=contextual).reduce(item)
+    n_contextual = round(budget * contextual)
+    expected = _reference_visionzip(scores, keys, features, budget - n_contextual, n_contextual, with_cls)
+    assert reduction.kept.tolist() == sorted(expected)
+    assert reduction.kept.numel() == budget - int(with_cls)  # the CLS slot stays empty under HF LLaVA
+    got = reduction.output_features(item)
+    for out, index in enumerate(reduction.kept.tolist()):
+        torch.testing.assert_close(got[out], expected[index], rtol=1e-6, atol=1e-6)
+
+
+def test_visionzip_cls_slot_false_spends_the_whole_budget_on_patches():
+    scores = torch.rand(48, generator=torch.Generator().manual_seed(5))
+    item = VisualItem(torch.randn(48, 16), (Segment(0, (1, 6, 8)),), "image", 0,
+                      {"dominant_cls": (scores, torch.randn(48, 4))})
+    assert VisionZip(budget=16, contextual=0.25).reduce(item).kept.numel() == 15
+    old = VisionZip(budget=16, contextual=0.25, cls_slot=False).reduce(item)
+    assert old.kept.numel() == 16
+    assert set(torch.sort(scores, descending=True).indices[:12].tolist()) <= set(old.kept.tolist())
+    with pytest.raises(ValueError, match="visionzip merge must be one of"):
+        VisionZip(budget=16, merge="sum")
 
 
 ATTENTION_MODELS = ["llava", "llava_next", "llava_onevision", "llava_next_video", "qwen2_5_vl"]
@@ -78,7 +133,9 @@ def test_attention_methods_end_to_end_batched_and_cached(tiny, name, method):
     greedy = greedy_without_placeholders(model)
     vtr.wrap(model, method, budget=12)
     cached = model.generate(**inputs, **greedy)
-    assert [item.content_after for s in vtr.stats(model).samples for item in s.items] == [12, 12]
+    clip = method == "visionzip" and model.config.vision_config.model_type == "clip_vision_model"
+    expected = 11 if clip else 12  # visionzip's reference spends a dominant slot on CLS, which HF LLaVA drops
+    assert [item.content_after for s in vtr.stats(model).samples for item in s.items] == [expected, expected]
     uncached = model.generate(**inputs, **greedy, use_cache=False)
     assert torch.equal(cached.sequences, uncached.sequences)
     n_new = greedy["max_new_tokens"]

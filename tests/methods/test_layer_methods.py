@@ -54,7 +54,7 @@ def test_pdrop_budget_sets_the_layer_averaged_token_count(budget, stages):
     spans = [b - a for a, b in zip((0, *stages), (*stages, layers))]
     average = (spans[0] * n + sum(s * k for s, k in zip(spans[1:], kept))) / layers
     target = budget if isinstance(budget, int) else round(budget * n)
-    assert abs(average - target) <= 1.0  # rounding to whole tokens per stage
+    assert average == target  # met exactly (whole counts reach it here; tests/methods/test_pdrop.py covers gaps)
 
 
 def test_pdrop_budget_below_the_first_stage_cost_is_an_error():

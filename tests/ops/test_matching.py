@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vtr.methods.tome import merge_schedule
-from vtr.ops.matching import MergeState, bipartite_matching, max_merges, merge_tokens, top_r_per_row
+from vtr.ops.matching import MergeState, bipartite_matching, capped_merges, max_merges, merge_tokens, top_r_per_row
 
 
 def _padded_state(sizes: list[list[float]], originals: int = 12) -> MergeState:
@@ -113,3 +113,38 @@ def test_without_a_class_token_every_a_token_may_merge():
     assert (max_merges(7, protected=0), max_merges(8, protected=0), max_merges(8)) == (3, 4, 3)
     schedule = merge_schedule(16, 12, 3, protected=0)  # 16 -> 8 -> 4 -> 2 at most
     assert sum(schedule) == 12 and schedule[0] <= 8
+
+
+def _reference_capped(similarity: torch.Tensor, passed: torch.Tensor, tokens: int, protected: int) -> list[bool]:
+    """The reference's threshold path for one row, written out: r = number of A tokens above the threshold,
+    capped at (t - protected) // 2; the r A tokens of highest similarity merge."""
+    r = min(int(passed.sum()), (tokens - protected) // 2)
+    ranked = sorted(range(similarity.numel()), key=lambda a: (-float(similarity[a]) if passed[a] else float("inf"), a))
+    chosen = set(ranked[:r])
+    return [a in chosen for a in range(similarity.numel())]
+
+
+@pytest.mark.parametrize("tokens, protected", [(9, 0), (729, 0), (8, 0), (577, 1), (7, 1)])
+def test_merges_are_capped_at_half_the_unprotected_tokens_like_the_reference(tokens, protected):
+    """An odd sequence without a class token (SigLIP, 729) has (t + 1) / 2 A tokens; when all of them pass
+    the threshold the reference merges only (t - protected) // 2 of them, leaving the least similar."""
+    generator = torch.Generator().manual_seed(tokens)
+    metric = torch.randn(1, tokens, 4, generator=generator)
+    valid = torch.ones(1, tokens, dtype=torch.bool)
+    matching = bipartite_matching(metric, valid, protected)
+    every_a = matching.eligible & (matching.similarity > -2.0)  # every eligible A token passes
+    capped = capped_merges(every_a, matching.similarity, valid.sum(1), protected)
+    expected = _reference_capped(matching.similarity[0], every_a[0], tokens, protected)
+    assert capped[0].tolist() == expected
+    assert int(capped.sum()) == (tokens - protected) // 2
+    if tokens % 2 and not protected:  # the one extra merge vtr made before the cap
+        assert int(every_a.sum()) == (tokens - protected) // 2 + 1
+
+
+def test_the_cap_is_per_row_in_a_padded_batch():
+    state = _padded_state([[1] * 9, [1] * 5 + [0] * 4])
+    matching = bipartite_matching(torch.randn(2, 9, 3, generator=torch.Generator().manual_seed(0)), state.valid, 0)
+    capped = capped_merges(matching.eligible, matching.similarity, state.counts, protected=0)
+    assert capped.sum(1).tolist() == [4, 2]
+    for row, tokens in enumerate((9, 5)):
+        assert capped[row].tolist() == _reference_capped(matching.similarity[row], matching.eligible[row], tokens, 0)

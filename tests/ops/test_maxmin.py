@@ -5,27 +5,30 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vtr.ops.maxmin import TIE_TOLERANCE, greedy_maxmin
+from vtr.ops.maxmin import first_maxmin_pick, greedy_maxmin
 from vtr.ops.similarity import cosine_distance
 
 
-def _first_near_max(scores: dict[int, float]) -> int:
+def _first_max(scores: dict[int, float]) -> int:
     top = max(scores.values())
-    return min(j for j, score in scores.items() if score >= top - TIE_TOLERANCE)
+    return min(j for j, score in scores.items() if score == top)
 
 
-def naive_divprune(features: torch.Tensor, k: int) -> list[int]:
-    """Reference: first pick = column whose second-smallest distance is largest; then repeatedly the token
-    farthest from its nearest selected token; (near-)ties to the lowest index; never a token twice."""
+def _double_distance(features: torch.Tensor) -> list[list[float]]:
     x = features.double()
     unit = x / x.norm(dim=-1, keepdim=True)
-    dist = (1 - unit @ unit.T).tolist()
+    return (1 - unit @ unit.T).tolist()
+
+
+def naive_divprune(dist: list[list[float]], k: int) -> list[int]:
+    """Reference: first pick = column whose second-smallest distance is largest; then repeatedly the token
+    farthest from its nearest selected token; exact ties to the lowest index; never a token twice."""
     n = len(dist)
     second_smallest = {j: sorted(dist[i][j] for i in range(n))[1] for j in range(n)}
-    selected = [_first_near_max(second_smallest)]
+    selected = [_first_max(second_smallest)]
     while len(selected) < k:
         nearest_selected = {j: min(dist[s][j] for s in selected) for j in range(n) if j not in selected}
-        selected.append(_first_near_max(nearest_selected))
+        selected.append(_first_max(nearest_selected))
     return selected
 
 
@@ -34,20 +37,46 @@ def naive_divprune(features: torch.Tensor, k: int) -> list[int]:
 def test_matches_naive_reference_on_random_features(seed, n, k):
     features = torch.randn(n, 16, generator=torch.Generator().manual_seed(seed))
     got = greedy_maxmin(cosine_distance(features)[None], k)[0].tolist()
-    assert got == naive_divprune(features, k)
+    assert got == naive_divprune(_double_distance(features), k)
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_matches_naive_reference_with_ties(seed):
-    """Duplicated and scaled rows create exact distance ties; both must resolve to the lowest index."""
+    """Duplicated rows create exact distance ties, which resolve to the lowest index; scaled rows create
+    distances equal up to rounding, which are not ties (the reference's plain argmax): the naive loop runs
+    on the kernel's own float32 distances, so both agree on every comparison."""
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(6, 8, generator=g)
     features = torch.cat([base, base[[0, 2, 2]], 3.0 * base[[1, 4]]])  # duplicates + same directions
     features = features[torch.randperm(features.shape[0], generator=g)]
     for k in (3, 6, 11):
         got = greedy_maxmin(cosine_distance(features)[None], k)[0].tolist()
-        assert got == naive_divprune(features, k)
+        assert got == naive_divprune(cosine_distance(features).tolist(), k)
         assert len(set(got)) == k
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_first_pick_equals_the_references_second_smallest_rule(seed):
+    """The reference: ``topk(2, largest=False)`` per column, second value, argmax. Ours: a column minimum
+    with the diagonal at +inf. Equal whenever a token's distance to itself is its smallest (always for
+    cosine distance up to rounding; forced here so the comparison is exact)."""
+    distance = cosine_distance(torch.randn(3, 50, 16, generator=torch.Generator().manual_seed(seed)))
+    distance.diagonal(dim1=-2, dim2=-1).fill_(-1.0)
+    reference = distance.topk(2, dim=-2, largest=False).values[:, 1, :].argmax(dim=-1)
+    assert torch.equal(first_maxmin_pick(distance.clone()), reference)
+
+
+def test_step_dispatches_three_ops():
+    """The greedy loop's cost is k times one step: argmax, row gather, running minimum."""
+    from vtr.measure.overhead import OpCounter
+
+    distance = cosine_distance(torch.randn(1, 200, 16, generator=torch.Generator().manual_seed(0)))
+    counts = {}
+    for k in (10, 40):
+        with OpCounter() as counter:
+            greedy_maxmin(distance.clone(), k)
+        counts[k] = counter.total
+    assert (counts[40] - counts[10]) / 30 == 3
 
 
 def test_batched_rows_are_independent():

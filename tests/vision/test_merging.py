@@ -11,7 +11,7 @@ import vtr
 from conftest import GREEDY, make_inputs
 from vtr.adapters import adapter_for
 from vtr.methods import DyMU, ToMe
-from vtr.vision.merging import EncoderMerging
+from vtr.vision.merging import EncoderMerging, MergeTarget
 
 NO_MERGE = {
     "tome_r0": dict(method="tome", r=0),
@@ -139,3 +139,25 @@ def test_full_size_geometry_is_what_every_encoder_call_sees(tiny, name, kind):
     with torch.no_grad(), EncoderMerging(target, matcher).installed():
         model(**make_inputs(processor, name, kind))
     assert seen and all(geometry == target.full_size_geometry() for geometry in seen)
+
+
+def test_dymu_on_an_odd_siglip_sequence_merges_what_the_reference_caps():
+    """A SigLIP tower (no class token) on a 3 x 3 patch grid, every A token above DyMU's threshold: the
+    reference merges min(A tokens passing, (t - protected) // 2) per layer, so 9 -> 5 -> 3 -> 2 tokens
+    (uncapped, all ceil(t / 2) A tokens would go: 9 -> 4 -> 2 -> 1)."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    tower = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                                 num_attention_heads=2, image_size=24, patch_size=8)).eval()
+    layers = tower.encoder.layers
+    target = MergeTarget(layers=layers, merge_layers=3, dropped=0, protected=0)
+    merging = EncoderMerging(target, DyMU(thresholds=[-2.0] * 3).matcher)
+    with torch.no_grad(), merging.installed():
+        tower(pixel_values=torch.randn(1, 3, 24, 24))
+    expected, t = [9], 9
+    for _ in range(2):  # the reference rule, layer by layer (every one of the ceil(t / 2) A tokens passes)
+        t -= min((t + 1) // 2, t // 2)
+        expected.append(t)
+    assert merging.per_layer_counts()[0].tolist() == expected == [9, 5, 3]
+    assert merging.feature_counts().tolist() == [2]  # the third layer's merge: 3 -> 2

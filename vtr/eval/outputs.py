@@ -4,10 +4,10 @@ sample from the ``"vtr"`` records in its sample logs (see ``vtr.eval.records``).
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
+from vtr.eval import costs
 from vtr.eval.runner import RunOutput
 
 
@@ -21,22 +21,8 @@ def task_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def sample_costs(samples_files: tuple[Path, ...]) -> dict[str, Any]:
-    """Means over logged samples: visual tokens (before / entering the LLM / at its last layer) and TFLOPs.
-
-    A multiple-choice sample makes one request per choice: its visual tokens are the mean over those
-    requests (they see the same image) and its FLOPs their sum (the compute the sample cost).
-    ``tflops_per_sample`` is ``None`` when any request has no FLOPs figure.
-    """
-    per_sample = [_sample_cost(records) for records in _records(samples_files) if records]
-    if not per_sample:
-        return {"samples": 0, "visual_tokens": None, "tflops_per_sample": None}
-    flops = [cost["flops"] for cost in per_sample]
-    return {
-        "samples": len(per_sample),
-        "visual_tokens": {key: statistics.fmean(cost[key] for cost in per_sample)
-                          for key in ("before", "llm_input", "kept")},
-        "tflops_per_sample": None if None in flops else statistics.fmean(flops) / 1e12,
-    }
+    """Means over logged samples of visual, content and newline tokens and TFLOPs (``vtr.eval.costs``)."""
+    return costs.summarize(_records(samples_files))
 
 
 def summarize_run(run: RunOutput) -> dict[str, Any]:
@@ -51,13 +37,3 @@ def _records(samples_files: tuple[Path, ...]):
             if line.strip():
                 counts = json.loads(line).get("token_counts") or []
                 yield [entry["vtr"] for entry in counts if isinstance(entry, dict) and entry.get("vtr")]
-
-
-def _sample_cost(records: list[dict[str, Any]]) -> dict[str, Any]:
-    flops = [record["flops"] for record in records]
-    return {
-        "before": statistics.fmean(record["visual_before"] for record in records),
-        "llm_input": statistics.fmean(record["visual_after"] for record in records),
-        "kept": statistics.fmean(record["visual_kept"] for record in records),
-        "flops": None if None in flops else sum(flops),
-    }

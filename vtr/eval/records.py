@@ -37,7 +37,8 @@ def call_record(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor], new_
     """Visual tokens and FLOPs of the last call of a wrapped ``model`` (one batch row).
 
     ``visual_kept`` is what the last decoder layer saw: the budget for pre-LLM methods and for
-    in-LLM ones (which let every token into the LLM and prune at layer K) alike.
+    in-LLM ones (which let every token into the LLM and prune at layer K) alike, plus the newlines
+    that ``visual_newlines_after`` counts.
     """
     stats = vtr.stats(model)
     sample = stats.samples[0]
@@ -49,6 +50,9 @@ def call_record(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor], new_
         "visual_after": sample.visual_after,
         "visual_kept": sample.visual_per_layer[-1] if sample.visual_per_layer else sample.visual_after,
         "visual_per_layer": list(sample.visual_per_layer),
+        # AnyRes / OneVision newlines: counted in the totals above, never by a budget, never pruned in the LLM
+        "visual_newlines_before": sum(item.structural_before for item in sample.items),
+        "visual_newlines_after": sum(item.structural_after for item in sample.items),
         "prompt_before": sample.prompt_before,
         "prompt_after": sample.prompt_after,
         "new_tokens": new_tokens,

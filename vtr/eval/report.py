@@ -17,6 +17,8 @@ SUMMARY_FILE = "summary.md"
 PLOTS: dict[str, tuple[str, Callable[[Row], Any]]] = {
     "score_vs_budget.png": ("budget (tokens per image/video, or fraction kept)", lambda row: row["budget"]),
     "score_vs_tflops.png": ("TFLOPs per sample", lambda row: row["tflops_per_sample"]),
+    "score_vs_content_tokens.png": ("content visual tokens per sample at the last LLM layer (newlines apart)",
+                                    lambda row: _tokens(row, "content_tokens")),
 }
 _PANELS_PER_ROW = 4
 
@@ -54,16 +56,18 @@ def column_title(column: Column) -> str:
 
 def summary_markdown(setup: SweepSetup, rows: list[Row], columns: list[Column]) -> str:
     reference = next((row for row in rows if row["method"] == UNREDUCED), None)
-    header = ["method", "budget", *map(column_title, columns), "visual tokens", "TFLOPs / sample"]
+    header = ["method", "budget", *map(column_title, columns), "content tokens", "newline tokens", "TFLOPs / sample"]
     lines = [
         f"# vtr sweep: {setup.model} on {setup.pretrained}",
         "",
         f"Tasks: {', '.join(setup.tasks)}; limit: {setup.limit if setup.limit is not None else 'none (full tasks)'}; "
         f"model args: {setup.model_args or '(none)'}; {len(rows)} configs.",
         "",
-        "Scores and TFLOPs carry their percentage of the unreduced model (`none`) in parentheses. Visual tokens: "
-        "mean per sample entering the LLM, then `→` what its last layer saw when an in-LLM method pruned "
-        "further. TFLOPs: mean per sample of the analytical model (`vtr.measure.flops`): vision encoder, "
+        "Scores and TFLOPs carry their percentage of the unreduced model (`none`) in parentheses. Content tokens: "
+        "the visual tokens a budget counts, mean per sample entering the LLM, then `→` what its last layer saw "
+        "when an in-LLM method pruned further. Newline tokens: the structural row ends AnyRes / OneVision "
+        "models add (kept with the rows they close, never pruned inside the LLM; 0 for other families). "
+        "TFLOPs: mean per sample of the analytical model (`vtr.measure.flops`): vision encoder, "
         "projector, reduction, LLM prefill and decoding; `–` where it was not available.",
         "",
         "| " + " | ".join(header) + " |",
@@ -73,8 +77,8 @@ def summary_markdown(setup: SweepSetup, rows: list[Row], columns: list[Column]) 
         cells = [row["method"], "–" if row["budget"] is None else str(row["budget"])]
         cells += [_relative(_score(row, column), reference and _score(reference, column), row is reference)
                   for column in columns]
-        cells += [_visual(row), _relative(row["tflops_per_sample"], reference and reference["tflops_per_sample"],
-                                          row is reference)]
+        reference_tflops = reference and reference["tflops_per_sample"]
+        cells += [_visual(row), _newlines(row), _relative(row["tflops_per_sample"], reference_tflops, row is reference)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -108,7 +112,7 @@ def _plot_panel(axis, column: Column, rows: list[Row], x_of: Callable[[Row], Any
         points = sorted((x_of(row), _score(row, column)) for row in rows if row["method"] == method
                         and x_of(row) is not None and _score(row, column) is not None)
         if points:
-            axis.plot(*zip(*points), marker="o", label=method)
+            axis.plot(*zip(*points), marker="o", label=method + _newline_note(rows, method))
     reference = next((row for row in rows if row["method"] == UNREDUCED and _score(row, column) is not None), None)
     if reference is not None and x_of(reference) is not None:
         axis.scatter([x_of(reference)], [_score(reference, column)], marker="*", s=150, color="black", label=UNREDUCED)
@@ -121,6 +125,13 @@ def _plot_panel(axis, column: Column, rows: list[Row], x_of: Callable[[Row], Any
                   transform=axis.transAxes)
     axis.set_title(column_title(column), fontsize=10)
     axis.set_ylabel("score")
+
+
+def _newline_note(rows: list[Row], method: str) -> str:
+    """`` (+4.5 newlines)`` where the method's rows kept newline tokens besides the content tokens."""
+    kept = [value for row in rows if row["method"] == method
+            if (value := _tokens(row, "newline_tokens")) is not None]
+    return f" (+{sum(kept) / len(kept):.3g} newlines)" if kept and any(kept) else ""
 
 
 def _score(row: Row, column: Column) -> float | None:
@@ -137,9 +148,19 @@ def _relative(value: float | None, reference: float | None, is_reference: bool) 
     return f"{text} ({100 * value / reference:.1f}%)" if reference else f"{text} (n/a)"
 
 
+def _tokens(row: Row, kind: str, stage: str = "kept") -> float | None:
+    """A token mean of the row (``None`` for rows written before vtr counted newlines apart)."""
+    tokens = row.get(kind)
+    return None if tokens is None else tokens[stage]
+
+
 def _visual(row: Row) -> str:
-    tokens = row["visual_tokens"]
-    if tokens is None:
+    entering, kept = _tokens(row, "content_tokens", "llm_input"), _tokens(row, "content_tokens")
+    if entering is None:
         return "–"
-    entering, kept = tokens["llm_input"], tokens["kept"]
     return f"{entering:.4g}" if entering == kept else f"{entering:.4g} → {kept:.4g}"
+
+
+def _newlines(row: Row) -> str:
+    kept = _tokens(row, "newline_tokens")
+    return "–" if kept is None else f"{kept:.4g}"

@@ -1,4 +1,5 @@
-"""A sweep directory's durable state: ``sweep.json`` (its setup) and ``results.jsonl`` (finished configs).
+"""A sweep directory's durable state: ``sweep.json`` (its setup) and ``results.jsonl`` (finished configs),
+and ``sweep.lock``, which keeps a second live sweep out of it.
 
 Every write replaces the whole file through a temporary file and ``os.replace``, so an interrupted
 sweep leaves either the old or the new file, never a torn line. A config counts as done exactly when
@@ -17,6 +18,7 @@ from vtr.eval.plan import Config, SweepError, SweepSetup
 
 SETUP_FILE = "sweep.json"
 RESULTS_FILE = "results.jsonl"
+LOCK_FILE = "sweep.lock"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -31,6 +33,59 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+class SweepLock:
+    """``DIR/sweep.lock`` holding the owner's pid, for as long as the ``with`` block runs.
+
+    A second sweep on the same directory would rewrite run folders the first is still writing; it is
+    refused while the owner lives. A lock whose owner is gone (killed with SIGKILL, machine reset) is
+    taken over. The lock file appears with its pid in it (a hard link of a finished temporary file),
+    so a reader never sees it empty.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCK_FILE
+
+    def __enter__(self) -> "SweepLock":
+        fd, temporary = tempfile.mkstemp(prefix=f".{LOCK_FILE}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(f"{os.getpid()}\n")
+            while True:
+                try:
+                    os.link(temporary, self.path)
+                    return self
+                except FileExistsError:
+                    owner = self.owner()
+                    if owner is not None and owner != os.getpid() and _alive(owner):
+                        raise SweepError(
+                            f"another vtr sweep (pid {owner}) is running on {self.path.parent}; wait for it to "
+                            f"finish or stop it (kill {owner}), or use another --out"
+                        ) from None
+                    self.path.unlink(missing_ok=True)  # its sweep is gone
+        finally:
+            os.unlink(temporary)
+
+    def __exit__(self, *exc_info) -> None:
+        if self.owner() == os.getpid():
+            self.path.unlink()
+
+    def owner(self) -> int | None:
+        try:
+            return int(self.path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 class ResultStore:

@@ -6,7 +6,8 @@
 Each finished config becomes one line of ``DIR/results.jsonl`` (written atomically); a config whose
 line is there is skipped, so re-running the command resumes an interrupted sweep, and deleting a line
 re-runs that config only. A run that leaves no results for every task stops the sweep with a non-zero
-exit code and the config named; finished lines stay. ``DIR/summary.md`` and the plots are rebuilt
+exit code and the config named; finished lines stay. Ctrl-C and SIGTERM end the running config's
+lmms-eval processes and record nothing of it; ``DIR/sweep.lock`` keeps a second live sweep out. ``DIR/summary.md`` and the plots are rebuilt
 from ``results.jsonl`` at the end of every invocation. The CLI registers ``add_sweep_arguments`` and
 calls ``run_sweep``.
 
@@ -18,9 +19,10 @@ budgets 0.5, 0.25 and 0.11: ``vtr sweep --methods none,random,divprune`` is a wh
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,12 +31,20 @@ from vtr.eval.lmms import MODEL_IDS
 from vtr.eval.outputs import summarize_run
 from vtr.eval.plan import Config, SweepError, SweepSetup, plan_configs
 from vtr.eval.report import write_report
-from vtr.eval.runner import LOG_FILE, RunFailed, lmms_eval_command, run_lmms_eval, write_task_paths
-from vtr.eval.store import ResultStore
+from vtr.eval.runner import (
+    LOG_FILE,
+    Launch,
+    RunFailed,
+    data_parallel_launcher,
+    lmms_eval_command,
+    run_lmms_eval,
+    write_task_paths,
+)
+from vtr.eval.store import ResultStore, SweepLock
 
 RESERVED_MODEL_ARGS = {"pretrained": "--pretrained", "method": "--methods", "budget": "--budgets"}
 DEFAULT_MODEL, DEFAULT_TASK, DEFAULT_BUDGETS = "vtr_llava_hf", "vtr_synthetic", [0.5, 0.25, 0.11]
-# the shipped model is tiny: the CPU is the default device (lmms-eval's is cuda); a user's keys win
+# the shipped model is tiny: it runs on the CPU even where there is a GPU; a user's keys win
 DEFAULT_MODEL_ARGS = {"device": "cpu", "device_map": "cpu", "dtype": "float32"}
 
 
@@ -60,25 +70,42 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include-path", action="append", default=[],
                         help="another directory of lmms-eval task YAMLs (repeatable)")
     parser.add_argument("--num-processes", type=int, default=1,
-                        help="> 1: run each config with `accelerate launch --num_processes N` (one GPU each)")
+                        help="> 1: each config runs data parallel on N ranks (accelerate launch --multi_gpu with a "
+                             "GPU per rank, torchrun on CPUs); the sweep checks that N ranks ran")
     parser.add_argument("--model-args", default="",
-                        help="more k=v,... for the model: lmms-eval's (device_map=auto, dtype=..., max_pixels=...) "
-                             "and method options (layer=2)")
+                        help="more k=v,... for the model: loading keys for every family (device, device_map, "
+                             "dtype, attn_implementation; default: the only GPU, else the CPU), the lmms-eval "
+                             "class's own (max_pixels=..., max_frames_num=...) and method options (layer=2)")
     parser.add_argument("--force-simple", action="store_true",
                         help="use lmms-eval's simple model class; needed for multiple-choice (loglikelihood) tasks")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's timeout or preemption), handled like Ctrl-C."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def run_sweep(args: argparse.Namespace) -> int:
-    """Run every config not yet in ``DIR/results.jsonl``; 0 when all are done, 1 (message on stderr) if not."""
+    """Run every config not yet in ``DIR/results.jsonl``; 0 when all are done, 1 (message on stderr) if not,
+    130 after Ctrl-C and 143 after SIGTERM (the running config's lmms-eval processes are ended first)."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         _sweep(args)
     except SweepError as error:
         print(f"vtr sweep: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("vtr sweep: interrupted; finished configs are in results.jsonl, run the same command to go on",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        cause = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        print(f"vtr sweep: {cause}; the running config was stopped and not recorded, finished configs are in "
+              f"results.jsonl: run the same command to go on", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(interrupt, Terminated) else 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -87,35 +114,49 @@ def _sweep(args: argparse.Namespace) -> None:
     configs = plan_configs(args.methods, args.budgets)
     _check_configs(configs, setup.model_args)
     out = _out_dir(args).resolve()
-    store = ResultStore(out)
-    store.claim(setup)
-    done = store.done()
-    pending = [config for config in configs if config.key not in done]
-    print(f"vtr sweep -> {out}: {len(configs)} config(s), {len(configs) - len(pending)} done earlier, "
-          f"{len(pending)} to run", flush=True)
-    task_paths = write_task_paths(out, args.include_path)
-    progress = _Progress(configs, len(pending))
-    try:
-        for config in pending:
-            run_dir = out / "runs" / config.slug
-            command = lmms_eval_command(setup, config, run_dir, task_paths, args.num_processes)
-            store.append(_run_config(config, command, run_dir, setup.tasks, progress))
-    finally:
-        rows = store.rows()
-        if rows:
-            written = write_report(out, setup, rows)
-            print(f"vtr sweep: {len(rows)} config(s) in {store.path}; report: "
-                  f"{', '.join(path.name for path in written)}", flush=True)
+    gpus = _gpu_count() if args.num_processes > 1 else 0
+    if args.num_processes > 1:
+        try:
+            data_parallel_launcher(args.num_processes, gpus)
+        except ValueError as error:
+            raise SweepError(f"{error}; nothing ran") from None
+    out.mkdir(parents=True, exist_ok=True)
+    with SweepLock(out):
+        store = ResultStore(out)
+        store.claim(setup)
+        done = store.done()
+        pending = [config for config in configs if config.key not in done]
+        print(f"vtr sweep -> {out}: {len(configs)} config(s), {len(configs) - len(pending)} done earlier, "
+              f"{len(pending)} to run", flush=True)
+        task_paths = write_task_paths(out, args.include_path)
+        progress = _Progress(configs, len(pending))
+        try:
+            for config in pending:
+                run_dir = out / "runs" / config.slug
+                launch = lmms_eval_command(setup, config, run_dir, task_paths, args.num_processes, gpus)
+                store.append(_run_config(config, launch, run_dir, setup.tasks, progress))
+        finally:
+            rows = store.rows()
+            if rows:
+                written = write_report(out, setup, rows)
+                print(f"vtr sweep: {len(rows)} config(s) in {store.path}; report: "
+                      f"{', '.join(path.name for path in written)}", flush=True)
 
 
-def _run_config(config: Config, command: list[str], run_dir: Path, tasks: tuple[str, ...],
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _run_config(config: Config, launch: Launch, run_dir: Path, tasks: tuple[str, ...],
                 progress: _Progress) -> dict[str, Any]:
     """Run one config and return its results.jsonl line; ``SweepError`` naming it if it fails."""
     prefix = progress.start(config)
     log = run_dir / LOG_FILE
     print(f"{prefix}: running (log: {log})", flush=True)
     try:
-        run = run_lmms_eval(command, run_dir, tasks,
+        run = run_lmms_eval(launch, run_dir, tasks,
                             on_wait=lambda elapsed: print(f"{prefix}: still running, {_clock(elapsed)}", flush=True))
     except RunFailed as failure:
         raise SweepError(
@@ -123,11 +164,13 @@ def _run_config(config: Config, command: list[str], run_dir: Path, tasks: tuple[
             f"and run the same command to go on"
         ) from None
     row = {"method": config.method, "budget": config.budget, **summarize_run(run),
-           "wall_time_s": round(run.wall_time_s, 1), "output_dir": str(run.results_file.parent),
+           "wall_time_s": round(run.wall_time_s, 1), "processes": launch.processes, "device": run.device,
+           "output_dir": str(run.results_file.parent),
            "results_file": str(run.results_file),
            "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    print(f"{prefix}: done in {_clock(run.wall_time_s)}; {progress.finish(run.wall_time_s)}; {_brief(row)}",
-          flush=True)
+    ranks = f"{launch.processes} ranks, rank 0" if launch.processes > 1 else "model"
+    print(f"{prefix}: done in {_clock(run.wall_time_s)} ({ranks} on {run.device}); {progress.finish(run.wall_time_s)}; "
+          f"{_brief(row)}", flush=True)
     return row
 
 
@@ -183,10 +226,9 @@ def _check_configs(configs: list[Config], model_args: str) -> None:
     """Reject up front a config every run of which would fail: an unknown method, an invalid budget, or a
     method option (a ``--model-args`` key that some vtr method takes) that its methods lack. Keys no vtr
     method takes are lmms-eval's to judge, at run time."""
-    from vtr.eval.models.base import configure
-    from vtr.methods import REGISTRY
+    from vtr.eval.models.base import configure, method_option_names
 
-    option_names = {field.name for method in REGISTRY.values() for field in dataclasses.fields(method)}
+    option_names = method_option_names()
     options = {key: value for key, value in _parse_model_args(model_args).items() if key in option_names}
     for config in configs:
         try:
@@ -206,8 +248,9 @@ def _parse_model_args(model_args: str) -> dict[str, Any]:
 def _brief(row: dict[str, Any]) -> str:
     scores = ", ".join(f"{task} {metric.removesuffix(',none')}={value:.4g}"
                        for task, metrics in row["scores"].items() for metric, value in metrics.items())
-    tokens = row["visual_tokens"]
-    visual = "visual tokens n/a" if tokens is None else f"visual tokens kept {tokens['kept']:.4g}"
+    tokens, newlines = row["content_tokens"], row["newline_tokens"]
+    visual = "visual tokens n/a" if tokens is None else f"content tokens kept {tokens['kept']:.4g}" + (
+        f" (+{newlines['kept']:.4g} newlines)" if newlines["kept"] else "")
     tflops = row["tflops_per_sample"]
     return f"{scores}; {visual}; " + ("TFLOPs n/a" if tflops is None else f"{tflops:.4g} TFLOPs/sample")
 

@@ -43,6 +43,8 @@ def full_pass_mask(mask: Tensor | None, index: Tensor, valid: Tensor, flash: boo
     columns keep their order, so causal attention over the shorter sequence is the same attention.
     """
     all_valid = bool(valid.all())
+    if mask is not None:  # the index may come from another device of a split model
+        index, valid = index.to(mask.device), valid.to(mask.device)
     if mask is None:
         if all_valid:
             return None
@@ -64,6 +66,8 @@ def decode_mask(mask: Tensor | None, key_index: Tensor, key_valid: Tensor, queri
     ``key_index`` indexes the full-length key axis the model built the mask for (its layer 0 cache plus
     the new tokens). A ``None`` mask (nothing to mask) only needs building when pad slots exist.
     """
+    if mask is not None:  # the index may come from another device of a split model
+        key_index, key_valid = key_index.to(mask.device), key_valid.to(mask.device)
     if mask is None:
         if bool(key_valid.all()):
             return None

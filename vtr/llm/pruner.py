@@ -5,7 +5,9 @@ code is replaced. During a full pass (prefill, or every step of an uncached gene
 pruning layer K:
 
 1. scores the candidates with the attention the query tokens paid them at layer K-1, recomputed from
-   that layer's q/k (``vtr.llm.scores``), causal and under any attention implementation;
+   that layer's q/k (``vtr.llm.scores``), causal and under any attention implementation; or, for a
+   method that ``scores_own_layer`` (PDrop's reference), with layer K's own input norm and q/k applied
+   to the hidden states entering layer K, at the positions layer K-1 used;
 2. asks the method which candidates stay (and for merged hidden states);
 3. keeps, per row, the kept columns in order; rows are left-filled with masked pad slots to a common
    length;
@@ -13,6 +15,18 @@ pruning layer K:
 and every layer from K on gets the model's full-length rotary cos/sin, position ids and mask gathered at
 its kept columns. Layers from K on therefore cache fewer keys. On a cached step the new tokens' queries
 are untouched and only the key axis of the mask is gathered (kept prompt columns + every new token).
+
+A method that ``renumbers_positions`` (PDrop's reference) moves every kept token down by the number of
+real tokens dropped before it in its row (pad slots and padding do not count), on every rotary axis:
+the model's own rotary module is evaluated on those positions once per stage and pass, and the new
+tokens of a cached step (or the appended tokens of an uncached pass) move down by everything their row
+dropped, so decoding continues from the renumbered positions and an uncached recompute still equals
+the cached generate.
+
+The gathered inputs change only where the kept columns do (at a pruning layer) or where the model hands a
+layer different inputs (a sliding-window mask, a new decode step): they are gathered once per such change
+and reused by the following layers (``_LayerInputs``), so a pass costs a few gathers per stage, not per
+layer.
 
 Only the prompt's columns are candidates; tokens after the prompt (those an uncached generate appends)
 are always kept and the scores come from the prompt alone, so an uncached recompute makes the same
@@ -56,10 +70,44 @@ class PromptRoles:
 
 @dataclass
 class _Kept:
-    """The columns a range of layers sees: full-pass column per current column; False on pad slots."""
+    """The columns a range of layers sees: full-pass column per current column; False on pad slots.
+
+    With renumbered positions, also how far each column's position moves down."""
 
     index: Tensor  # (B, N)
     valid: Tensor  # (B, N)
+    shift: Tensor | None = None  # (B, N) real tokens dropped before each column (0 on pad slots)
+    dropped: Tensor | None = None  # (B,) real tokens each row dropped in all, so far
+    moved: bool = False  # whether any position moves (a host flag, read once per stage)
+
+
+class _LayerInputs:
+    """Gathered layer inputs, reused while a layer's sources are the very objects they were made from.
+
+    The key is the identity of the sources (kept columns, the model's cos/sin, mask, position ids); the
+    sources themselves are held, so an identity is never reused by another tensor while its entry lives.
+    Entries live for one epoch (a full pass, or one decode step: its cache length), so a long generate
+    holds one step's masks, not every step's.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, tuple[tuple, Any]] = {}
+        self._epoch: Any = None
+
+    def get(self, epoch: Any, sources: tuple, make):
+        if epoch != self._epoch:
+            self.clear()
+            self._epoch = epoch
+        key = tuple(id(source) if isinstance(source, (Tensor, tuple, _Kept)) or source is None else source
+                    for source in sources)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = (sources, make())
+        return entry[1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._epoch = None
 
 
 @dataclass
@@ -74,10 +122,18 @@ class LayerRun:
     visual_per_layer: list[Tensor] = field(default_factory=list)  # (B,) visual tokens seen by each layer
     captured: dict[int, tuple[Tensor, tuple[Tensor, Tensor]]] = field(default_factory=dict)
     current_layer: int = -1  # the decoder layer running now (for injections between layers)
+    gathered: _LayerInputs = field(default_factory=_LayerInputs)
+    rope_positions: Tensor | None = None  # what the model's rotary module got in the current pass or step
+    renumbered: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # range start -> cos/sin
+
+    def range_start(self, layer: int) -> int | None:
+        """The pruning layer that set the columns ``layer`` sees (``None`` before the first)."""
+        starts = [k for k in self.kept if k <= layer]
+        return max(starts) if starts else None
 
     def kept_at(self, layer: int) -> _Kept | None:
-        starts = [k for k in self.kept if k <= layer]
-        return self.kept[max(starts)] if starts else None
+        start = self.range_start(layer)
+        return None if start is None else self.kept[start]
 
     def final_index(self) -> Tensor | None:
         """(B, N) full-pass column of every output column of the last full pass, -1 on pad slots."""
@@ -97,13 +153,23 @@ class LayerPruner:
         self.prune_at = method.check_layers(self.num_layers)
         self.flash = str(attn_implementation).startswith("flash")
         self.quirks = bool(getattr(method, "reference_quirks", False))
+        self.own_scores = method.scores_own_layer
+        self.renumber = method.renumbers_positions
+        self.rotary = getattr(decoder, "rotary_emb", None)
+        if self.renumber and self.rotary is None:
+            raise ValueError(f"{method.describe()} renumbers positions with the text model's rotary module, which "
+                             f"{type(decoder).__name__} lacks; pass renumber=False")
         self.run: LayerRun | None = None
+        self._rotary_busy = False  # our own rotary calls are not the model's positions
         self._handles = []
         for i in range(self.prune_at[0], self.num_layers):
             self._handles.append(self.layers[i].register_forward_pre_hook(self._layer_hook(i), with_kwargs=True))
+        if self.renumber:
+            self._handles.append(self.rotary.register_forward_pre_hook(self._rotary_hook, with_kwargs=True))
         for k in self.prune_at:
-            attention = self.layers[k - 1].self_attn
-            self._handles.append(attention.register_forward_pre_hook(self._capture_hook(k), with_kwargs=True))
+            if not self.own_scores:
+                attention = self.layers[k - 1].self_attn
+                self._handles.append(attention.register_forward_pre_hook(self._capture_hook(k), with_kwargs=True))
             if self.quirks:
                 self._handles.append(self.layers[k - 1].register_forward_pre_hook(self._quirk_hook(k - 1),
                                                                                   with_kwargs=True))
@@ -129,6 +195,12 @@ class LayerPruner:
             return None
 
         return hook
+
+    def _rotary_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]):
+        if self.run is not None and not self._rotary_busy:
+            self.run.rope_positions = args[1] if len(args) > 1 else kwargs["position_ids"]
+            self.run.renumbered = {}
+        return None
 
     def _quirk_hook(self, layer: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
@@ -160,7 +232,7 @@ class LayerPruner:
             if layer == self.prune_at[0]:
                 self._begin_full_pass(states, cache)
             if layer in self.prune_at:
-                states = self._prune(layer, states)
+                states = self._prune(layer, states, kwargs)
             kwargs = self._full_pass_kwargs(layer, kwargs)
         elif cache is not None and run.cache is not None and run.cache() is cache and run.kept:
             kwargs = self._decode_kwargs(layer, kwargs, cache, states.shape[1])
@@ -185,6 +257,7 @@ class LayerPruner:
         run.full_len, run.kept = length, {}
         run.cache = None if cache is None else weakref.ref(cache)  # never keep a finished KV cache alive
         run.visual_per_layer = []
+        run.gathered.clear()
 
     def _expanded(self, values: Tensor, batch: int, length: int, appended) -> Tensor:
         """A prompt-shaped (B0, L0) map for a pass of ``length``: rows repeated for beams, appended columns
@@ -201,61 +274,114 @@ class LayerPruner:
         kept = self.run.kept_at(layer)
         if kept is None:
             return full
-        return full.gather(1, kept.index).masked_fill(~kept.valid, pad_slot)
+        return full.gather(1, kept.index.to(full.device)).masked_fill(~kept.valid.to(full.device), pad_slot)
 
-    def _prune(self, layer: int, states: Tensor) -> Tensor:
+    def _prune(self, layer: int, states: Tensor, kwargs: dict[str, Any]) -> Tensor:
         run, roles = self.run, self.run.roles
         batch, length = states.shape[:2]
         prompt_cols = length - (run.full_len - roles.group.shape[1])  # appended columns stay at the end
-        group = self._current(roles.group, -1, -1, layer - 1, batch)
-        attended = self._current(roles.attended, True, False, layer - 1, batch)
-        scores = self._scores(layer, group, attended, prompt_cols)
+        # decided where the hidden states are (a model split over devices moves them from layer to layer)
+        device = states.device
+        group = self._current(roles.group, -1, -1, layer - 1, batch).to(device)
+        attended = self._current(roles.attended, True, False, layer - 1, batch).to(device)
+        scores = self._scores(layer, states, kwargs, group, attended, prompt_cols)
         step = LayerInput(hidden=states, scores=scores, group=group, stage=self.prune_at.index(layer),
-                          entry_counts=roles.entry_counts, num_layers=self.num_layers)
+                          entry_counts=roles.entry_counts.to(device), num_layers=self.num_layers)
         decision = self.method.select(step)
         previous = run.kept_at(layer - 1)
-        slot_valid = previous.valid if previous is not None else torch.ones_like(attended)
+        slot_valid = previous.valid.to(device) if previous is not None else torch.ones_like(attended)
         keep = slot_valid & ((group < 0) | decision.keep)
         local = left_packed_index(keep)
         hidden = decision.hidden if decision.hidden is not None else states
         gathered = hidden.gather(1, local.clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        base = previous.index if previous is not None else torch.arange(length, device=states.device).expand(batch, -1)
-        run.kept[layer] = _Kept(base.gather(1, local.clamp_min(0)), local >= 0)
+        base = torch.arange(length, device=device).expand(batch, -1) if previous is None else previous.index.to(device)
+        index, valid = base.gather(1, local.clamp_min(0)), local >= 0
+        run.kept[layer] = self._renumbered(index, valid) if self.renumber else _Kept(index, valid)
         return gathered
 
-    def _scores(self, layer: int, group: Tensor, attended: Tensor, prompt_cols: int) -> Tensor:
-        captured = self.run.captured.pop(layer, None)
-        if captured is None:
-            raise ReductionError(f"no layer {layer - 1} attention input was captured for {self.method.describe()}")
-        states, position_embeddings = captured
+    def _renumbered(self, index: Tensor, valid: Tensor) -> _Kept:
+        """The kept columns with how far each one's position moves: the real tokens (not padding, not pad
+        slots) of its row that no longer appear, before it. Counted over the full pass, so stages add up."""
+        real = self._expanded(self.run.roles.attended, index.shape[0], self.run.full_len, True).to(index.device)
+        present = torch.zeros_like(real)
+        rows, cols = valid.nonzero(as_tuple=True)
+        present[rows, index[rows, cols]] = True
+        before = (real & ~present).long().cumsum(1)
+        dropped = before[:, -1]
+        return _Kept(index, valid, before.gather(1, index).masked_fill(~valid, 0), dropped, bool(dropped.any()))
+
+    def _scores(self, layer: int, states: Tensor, kwargs: dict[str, Any], group: Tensor, attended: Tensor,
+                prompt_cols: int) -> Tensor:
+        if self.own_scores:  # layer K's own norm and projections of what enters it, at layer K-1's positions
+            attention = self.layers[layer].self_attn
+            position_embeddings = self._position_embeddings(layer - 1, kwargs, states)
+            with torch.no_grad():
+                states = self.layers[layer].input_layernorm(states)
+        else:
+            captured = self.run.captured.pop(layer, None)
+            if captured is None:
+                raise ReductionError(f"no layer {layer - 1} attention input was captured for {self.method.describe()}")
+            attention = self.layers[layer - 1].self_attn
+            states, position_embeddings = captured
         batch = states.shape[0]
         if self.method.query == "last":
             queries = torch.full((batch, 1), prompt_cols - 1, device=states.device)
             weight = torch.ones(batch, 1, device=states.device)
         else:  # every attended text token of the prompt
-            visual = self._current(self.run.roles.visual, False, False, layer - 1, batch)
+            visual = self._current(self.run.roles.visual, False, False, layer - 1, batch).to(attended.device)
             text = attended & ~visual
             text[:, prompt_cols:] = False
             packed = left_packed_index(text)
             queries, weight = packed.clamp_min(0), (packed >= 0).float()
             weight = weight / weight.sum(1, keepdim=True).clamp_min(1)
         with torch.no_grad():
-            return attention_to_keys(self.layers[layer - 1].self_attn, states, position_embeddings, queries,
-                                     weight, attended)
+            return attention_to_keys(attention, states, position_embeddings, queries, weight, attended)
+
+    def _position_embeddings(self, layer: int, kwargs: dict[str, Any], like: Tensor) -> tuple[Tensor, Tensor]:
+        """The rotary cos/sin of the columns layer ``layer`` sees in this full pass (``kwargs``: any layer's)."""
+        kept = self.run.kept_at(layer)
+        cos, sin = kwargs["position_embeddings"]
+        if kept is None:
+            return cos, sin
+        if not kept.moved:
+            return _gather_tokens(cos, kept.index), _gather_tokens(sin, kept.index)
+        start = self.run.range_start(layer)
+        if start not in self.run.renumbered:
+            positions = self.run.rope_positions
+            if positions is None or positions.shape[-1] != self.run.full_len:
+                raise ReductionError(f"{self.method.describe()} renumbers positions, but the text model's rotary "
+                                     f"module did not see this pass's {self.run.full_len} positions")
+            self.run.renumbered[start] = self._rotary(like, _gather_last(positions, kept.index) - kept.shift)
+        return self.run.renumbered[start]
+
+    def _rotary(self, like: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """The model's rotary module on ``positions`` (not recorded as the model's own positions)."""
+        self._rotary_busy = True
+        try:
+            with torch.no_grad():
+                return self.rotary(like, positions)
+        finally:
+            self._rotary_busy = False
 
     def _full_pass_kwargs(self, layer: int, kwargs: dict[str, Any]) -> dict[str, Any]:
-        kept = self.run.kept_at(layer)
-        kwargs = dict(kwargs)
-        cos, sin = kwargs["position_embeddings"]
-        kwargs["position_embeddings"] = (_gather_tokens(cos, kept.index), _gather_tokens(sin, kept.index))
-        position_ids = kwargs.get("position_ids")
-        if isinstance(position_ids, Tensor) and position_ids.shape[-1] == self.run.full_len:
-            kwargs["position_ids"] = _gather_last(position_ids, kept.index)
-        kwargs["attention_mask"] = full_pass_mask(kwargs.get("attention_mask"), kept.index, kept.valid, self.flash)
-        if len(self.run.visual_per_layer) == layer - self.prune_at[0]:
-            visual = self._current(self.run.roles.visual, False, False, layer, kept.index.shape[0])
-            self.run.visual_per_layer.append(visual.sum(1))
-        return kwargs
+        run = self.run
+        kept = run.kept_at(layer)
+        embeddings, position_ids, mask = kwargs["position_embeddings"], kwargs.get("position_ids"), \
+            kwargs.get("attention_mask")
+
+        def gather() -> dict[str, Any]:
+            inputs = {"position_embeddings": self._position_embeddings(layer, kwargs, embeddings[0]),
+                      "attention_mask": full_pass_mask(mask, kept.index, kept.valid, self.flash)}
+            if isinstance(position_ids, Tensor) and position_ids.shape[-1] == run.full_len:
+                gathered = _gather_last(position_ids, kept.index)
+                inputs["position_ids"] = gathered - kept.shift if kept.moved else gathered
+            return inputs
+
+        if len(run.visual_per_layer) == layer - self.prune_at[0]:
+            run.visual_per_layer.append(run.gathered.get(
+                "full", ("visual", kept), lambda: self._current(run.roles.visual, False, False, layer,
+                                                                kept.index.shape[0]).sum(1)))
+        return {**kwargs, **run.gathered.get("full", (kept, embeddings, position_ids, mask), gather)}
 
     def injection_rows(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Translate a full-length injection mask for the sequence leaving the current layer.
@@ -267,23 +393,45 @@ class LayerPruner:
         kept = self.run.kept_at(self.run.current_layer)
         flat_rank = (positions.flatten().long().cumsum(0) - 1).view_as(positions)
         positions = positions.expand(kept.index.shape[0], -1) if positions.shape[0] == 1 else positions
-        current = positions.gather(1, kept.index) & kept.valid
-        return current, flat_rank.gather(1, kept.index)[current]
+        index, valid = kept.index.to(positions.device), kept.valid.to(positions.device)
+        current = positions.gather(1, index) & valid
+        return current, flat_rank.gather(1, index)[current]
 
     # ------------------------------------------------------------------ cached steps
     def _decode_kwargs(self, layer: int, kwargs: dict[str, Any], cache: Any, queries: int) -> dict[str, Any]:
         run = self.run
         kept = run.kept_at(layer)
         keys = cache.get_seq_length(0)  # layer 0 already holds this step's tokens: the mask's key count
-        new = torch.arange(run.full_len, keys, device=kept.index.device).expand(kept.index.shape[0], -1)
-        key_index = torch.cat([kept.index, new], dim=1)
-        key_valid = torch.cat([kept.valid, torch.ones_like(new, dtype=torch.bool)], dim=1)
-        return {**kwargs, "attention_mask": decode_mask(kwargs.get("attention_mask"), key_index, key_valid, queries,
-                                                        self.flash)}
+        mask = kwargs.get("attention_mask")
+
+        def gather() -> Tensor:
+            new = torch.arange(run.full_len, keys, device=kept.index.device).expand(kept.index.shape[0], -1)
+            key_index = torch.cat([kept.index, new], dim=1)
+            key_valid = torch.cat([kept.valid, torch.ones_like(new, dtype=torch.bool)], dim=1)
+            return decode_mask(mask, key_index, key_valid, queries, self.flash)
+
+        kwargs = {**kwargs, "attention_mask": run.gathered.get(keys, (kept, mask, queries), gather)}
+        return self._renumbered_step(layer, kwargs, kept) if kept.moved else kwargs
+
+    def _renumbered_step(self, layer: int, kwargs: dict[str, Any], kept: _Kept) -> dict[str, Any]:
+        """A cached step's new tokens moved down by everything their row dropped up to this layer."""
+        run = self.run
+        start = run.range_start(layer)
+        if start not in run.renumbered:
+            if run.rope_positions is None:
+                raise ReductionError(f"{self.method.describe()} renumbers positions, but the text model's rotary "
+                                     f"module saw no positions for this step")
+            shift = kept.dropped.view(-1, 1)
+            run.renumbered[start] = self._rotary(kwargs["position_embeddings"][0], run.rope_positions - shift)
+        position_ids = kwargs.get("position_ids")
+        if isinstance(position_ids, Tensor):
+            kwargs["position_ids"] = position_ids - kept.dropped.view(-1, 1)
+        return {**kwargs, "position_embeddings": run.renumbered[start]}
 
 
 def _gather_tokens(values: Tensor, index: Tensor) -> Tensor:
     """Gather the token axis (dim 1) of (B|1, L, ...) at ``index`` (B, N)."""
+    index = index.to(values.device)
     values = values.expand(index.shape[0], *values.shape[1:])
     shape = (*index.shape, *values.shape[2:])
     return values.gather(1, index.view(*index.shape, *([1] * (values.dim() - 2))).expand(shape))
@@ -291,6 +439,7 @@ def _gather_tokens(values: Tensor, index: Tensor) -> Tensor:
 
 def _gather_last(values: Tensor, index: Tensor) -> Tensor:
     """Gather the last axis of position ids shaped (B|1, L) or (R, B|1, L) at ``index`` (B, N)."""
+    index = index.to(values.device)
     if values.dim() == 2:
         return values.expand(index.shape[0], -1).gather(1, index)
     return values.expand(values.shape[0], index.shape[0], -1).gather(2, index.expand(values.shape[0], -1, -1))

@@ -52,8 +52,9 @@ class _Pass:
 
 
 def _rows(values: Tensor, index: Tensor) -> Tensor:
-    """``values`` (B, L, D) at the columns ``index`` (B, M)."""
-    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+    """``values`` (B, L, D) at the columns ``index`` (B, M) (moved to the values' device: the layers of a split
+    model run on several)."""
+    return values.gather(1, index.to(values.device).unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
 class VirtualUnmerging:
@@ -110,7 +111,8 @@ class VirtualUnmerging:
             return None
         attended, *rest = output
         batch, width = self._pass.members.shape
-        groups = (self._pass.mapping + width * torch.arange(batch, device=attended.device).unsqueeze(1)).flatten()
+        rows = width * torch.arange(batch, device=attended.device).unsqueeze(1)
+        groups = (self._pass.mapping.to(attended.device) + rows).flatten()
         merged = group_mean(attended.reshape(-1, attended.shape[-1]), groups, batch * width)
         return (merged.view(batch, width, -1), *rest)
 

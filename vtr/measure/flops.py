@@ -433,7 +433,9 @@ def _holitom_flops(config: PreTrainedConfig, stats: ItemStats, item: VisualInput
 
 
 def _layer_method_flops(config: PreTrainedConfig, method: LayerMethod, sample: SampleStats) -> float:
-    """Score recompute at layer K-1 (``vtr.llm.scores``) and HoliTom's similarity at layer K, per K."""
+    """Score recompute (``vtr.llm.scores``) and HoliTom's similarity at layer K, per K. The recompute
+    projects the tokens layer K-1 saw, with layer K-1's q/k or (PDrop's reference scoring) layer K's: the
+    same shapes either way; PDrop's renumbered rotary positions are elementwise (no matmul)."""
     if not sample.visual_per_layer:  # no visual tokens: the in-LLM stage did not run
         return 0.0
     d, heads, kv_heads, head_dim = _text_dims(config)

@@ -17,16 +17,25 @@ import torch
 _active: "Recorder | None" = None
 
 
-class Recorder:
-    """Seconds spent per section name while recording."""
+ENCODER_SECTION = "encode"
+"""The section that runs the model's own vision encoder inside vtr's pre-LLM section: not vtr's code."""
 
-    def __init__(self, sync: Callable[[], None]) -> None:
+
+class Recorder:
+    """Seconds spent per section name while recording.
+
+    With ``sync_check`` (CUDA), every section but the model's encoder runs under
+    ``torch.cuda.set_sync_debug_mode("error")``, so a host↔device sync in vtr's own code raises.
+    """
+
+    def __init__(self, sync: Callable[[], None], sync_check: bool = False) -> None:
         self.sync = sync
+        self.sync_check = sync_check
         self.seconds: dict[str, float] = defaultdict(float)
 
 
 class section:  # noqa: N801 - used like a function: ``with section("pre_llm"):``
-    __slots__ = ("name", "start")
+    __slots__ = ("name", "start", "outer_sync_mode")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -34,10 +43,15 @@ class section:  # noqa: N801 - used like a function: ``with section("pre_llm"):`
     def __enter__(self) -> None:
         if _active is not None:
             _active.sync()
+            if _active.sync_check:
+                self.outer_sync_mode = torch.cuda.get_sync_debug_mode()
+                torch.cuda.set_sync_debug_mode(0 if self.name == ENCODER_SECTION else "error")
             self.start = time.perf_counter()
 
     def __exit__(self, *exc) -> None:
         if _active is not None:
+            if _active.sync_check:
+                torch.cuda.set_sync_debug_mode(self.outer_sync_mode)
             _active.sync()
             _active.seconds[self.name] += time.perf_counter() - self.start
 
@@ -51,10 +65,10 @@ def device_sync(device: torch.device | str) -> Callable[[], None]:
 
 
 @contextlib.contextmanager
-def recording(sync: Callable[[], None]) -> Iterator[Recorder]:
-    """Record every ``section`` entered inside the block."""
+def recording(sync: Callable[[], None], sync_check: bool = False) -> Iterator[Recorder]:
+    """Record every ``section`` entered inside the block (see ``Recorder`` for ``sync_check``)."""
     global _active
-    previous, _active = _active, Recorder(sync)
+    previous, _active = _active, Recorder(sync, sync_check)
     try:
         yield _active
     finally:

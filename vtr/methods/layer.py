@@ -1,8 +1,9 @@
 """The protocol of methods that act inside the LLM, at one or more decoder layers.
 
 At each of its pruning layers the engine (``vtr.llm.pruner``) hands the method the hidden states
-entering that layer, the attention that the chosen query tokens paid to every token at the layer
-before, and the visual input (group) each candidate token belongs to. The method answers which
+entering that layer, the attention that the chosen query tokens paid to every token (at the layer
+before, or recomputed with the layer's own projections: ``scores_own_layer``), and the visual input
+(group) each candidate token belongs to. The method answers which
 candidates stay, and may rewrite hidden states (merging). Everything is batched: one call per layer for
 the whole padded batch, with per-group keep counts.
 """
@@ -64,6 +65,18 @@ class LayerMethod(Method):
 
     budget: Budget | int | float | None = option(None, convert=as_budget)
     query: Query = "last"
+
+    @property
+    def scores_own_layer(self) -> bool:
+        """Whether pruning layer K scores with its own input norm and q/k projections of the hidden states
+        leaving layer K-1 (the PDrop reference) instead of layer K-1's attention (FastV's convention)."""
+        return False
+
+    @property
+    def renumbers_positions(self) -> bool:
+        """Whether kept tokens move down by the number of tokens dropped before them (the PDrop
+        reference) instead of keeping their original positions."""
+        return False
 
     def prune_layers(self, num_layers: int) -> tuple[int, ...]:  # pragma: no cover - interface
         """Decoder layers (ascending, each in [1, num_layers)) at whose input tokens are dropped."""

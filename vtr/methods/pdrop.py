@@ -1,9 +1,23 @@
-"""PyramidDrop (Xing et al., CVPR 2025): at the end of each stage keep a fraction ``ratio`` of the
-visual tokens, ranked by the last instruction token's attention; 32-layer default stages end at layers
-8, 16 and 24 (moved to the same relative depth for other LLMs)."""
+"""PyramidDrop (Xing et al., CVPR 2025): at the end of each stage keep a fraction of the visual tokens,
+ranked by the last instruction token's attention; 32-layer default stages end at layers 8, 16 and 24
+(moved to the same relative depth for other LLMs).
+
+The defaults follow the reference code (``Cooperx521/PyramidDrop``, ``pdrop_rank_drop``):
+
+* stage K is scored with layer K's own ``input_layernorm`` / ``q_proj`` / ``k_proj`` applied to the
+  hidden states leaving layer K-1 (``score_layer="own"``; ``"previous"`` uses layer K-1's attention,
+  the FastV convention);
+* after each drop the kept tokens are renumbered: a token's position drops by the number of tokens
+  dropped before it, and decoding continues from the renumbered positions (``renumber=False`` keeps
+  original positions, as vtr's other in-LLM methods do);
+* stage s keeps ``int(N * ratio ** (s + 1))`` of the N tokens a visual input entered the LLM with
+  (``rounding="floor"``; ``"round"`` rounds to the nearest count), never fewer than one.
+"""
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -15,16 +29,20 @@ from vtr.methods.layer import LayerInput, LayerMethod, scaled_layer
 
 REFERENCE_DEPTH = 32
 REFERENCE_LAYERS = (8, 16, 24)
+SCORE_LAYERS = ("own", "previous")
+ROUNDINGS = ("floor", "round")
+_CANDIDATES = 1 << 16  # schedules compared per solve, at most
 
 
 @dataclass(frozen=True)
 class PDrop(LayerMethod):
     """``layers``: pruning layers (default: 8/16/24 of 32, scaled); ``ratio``: keep ratio per stage.
 
-    ``budget`` (optional) replaces ``ratio`` so that the visual tokens averaged over all decoder layers
-    equal the budget ("equivalent tokens", how papers compare PDrop with single-layer methods); the ratio
-    is solved per visual input. A budget below what the layers before the first stage already cost
-    cannot be met and raises ``ReductionError`` (move the first stage earlier).
+    ``budget`` (optional) replaces ``ratio``: per visual input, the whole-token count schedule whose
+    visual tokens averaged over all decoder layers equal the budget ("equivalent tokens", how papers
+    compare PDrop with single-layer methods); see ``count_schedule``. A budget no schedule reaches
+    raises ``ReductionError`` (move the first stage earlier). ``score_layer``, ``renumber`` and
+    ``rounding``: the reference's rules by default, vtr's variants as options (module docstring).
     """
 
     name: ClassVar[str] = "pdrop"
@@ -32,13 +50,29 @@ class PDrop(LayerMethod):
 
     layers: tuple[int, ...] | None = None
     ratio: float = 0.5
+    score_layer: str = "own"
+    renumber: bool = True
+    rounding: str = "floor"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"pdrop ratio (tokens kept per stage) must lie in (0, 1], got {self.ratio}")
+        if self.score_layer not in SCORE_LAYERS:
+            raise ValueError(f"pdrop score_layer must be one of {SCORE_LAYERS} (layer K's own projections, the "
+                             f"reference; or layer K-1's attention, the FastV convention), got {self.score_layer!r}")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"pdrop rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(k) for k in self.layers))
+
+    @property
+    def scores_own_layer(self) -> bool:
+        return self.score_layer == "own"
+
+    @property
+    def renumbers_positions(self) -> bool:
+        return self.renumber
 
     def prune_layers(self, num_layers: int) -> tuple[int, ...]:
         if self.layers is not None:
@@ -47,34 +81,71 @@ class PDrop(LayerMethod):
 
     def keep_counts(self, step: LayerInput) -> Tensor:
         entry = step.entry_counts
-        ratio = torch.full(entry.shape, self.ratio, dtype=torch.float64, device=entry.device)
         if self.budget is not None:
-            ratio = self._ratio_for_average(entry, step.num_layers)
-        counts = torch.round(entry.double() * ratio ** (step.stage + 1)).long()
+            layers = self.prune_layers(step.num_layers)
+            targets = self.budget.tokens_for_counts(entry).tolist()
+            counts = [self._schedule(n, k, layers, step.num_layers)[step.stage] for n, k in zip(entry.tolist(), targets)]
+            counts = torch.tensor(counts, dtype=torch.long, device=entry.device)
+        else:
+            exact = entry.double() * self.ratio ** (step.stage + 1)
+            counts = (torch.floor(exact) if self.rounding == "floor" else torch.round(exact)).long()
         return counts.clamp(min=1).minimum(step.current_counts())
 
-    def _ratio_for_average(self, entry: Tensor, num_layers: int) -> Tensor:
-        """Per visual input, the ratio whose layer-averaged token count equals the budget.
+    def _schedule(self, n: int, target: int, layers: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
+        try:
+            return count_schedule(n, target, layers, num_layers)
+        except ValueError as error:
+            raise ReductionError(f"pdrop cannot average {self.budget} visual tokens per layer: {error}; pass earlier "
+                                 f"stage layers (e.g. layers=(2, 8, 16)) or a larger budget") from None
 
-        Solved by bisection on host floats: one small polynomial per visual input (not per token), which
-        on a GPU costs far less than the kernel launches of a batched device bisection.
-        """
-        layers = self.prune_layers(num_layers)
-        spans = [b - a for a, b in zip(layers, layers[1:] + (num_layers,))]
-        floor = layers[0] / num_layers  # the fraction the unpruned first layers cost on their own
-        ratios = []
-        for n, k in zip(entry.tolist(), self.budget.tokens_for_counts(entry).tolist()):
-            target = k / max(n, 1)
-            if target < floor:
-                raise ReductionError(
-                    f"pdrop cannot average {self.budget} visual tokens per layer: layers 0-{layers[0] - 1} see "
-                    f"all {n} tokens, at least {floor * n:.0f} per layer on average; pass earlier stage layers "
-                    f"(e.g. layers=(2, 8, 16)) or a larger budget"
-                )
-            low, high = 0.0, 1.0
-            for _ in range(50):  # the average grows monotonically with the ratio
-                mid = (low + high) / 2
-                average = (layers[0] + sum(span * mid ** (s + 1) for s, span in enumerate(spans))) / num_layers
-                low, high = (mid, high) if average < target else (low, mid)
-            ratios.append((low + high) / 2)
-        return torch.tensor(ratios, dtype=torch.float64, device=entry.device)
+
+@functools.lru_cache(maxsize=1024)
+def count_schedule(n: int, target: int, layers: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
+    """Tokens kept after each stage so that a visual input of ``n`` tokens averages ``target`` tokens over
+    ``num_layers`` decoder layers (layers before ``layers[0]`` see all ``n``; stage s's count holds until
+    the next stage layer).
+
+    Counts are whole, non-increasing, within [1, n]. The average is met exactly whenever such counts
+    reach it; where whole counts cannot (the layers between stages weight the counts, so the reachable
+    averages have gaps), the schedule gets as close as possible from below. Among schedules with that
+    average, the one nearest (least squares) to the continuous pyramid ``n * ratio ** (s + 1)`` (each
+    held within [1, n]) wins. ``target >= n`` keeps everything. Raises ``ValueError`` when even one
+    token per stage exceeds the target. Cached: one solve per (tokens, budget, layers), not per call.
+    """
+    spans = [b - a for a, b in zip(layers, (*layers[1:], num_layers))]
+    if target >= n:
+        return (n,) * len(layers)
+    remaining = target * num_layers - layers[0] * n  # what sum(span * count) must equal
+    if remaining < sum(spans):
+        least = (layers[0] * n + sum(spans)) / num_layers
+        raise ValueError(f"layers 0-{layers[0] - 1} see all {n} tokens and every later stage keeps at least one, "
+                         f"at least {least:.2f} per layer on average")
+    pyramid = _continuous_pyramid(n, remaining, spans)
+    last = spans[-1]
+    width = max(1, min(last, int(_CANDIDATES ** (1 / max(len(spans) - 1, 1)) // 2)))
+    axes = [torch.arange(max(1, math.floor(x) - width + 1), min(n, math.floor(x) + width) + 1) for x in pyramid[:-1]]
+    grid = torch.cartesian_prod(*axes).view(-1, len(axes)) if axes else torch.zeros(1, 0, dtype=torch.long)
+    partial = (grid * torch.tensor(spans[:-1], dtype=torch.long)).sum(1)
+    bound = grid[:, -1] if axes else torch.full((1,), n)
+    final = torch.minimum((remaining - partial).div(last, rounding_mode="floor"), bound)
+    candidates = torch.cat([grid, final.unsqueeze(1)], 1)
+    valid = (final >= 1) & (candidates[:, :-1] >= candidates[:, 1:]).all(1)
+    if not bool(valid.any()):  # unreachable in practice: the all-ones schedule lies in every window
+        raise ValueError(f"no whole-token schedule found near the pyramid {pyramid}")
+    reached = torch.where(valid, partial + last * final, torch.full_like(final, -1))
+    deviation = ((candidates.double() - torch.tensor(pyramid)) ** 2).sum(1)
+    best = deviation.masked_fill(reached != reached.max(), math.inf).argmin()
+    return tuple(int(c) for c in candidates[best])
+
+
+def _continuous_pyramid(n: int, remaining: int, spans: list[int]) -> list[float]:
+    """Counts ``min(n, max(1, n * ratio ** (s + 1)))`` with the ratio (bisection: the weighted sum grows
+    with it) at which ``sum(span * count) == remaining``."""
+    def counts(ratio: float) -> list[float]:
+        return [min(n, max(1.0, n * ratio ** (s + 1))) for s in range(len(spans))]
+
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if sum(s * c for s, c in zip(spans, counts(mid))) < remaining else (low, mid)
+    return counts((low + high) / 2)

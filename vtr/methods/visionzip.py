@@ -4,10 +4,23 @@ into a few contextual tokens by key similarity.
 Dominant tokens: highest CLS attention at the feature layer (encoders without CLS: attention received).
 Contextual tokens: of the remaining tokens, ``round(contextual * budget)`` evenly spaced ones become
 targets; every other remaining token joins the target whose mean key (heads averaged, the reference's
-"metric") is most similar; each contextual token is the mean of its members. The reference default is
-54 + 10 for 64 tokens (108 + 20, 162 + 30), i.e. ``contextual = 10/64``.
+"metric") is most similar. The reference default is 54 + 10 for 64 tokens (108 + 20, 162 + 30), i.e.
+``contextual = 10/64``.
 
-Deviations, documented: members are averaged in the LLM's input space (after the projector) rather than
+The defaults follow the reference code (``dvlab-research/VisionZip``):
+
+* with a class token (CLIP), the reference's dominant tokens are the CLS token plus the ``dominant - 1``
+  patches of highest CLS attention, and the CLS token reaches the LLM. HF LLaVA's default feature
+  selection drops CLS before the projector, so no CLS feature exists to hand the LLM: vtr keeps the
+  reference's patches (``dominant - 1`` of them) and the CLS slot stays empty, so a CLIP image gets
+  ``budget - 1`` tokens (``cls_slot=True``). ``cls_slot=False`` spends that slot on one more patch
+  (vtr's earlier rule: the whole budget in patch tokens). Encoders without CLS (SigLIP, the Qwen ViT)
+  have no slot to reserve;
+* a contextual token is its target plus the mean of the other tokens that joined it
+  (``merge="reference"``); ``merge="mean"`` takes the mean of the target and its members (vtr's earlier
+  rule, a size-weighted average like every other vtr merge).
+
+Deviations, documented: members are merged in the LLM's input space (after the projector) rather than
 before it, and output tokens stay in raster order, each contextual token in its target's slot and
 position (the reference appends contextual tokens after the dominant ones).
 """
@@ -25,29 +38,42 @@ from vtr.ops.grid import group_mean, top_indices
 from vtr.vision.attention import AttentionRequest
 
 
+MERGES = ("reference", "mean")
+DOMINANT = "dominant"  # the attention request without a class token (attention received)
+DOMINANT_CLS = "dominant_cls"  # with one (CLS attention): the reference reserves a dominant slot for CLS
+
+
 @dataclass(frozen=True)
 class VisionZip(BudgetedMethod):
-    """``contextual``: share of the budget spent on merged contextual tokens (default 10/64)."""
+    """``contextual``: share of the budget spent on merged contextual tokens (default 10/64); ``cls_slot``
+    and ``merge``: the reference's rules by default, vtr's earlier ones as options (module docstring)."""
 
     name: ClassVar[str] = "visionzip"
     stage: ClassVar[Stage] = Stage.PRE_LLM
 
     contextual: float = 10 / 64
+    cls_slot: bool = True
+    merge: str = "reference"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 <= self.contextual < 1.0:
             raise ValueError(f"visionzip contextual share must lie in [0, 1), got {self.contextual}")
+        if self.merge not in MERGES:
+            raise ValueError(f"visionzip merge must be one of {MERGES} (target + mean of its members, the reference; "
+                             f"or the mean of target and members), got {self.merge!r}")
 
     def attention_requests(self, info: VisionInfo) -> dict[str, AttentionRequest]:
+        name = DOMINANT_CLS if info.has_cls else DOMINANT
         return {**super().attention_requests(info),
-                "dominant": AttentionRequest(info.feature_layer, "cls" if info.has_cls else "received")}
+                name: AttentionRequest(info.feature_layer, "cls" if info.has_cls else "received")}
 
     def select(self, item: VisualItem, k: int) -> Reduction:
-        scores, keys = requested(item, "dominant", self.name)
+        with_cls = DOMINANT_CLS in item.attention
+        scores, keys = requested(item, DOMINANT_CLS if with_cls else DOMINANT, self.name)
         n = item.num_tokens
         n_contextual = min(round(k * self.contextual), k - 1)
-        dominant = top_indices(scores, k - n_contextual)
+        dominant = top_indices(scores, max(1, k - n_contextual - int(with_cls and self.cls_slot)))
         rest_mask = torch.ones(n, dtype=torch.bool, device=scores.device)
         rest_mask[dominant] = False
         rest = rest_mask.nonzero().squeeze(1)
@@ -65,5 +91,9 @@ class VisionZip(BudgetedMethod):
         output_of[kept] = torch.arange(kept.numel(), device=kept.device)
         assignment = output_of.clone()
         assignment[others] = output_of[targets[joins]]
-        return Reduction(kept=kept, features=group_mean(item.features, assignment, kept.numel()),
-                         assignment=assignment)
+        if self.merge == "mean":
+            features = group_mean(item.features, assignment, kept.numel())
+        else:  # every kept token as it is, each target plus the mean of the others that joined it
+            joined = group_mean(item.features[others], assignment[others], kept.numel())
+            features = (item.features[kept].float() + joined.float()).to(item.features.dtype)
+        return Reduction(kept=kept, features=features, assignment=assignment)

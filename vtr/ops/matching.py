@@ -114,12 +114,25 @@ def merge_tokens(x: Tensor, state: MergeState, merged: Tensor, partner: Tensor) 
     return new_x, MergeState(new_size, new_slot, to_new.gather(1, state.source))
 
 
-def top_r_per_row(similarity: Tensor, eligible: Tensor, r: int) -> Tensor:
-    """The ``r`` most similar eligible A tokens of every row (ToMe); equal scores take the lower index."""
+def top_r_per_row(similarity: Tensor, eligible: Tensor, r: int | Tensor) -> Tensor:
+    """The ``r`` most similar eligible A tokens of every row (ToMe); equal scores take the lower index.
+    ``r``: one count for every row, or a (B,) tensor of per-row counts."""
     scores = similarity.masked_fill(~eligible, float("-inf"))
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     ranks = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    return (torch.empty_like(order).scatter_(1, order, ranks) < r) & eligible
+    limit = r.view(-1, 1) if isinstance(r, Tensor) else r
+    return (torch.empty_like(order).scatter_(1, order, ranks) < limit) & eligible
+
+
+def capped_merges(merged: Tensor, similarity: Tensor, counts: Tensor, protected: int) -> Tensor:
+    """``merged`` (B, Na) limited to ``max_merges`` of each row's ``counts`` (B,) valid tokens, the most
+    similar first: the reference's ``r = min(r, (t - protected) // 2)``.
+
+    It only bites without a class token on an odd number of tokens (SigLIP's 729), where every one of
+    the (t + 1) / 2 A tokens may pass a threshold: the reference then leaves the least similar one alone.
+    """
+    cap = (counts - protected).clamp_min(0) // 2
+    return top_r_per_row(similarity, merged, cap)
 
 
 def max_merges(tokens: int, protected: int = 1) -> int:

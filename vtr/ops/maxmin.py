@@ -1,58 +1,55 @@
-"""Greedy max-min (farthest-point) selection, the core of DivPrune."""
+"""Greedy max-min (farthest-point) selection, the core of DivPrune.
+
+Cost matters here more than anywhere: the loop over the k picks is inherently sequential, so every op in
+one step is k kernel launches on a GPU. One step is three ops (argmax, one row gather, running minimum),
+which the diagonal trick below makes possible: with the diagonal at ``-inf``, a picked token's running
+minimum becomes ``-inf`` by itself, so it never wins again and needs no masking op.
+
+Ties go to the lowest index, because ``torch.argmax`` returns the first maximal index, as in the
+reference's plain ``argmax`` over the same distances: equal scores only (distances that differ by float
+rounding are not ties, exactly as in the reference).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-TIE_TOLERANCE = 1e-6
-"""Scores this close count as tied. Mathematically equal distances (duplicate or rescaled tokens) differ
-by float rounding, and differently on CPU and GPU; treating them as ties and taking the lowest index
-makes the selection deterministic across devices. The reference's plain argmax differs only when two
-candidates are within rounding noise of each other."""
-
-
-def argmax_lowest(scores: Tensor) -> Tensor:
-    """Index of the maximum along the last axis; near-ties (``TIE_TOLERANCE``) go to the lowest index."""
-    top = scores.max(dim=-1, keepdim=True).values
-    return (scores >= top - TIE_TOLERANCE).int().argmax(dim=-1)  # argmax returns the first maximal index
-
 
 def first_maxmin_pick(distance: Tensor) -> Tensor:
     """DivPrune's first pick: the token whose nearest other token is farthest away.
 
-    For each column j the reference takes the second-smallest entry of ``distance[:, j]`` (the smallest is
-    j's distance to itself) and picks the argmax; ties go to the lowest index. ``distance`` is ``(B, N, N)``;
-    returns ``(B,)``.
+    The reference takes, for each column j, the second-smallest entry of ``distance[:, j]`` (the smallest
+    being j's distance to itself) and picks the argmax. Here the diagonal is set to ``+inf`` in place and a
+    plain column minimum gives the nearest other token (one op instead of a top-2 sort over N×N).
+    ``distance`` is ``(B, N, N)`` and is modified (its diagonal); returns ``(B,)``.
     """
-    n = distance.shape[-1]
-    if n < 2:
+    if distance.shape[-1] < 2:
         return torch.zeros(distance.shape[0], dtype=torch.long, device=distance.device)
-    nearest_other = distance.topk(2, dim=-2, largest=False).values[:, 1, :]
-    return argmax_lowest(nearest_other)
+    distance.diagonal(dim1=-2, dim2=-1).fill_(torch.inf)
+    return distance.amin(dim=-2).argmax(dim=-1)
 
 
 def greedy_maxmin(distance: Tensor, k: int) -> Tensor:
     """Select ``k`` indices per batch row by greedy max-min dispersion, in greedy order.
 
-    ``distance``: ``(B, N, N)`` symmetric distances. Step i picks the token whose distance to its nearest
-    already-selected token is largest (running minimum, O(N) per step on device: the loop is over the k
-    picks, which are inherently sequential, never over tokens). Ties go to the lowest index, as
-    ``torch.argmax`` does in the reference (see ``TIE_TOLERANCE``). Unlike the reference, selected tokens are masked out, so
-    ``k`` larger than the number of distinct tokens never returns an index twice; this changes the result
-    only in that degenerate case.
+    ``distance``: ``(B, N, N)`` symmetric distances, **overwritten on its diagonal** (callers pass a
+    matrix they just computed; copying an N×N matrix of a 32-frame video would cost more than the whole
+    selection). Step i picks the token whose distance to its nearest already-selected token is largest
+    (a running minimum, O(N) per step on device; the loop is over the k picks, never over tokens). A
+    selected token is never picked twice, so ``k`` up to N always returns distinct indices (the reference
+    can repeat an index once fewer than k distinct tokens exist).
     """
     batch, n, _ = distance.shape
     if not 0 < k <= n:
         raise ValueError(f"k must lie in [1, {n}], got {k}")
     rows = torch.arange(batch, device=distance.device)
-    picks = torch.empty(batch, k, dtype=torch.long, device=distance.device)
-    picks[:, 0] = first_maxmin_pick(distance)
-    min_dist = distance[rows, picks[:, 0]].clone()
-    min_dist[rows, picks[:, 0]] = -torch.inf
-    for step in range(1, k):
-        pick = argmax_lowest(min_dist)
-        picks[:, step] = pick
+    pick = first_maxmin_pick(distance)
+    distance.diagonal(dim1=-2, dim2=-1).fill_(-torch.inf)  # a picked token's own distance: never wins again
+    picks = [pick]
+    min_dist = distance[rows, pick]
+    for _ in range(1, k):
+        pick = min_dist.argmax(dim=-1)
+        picks.append(pick)
         min_dist = torch.minimum(min_dist, distance[rows, pick])
-        min_dist[rows, pick] = -torch.inf
-    return picks
+    return torch.stack(picks, dim=1)

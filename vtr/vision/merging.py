@@ -13,7 +13,9 @@ Deviation from ToMe/DyMU: they merge between a block's attention and its MLP; a 
 layer's output, so here the merge follows the MLP, with the keys of the same layer's attention. The
 merging hook runs before transformers' own output recorders, so ``hidden_states`` (and the LLaVA
 features read from them) are the merged sequences. The class token (``MergeTarget.protected``) is never
-merged; SigLIP has none, so every patch may merge.
+merged; SigLIP has none, so every patch may merge. Whatever a matcher selects, a layer merges at most
+half of its unprotected tokens (``capped_merges``, the reference's cap), which DyMU's thresholds could
+otherwise exceed by one on SigLIP's odd-length sequences.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import Tensor, nn
 from vtr.errors import ReductionError
 from vtr.methods.base import Reduction
 from vtr.methods.vision import EncoderGeometry, Matcher
-from vtr.ops.matching import MergeState, bipartite_matching, merge_tokens
+from vtr.ops.matching import MergeState, bipartite_matching, capped_merges, merge_tokens
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,8 @@ class EncoderMerging:
                 return None
             metric = self._keys.view(*hidden.shape[:2], -1, module.self_attn.head_dim).mean(2)
             matching = bipartite_matching(metric, self.state.valid, self.target.protected)
-            merged = self._matcher.select(layer, matching.similarity, matching.eligible)
+            merged = capped_merges(self._matcher.select(layer, matching.similarity, matching.eligible),
+                                   matching.similarity, self.state.counts, self.target.protected)
             if not bool(merged.any()):
                 return None
             hidden, self.state = merge_tokens(hidden, self.state, merged, matching.partner)

@@ -9,6 +9,10 @@ from vtr.eval.models.base import Reduced
 class VtrQwen2_5_VL(Reduced, Qwen2_5_VL):
     """Simple variant (``--force_simple``; needed for loglikelihood / multiple-choice tasks)."""
 
+    gpu_only_data_parallel = True
+
 
 class VtrQwen2_5_VLChat(Reduced, Qwen2_5_VLChat):
     """Chat variant (lmms-eval's default when both exist)."""
+
+    gpu_only_data_parallel = True

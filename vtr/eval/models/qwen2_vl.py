@@ -7,3 +7,5 @@ from vtr.eval.models.base import Reduced
 
 class VtrQwen2VL(Reduced, Qwen2_VL):
     """Simple variant."""
+
+    gpu_only_data_parallel = True

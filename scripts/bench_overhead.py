@@ -1,0 +1,110 @@
+"""vtr's own cost per call on shape proxies of real checkpoints: ops beyond the model, host ms, launches.
+
+    python scripts/bench_overhead.py                         # every preset, every method that applies
+    python scripts/bench_overhead.py --presets llava-1.5-7b --methods divprune,fastv
+    python scripts/bench_overhead.py --json overhead.json --markdown overhead.md
+
+A shape proxy keeps the checkpoint's visual geometry and depth with tiny widths (see
+``vtr.measure.presets.shape_proxy``), so the dispatched-op counts are the real model's and a CPU runs
+each call in well under a second. Images use ``--budget`` tokens (default 64); the video preset
+(llava-onevision-7b, 32 frames) uses ``--video-budget`` (default 0.1). A configuration a method
+refuses is listed as "not run" with the reason. On CUDA the rows add kernel launches and whether vtr's
+sections synchronised the host. See ``vtr.measure.overhead`` for what each column counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+
+import torch
+
+import vtr
+from vtr.measure.overhead import format_overhead, measure_overhead
+from vtr.measure.presets import PRESETS, shape_proxy
+
+IMAGE_METHODS = ["none", "random", "pool", "divprune", "hiprune", "visionzip", "fastv", "pdrop", "holitom_inner",
+                 "tome", "dymu"]
+VIDEO_METHODS = ["none", "divprune", "holitom", "holitom_inner", "fastv"]
+
+
+def proxy(name: str, device: str):
+    from transformers import AutoModelForImageTextToText
+
+    preset = PRESETS[name]
+    config, processor = preset.build()
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(shape_proxy(config), attn_implementation="sdpa").eval()
+    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in preset.inputs(processor).items()}
+    return model, inputs, preset
+
+
+def _encoder_ms(model, inputs: dict, repeats: int) -> float:
+    """The model's own vision encoder on this input (what a reduction's time compares with)."""
+    from vtr.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            for modality in adapter.present_modalities(inputs):
+                adapter.encode(modality, inputs)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated preset names")
+    parser.add_argument("--methods", help="comma-separated methods (default: every method that applies)")
+    parser.add_argument("--budget", type=int, default=64, help="tokens kept per image")
+    parser.add_argument("--video-budget", type=float, default=0.1, help="fraction kept per video")
+    parser.add_argument("--repeats", type=int, default=5, help="host-time repeats (median)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--markdown", help="write the tables here")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    results, sections = [], []
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    for name in args.presets.split(","):
+        model, inputs, preset = proxy(name, args.device)
+        video = preset.modality == "video"
+        methods = args.methods.split(",") if args.methods else (VIDEO_METHODS if video else IMAGE_METHODS)
+        budget = args.video_budget if video else args.budget
+        encoder = _encoder_ms(model, inputs, args.repeats)
+        print(f"\n{name} shape proxy ({preset.checkpoint}, {preset.modality}), budget {budget}, "
+              f"encoder {encoder:.1f} ms, device {device_name}", flush=True)
+        rows, refused = [], []
+        for method in methods:
+            try:
+                rows += measure_overhead(model, inputs, [method], budget, repeats=args.repeats)
+            except (vtr.ReductionError, ValueError) as error:
+                refused.append(f"- {method}: not run: {error}")
+                continue
+            print(format_overhead(rows[-1:]).splitlines()[-1], flush=True)
+        table = format_overhead(rows) + ("\n" + "\n".join(refused) if refused else "")
+        sections.append(f"**{name}** ({preset.modality}, budget {budget}; the model's encoder: "
+                        f"{encoder:.1f} ms)\n\n{table}")
+        results.append({"preset": name, "budget": budget, "encoder_ms": encoder,
+                        "rows": [dataclasses.asdict(r) for r in rows], "refused": refused})
+    text = "\n\n".join(sections)
+    print("\n" + text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name, "torch": torch.__version__, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
