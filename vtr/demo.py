@@ -76,13 +76,16 @@ def run_demo(model, processor, methods: list[str], budgets: list[int | float], m
 
     n_visual = int((inputs["input_ids"][0] == model.config.image_token_id).sum())
 
+    def not_run(method: str, budget: str, error: Exception) -> DemoRow:
+        return DemoRow(method, budget, n_visual, None, None, prompt_len, None, None, f"not run: {error}")
+
     def measure(method: str, budget: str) -> DemoRow:
         try:
             with torch.no_grad():
                 prefill = _median_ms(lambda: model(**inputs), repeats)
                 out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        except vtr.ReductionError as error:  # e.g. a budget the method cannot meet on this model: say so
-            return DemoRow(method, budget, n_visual, None, None, prompt_len, None, None, f"not run: {error}")
+        except vtr.ReductionError as error:  # e.g. inputs the method cannot reduce on this model: say so
+            return not_run(method, budget, error)
         text = processor.tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
         sample = vtr.stats(model).samples[0] if vtr.is_wrapped(model) else None
         visual_out = sample.visual_after if sample else n_visual
@@ -97,8 +100,11 @@ def run_demo(model, processor, methods: list[str], budgets: list[int | float], m
                 rows.append(DemoRow(method, str(budget), n_visual, None, None, prompt_len, None, None,
                                     f"not run: {method} takes no budget"))
                 continue
-            with vtr.reduced(model, method, budget=budget):
-                rows.append(measure(method, str(budget)))
+            try:
+                with vtr.reduced(model, method, budget=budget):
+                    rows.append(measure(method, str(budget)))
+            except vtr.ReductionError as error:  # refused at wrap: a budget the method cannot meet on this model
+                rows.append(not_run(method, str(budget), error))
     return rows
 
 
