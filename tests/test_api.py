@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -181,3 +183,73 @@ def test_stats_on_an_unwrapped_model_says_how_to_wrap(tiny):
 def test_available_methods_and_supported_models():
     assert {"divprune", "random", "pool"} <= set(vtr.available_methods())
     assert {"llava", "qwen2_vl", "qwen2_5_vl"} <= set(vtr.supported_models())
+
+
+def _hooks(model: torch.nn.Module) -> list:
+    return [(name, tuple(m._forward_hooks.values()), tuple(m._forward_pre_hooks.values()))
+            for name, m in model.named_modules()]
+
+
+def _snapshot(model: torch.nn.Module, inputs: dict) -> dict:
+    """Everything a failed wrap could have touched: weights, hooks, the instance's patched attributes (and the
+    wrap state's pipeline, on a wrapped model), and what forward computes."""
+    state = getattr(model, "_vtr_state", None)
+    return dict(weights={k: v.clone() for k, v in model.state_dict().items()}, hooks=_hooks(model),
+                instance={k: model.__dict__.get(k) for k in ("forward", "generate", "_vtr_state")},
+                pipeline=None if state is None else state.pipeline, logits=_logits(model, inputs))
+
+
+def _assert_unchanged(model: torch.nn.Module, inputs: dict, before: dict) -> None:
+    after = _snapshot(model, inputs)
+    assert after["weights"].keys() == before["weights"].keys()
+    assert all(torch.equal(after["weights"][k], v) for k, v in before["weights"].items())
+    assert after["hooks"] == before["hooks"]
+    assert all(after["instance"][k] is v for k, v in before["instance"].items())
+    assert after["pipeline"] is before["pipeline"]
+    assert torch.equal(after["logits"], before["logits"])
+
+
+# (wrap arguments, error type, message naming the problem and the fix); each fails before the model is touched
+BAD_WRAPS = {
+    "seed_str": (dict(method="random", budget=8, seed="x"), ValueError, r"random seed must be an int .*e\.g\. seed=0"),
+    "layer_str": (dict(method="fastv", budget=0.5, layer="2"), ValueError, r"fastv layer must be an int >= 1, got '2'"),
+    "layer_float": (dict(method="fastv", budget=0.5, layer=2.0), ValueError, r"fastv layer must be an int .*got 2\.0"),
+    "method_none": (dict(method=None, budget=8), ValueError, r"method must be a method name .*e\.g\. method='divprune'"),
+    "alpha_negative": (dict(method="hiprune", budget=8, alpha=-1), ValueError, r"alpha must be .* in \[0, 1\], got -1"),
+    "alpha_five": (dict(method="hiprune", budget=8, alpha=5.0), ValueError, r"alpha must be .*got 5\.0.*e\.g\."),
+    "alpha_nan": (dict(method="hiprune", budget=8, alpha=math.nan), ValueError, r"alpha must be a number \(not NaN\)"),
+    # needs the model: checked at wrap against the encoder / decoder depth
+    "dymu_count": (dict(method="dymu", thresholds=[0.5] * 5), ValueError,
+                   r"dymu has 5 thresholds, .*after 2 layers .* of 3; pass one threshold per merging layer"),
+    "object_layer": (dict(method="hiprune", budget=8, object_layer=7), ValueError, r"object_layer must lie in 1\.\.3"),
+    "fastv_depth": (dict(method="fastv", budget=0.5, layer=4), ValueError, r"within 1\.\.3"),
+    "pdrop_depth": (dict(method="pdrop", layers=(1, 9)), ValueError, r"within 1\.\.3"),
+    "tome_unreachable": (dict(method="tome", budget=8), vtr.ReductionError,
+                         r"tome cannot bring 64 patch tokens down to 8.*pass a larger budget"),
+    # hooks already installed (the PPE rotary hooks) when the in-LLM layer turns out to be out of range
+    "ppe_then_layer": (dict(method="fastv", budget=0.5, layer=9, positions="ppe"), ValueError, r"within 1\.\.3"),
+}
+
+
+# a re-wrap of a wrapped model: the cases that fail once the adapter is known (and one that fails before)
+REWRAPS = ["seed_str", "dymu_count", "object_layer", "pdrop_depth", "tome_unreachable", "ppe_then_layer"]
+
+
+@pytest.mark.parametrize("case,wrapped_before", [(case, False) for case in BAD_WRAPS] + [(case, True) for case in REWRAPS])
+def test_a_failed_wrap_leaves_the_model_exactly_as_it_was(tiny, case, wrapped_before):
+    arguments, error, message = BAD_WRAPS[case]
+    model, processor = tiny("llava")
+    inputs = make_inputs(processor, "llava")
+    if wrapped_before:
+        vtr.wrap(model, "divprune", budget=8)
+    model(**inputs)  # transformers installs its output recorders on the first call: before the snapshot
+    expected = model.generate(**inputs, **GREEDY).sequences
+    before = _snapshot(model, inputs)
+    with pytest.raises(error, match=message):
+        vtr.wrap(model, **arguments)
+    _assert_unchanged(model, inputs, before)
+    assert vtr.is_wrapped(model) == wrapped_before
+    assert torch.equal(model.generate(**inputs, **GREEDY).sequences, expected)  # no unwrap needed
+    vtr.wrap(model, "random", budget=8, seed=1)  # and a valid wrap still works
+    model.generate(**inputs, **GREEDY)
+    assert vtr.stats(model).samples[0].visual_after == 8

@@ -21,7 +21,7 @@ from torch import Tensor
 from vtr.adapters import Adapter, adapter_for
 from vtr.engine import ReducedCall, reduce_inputs
 from vtr.errors import ReductionError
-from vtr.llm.cache import passed_cache
+from vtr.llm.cache import check_shrinkable_cache, passed_cache
 from vtr.llm.ppe import PositionPreservation
 from vtr.llm.pruner import LayerPruner, LayerRun, PromptRoles
 from vtr.llm.unmerge import UnmergeRun, VirtualUnmerging
@@ -109,7 +109,7 @@ def wrap(
     state = WrapState(adapter=adapter, pipeline=pipeline, positions=scheme, saved=saved)
     original_forward, original_generate = model.forward, model.generate
     model.__dict__["forward"] = _reducing_forward(state, model, original_forward)
-    model.__dict__["generate"] = _reducing_generate(state, original_generate)
+    model.__dict__["generate"] = _reducing_generate(state, model, original_generate)
     model.__dict__[_STATE_ATTR] = state
     return model
 
@@ -183,26 +183,33 @@ def _pipeline(adapter: Adapter, methods: list[Method], scheme: PositionScheme) -
     if vision is not None:
         _check_vision_composition(adapter, vision, by_stage)
     pre_llm = by_stage.get(Stage.PRE_LLM, [KeepAll()])[0]
+    if any(pre_llm.wants_attention(modality) for modality in adapter.modalities()):
+        pre_llm.attention_requests(adapter.vision_info())  # e.g. hiprune's object_layer vs the encoder's depth
     in_llm = by_stage.get(Stage.LLM, [None])[0]
-    description = " + ".join(m.describe() for m in methods)
-    unmerging = VirtualUnmerging(adapter.decoder()) if vision is not None and vision.vtu else None
-    # prepended to every layer's hooks: the in-LLM stage gathers the PPE cos/sin at its kept columns
-    ppe = PositionPreservation(adapter.decoder(), adapter.rope_rows, scheme.chunks) if scheme.ppe else None
-    if in_llm is None:
-        return Pipeline(methods, pre_llm, None, description, vision, unmerging, ppe)
-    assert isinstance(in_llm, LayerMethod)
-    if scheme.ppe and in_llm.renumbers_positions:
+    if scheme.ppe and isinstance(in_llm, LayerMethod) and in_llm.renumbers_positions:
         raise ValueError(f"{in_llm.describe()} renumbers positions after each drop, which would replace the PPE "
                          f"positions of positions='ppe'; pass renumber=False to cascade it after PPE")
-    pruner = LayerPruner(adapter.decoder(), in_llm, adapter.text_attn_implementation())
-    undo = adapter.patch_decoder(pruner)
-    pruner.remove = _chained(pruner.remove, undo)
-    return Pipeline(methods, pre_llm, pruner, description, vision, ppe=ppe)
+    pipeline = Pipeline(methods, pre_llm, None, " + ".join(m.describe() for m in methods), vision)
+    try:  # a hook that fails to install takes the ones installed before it along: the model stays as it was
+        if vision is not None and vision.vtu:
+            pipeline.unmerging = VirtualUnmerging(adapter.decoder())
+        if scheme.ppe:  # prepended to every layer's hooks: the in-LLM stage gathers the PPE cos/sin at its columns
+            pipeline.ppe = PositionPreservation(adapter.decoder(), adapter.rope_rows, scheme.chunks)
+        if in_llm is not None:
+            assert isinstance(in_llm, LayerMethod)
+            pipeline.in_llm = LayerPruner(adapter.decoder(), in_llm, adapter.text_attn_implementation())
+            pipeline.in_llm.remove = _chained(pipeline.in_llm.remove, adapter.patch_decoder(pipeline.in_llm))
+    except BaseException:
+        pipeline.close()
+        raise
+    return pipeline
 
 
 def _check_vision_composition(adapter: Adapter, vision: VisionMethod, by_stage: dict[Stage, list[Method]]) -> None:
-    """What a vision-encoder method composes with (checked at wrap time, before any hook exists)."""
-    adapter.merge_target()  # families without vision-encoder merging say so here
+    """What a vision-encoder method composes with, and its plan for this encoder (checked at wrap time,
+    before any hook exists): building its matcher for a full-size encoder call raises what every call would
+    (dymu's threshold count against the encoder's depth, an unreachable tome budget)."""
+    target = adapter.merge_target()  # families without vision-encoder merging say so here
     if Stage.PRE_LLM in by_stage:
         raise ValueError(
             f"{vision.name} merges inside the vision encoder; composing it with the pre-LLM method "
@@ -214,6 +221,7 @@ def _check_vision_composition(adapter: Adapter, vision: VisionMethod, by_stage: 
             f"{vision.name} with vtu=True runs every decoder layer's attention at the original length, which an "
             f"in-LLM method ({by_stage[Stage.LLM][0].name}) cannot shorten; pass vtu=False to compose them"
         )
+    vision.matcher(target.full_size_geometry())
 
 
 def _chained(*steps):
@@ -260,9 +268,12 @@ def _reducing_forward(state: WrapState, model: torch.nn.Module, original):
     return forward
 
 
-def _start(state: WrapState, kwargs: dict[str, Any], for_generate: bool) -> tuple[ReducedCall, LayerRun | None]:
+def _start(state: WrapState, kwargs: dict[str, Any], for_generate: bool,
+           generation_config: Any = None) -> tuple[ReducedCall, LayerRun | None]:
     """Reduce before the LLM and arm the in-LLM stage (if any) for the passes of this call."""
     pipeline = state.pipeline
+    if pipeline.in_llm is not None:
+        check_shrinkable_cache(kwargs, generation_config)
     call = reduce_inputs(state.adapter, pipeline.pre_llm, state.positions, kwargs, for_generate, pipeline.vision)
     state.last_stats = dataclasses.replace(call.stats, method=pipeline.description)
     if pipeline.unmerging is not None:
@@ -317,7 +328,7 @@ def _with_explicit_mask(call: ReducedCall | None, kwargs: dict[str, Any]) -> dic
     return {**kwargs, "attention_mask": torch.ones_like(ids)}
 
 
-def _reducing_generate(state: WrapState, original):
+def _reducing_generate(state: WrapState, model: torch.nn.Module, original):
     @functools.wraps(original)
     def generate(inputs: Tensor | None = None, **kwargs: Any):
         if inputs is not None:
@@ -336,7 +347,7 @@ def _reducing_generate(state: WrapState, original):
         if not _needs_reduction(state, kwargs):
             state.last_stats = _unreduced_stats(state, kwargs)
             return original(**kwargs)
-        call, run = _start(state, kwargs, for_generate=True)
+        call, run = _start(state, kwargs, for_generate=True, generation_config=model.generation_config)
         state.generating = call
         try:
             output = original(**call.kwargs)

@@ -21,3 +21,15 @@ def test_flops_command_costs_a_preset_with_its_real_dimensions(capsys):
 def test_a_bad_option_is_a_one_line_error(capsys):
     assert main(["flops", "--model", "llava", "--method", "fastv", "--budget", "8", "--option", "layer"]) == 2
     assert capsys.readouterr().err.startswith("vtr flops: error: --option takes key=value, got 'layer'")
+
+
+def test_option_values_are_parsed_so_wrap_can_check_their_types(capsys):
+    from vtr.commands.flops import _options
+
+    assert _options(["layer=2", "ratio=0.25", "vtu=False", "reference_quirks=true", "layers=[1,3]",
+                     "allocation=global", "object_layer=none"]) == dict(
+        layer=2, ratio=0.25, vtu=False, reference_quirks=True, layers=[1, 3], allocation="global", object_layer=None)
+    # a typo fails at wrap, as one line
+    assert main(["flops", "--model", "llava-1.5-7b", "--method", "fastv", "--budget", "64",
+                 "--option", "layer=two"]) == 2
+    assert "fastv layer must be an int >= 1, got 'two'" in capsys.readouterr().err

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
+import vtr.io.video
 from vtr.errors import VideoDecodeError
 from vtr.io.video import frame_indices, load_video
 
@@ -66,6 +69,36 @@ def test_corrupt_file_names_the_file(tmp_path):
     bad.write_bytes(np.random.default_rng(0).integers(0, 255, 4096, dtype=np.uint8).tobytes())
     with pytest.raises(VideoDecodeError, match=r"broken\.mp4.*decord:.*pyav:.*re-encode"):
         load_video(bad, num_frames=4)
+
+
+BAD_ARGUMENTS = [
+    (dict(num_frames=0), "num_frames must be a positive int"), (dict(num_frames=-3), "num_frames must be"),
+    (dict(num_frames=2.5), "num_frames must be"), (dict(num_frames=True), "num_frames must be"),
+    (dict(num_frames="4"), "num_frames must be"), (dict(fps=-1), "fps must be a positive, finite number"),
+    (dict(fps=0), "fps must be"), (dict(fps=math.nan), "fps must be"), (dict(fps=math.inf), "fps must be"),
+    (dict(fps="2"), "fps must be"), (dict(num_frames=4, fps=-1), "fps must be"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD_ARGUMENTS)
+def test_bad_arguments_on_a_valid_file_are_value_errors_naming_them(clip, monkeypatch, bad, message):
+    def never(*args):
+        raise AssertionError("decoding started before the arguments were checked")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(vtr.io.video, "_read_decord", never)
+        patched.setattr(vtr.io.video, "_read_pyav", never)
+        with pytest.raises(ValueError, match=f"{message}.*pass e.g."):
+            load_video(clip, **bad)
+    assert load_video(clip, num_frames=4).frames.shape[0] == 4  # the same file still loads
+
+
+def test_a_directory_says_it_is_one_and_a_non_path_is_a_value_error(clip, tmp_path):
+    with pytest.raises(VideoDecodeError, match=f"{tmp_path.name}.* is a directory, not a video file"):
+        load_video(tmp_path, num_frames=4)
+    with pytest.raises(ValueError, match="path must be a video file's path"):
+        load_video(None, num_frames=4)
+    assert load_video(clip, fps=2).frames.shape[0] == 6
 
 
 def test_missing_file_and_bad_backend(tmp_path):

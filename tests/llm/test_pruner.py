@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
 import torch
+from transformers import StaticCache
 
 import vtr
-from conftest import greedy_without_placeholders, make_inputs, padded_inputs, row_alone
+from conftest import GREEDY, greedy_without_placeholders, image_for, make_inputs, padded_inputs, row_alone
+from vtr import testing
 from vtr.llm.cache import cache_keyword
-from vtr.methods import DivPrune, FastV
+from vtr.methods import DivPrune, FastV, PDrop
 
 FAMILIES = ["llava", "qwen2_5_vl", "qwen3_vl"]
 IN_LLM = {
@@ -50,6 +53,45 @@ def test_padded_batch_equals_rows_alone(tiny, name, config):
         assert torch.equal(alone.sequences[0, -new.shape[1]:], new[i])
         for step_batch, step_alone in zip(batch.scores, alone.scores):
             assert torch.allclose(step_batch[i], step_alone[0], atol=1e-5)
+
+
+def _image_row_and_shorter_text_row(processor, name: str, shorter_by: int = 3) -> tuple[dict, dict, dict]:
+    """(batch, image row alone, text row alone): an image prompt and a text-only prompt ``shorter_by`` tokens
+    shorter, so only the text row is left-padded before the LLM."""
+    image_prompt = testing.prompt(processor, "what is in the image ?")
+    image_alone = processor(images=[image_for(name)], text=[image_prompt], return_tensors="pt")
+    target = image_alone["input_ids"].shape[1] - shorter_by
+    words = 1
+    while len(processor(text=[testing.prompt(processor, "the " * words, images=0)])["input_ids"][0]) < target:
+        words += 1
+    text_prompt = testing.prompt(processor, "the " * words, images=0)
+    text_alone = processor(text=[text_prompt], return_tensors="pt")
+    assert text_alone["input_ids"].shape[1] == target  # one token per word: exactly shorter_by shorter
+    batch = processor(images=[image_for(name)], text=[image_prompt, text_prompt], return_tensors="pt", padding=True)
+    assert batch["attention_mask"][0].all() and int((batch["attention_mask"][1] == 0).sum()) == shorter_by
+    return batch, image_alone, text_alone
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl"])
+def test_multi_stage_padding_when_the_unpadded_row_becomes_the_shorter_one(tiny, name):
+    """PDrop's first stage makes the image row (no padding before the LLM) shorter than the left-padded text
+    row, so the image row gets pad slots; later stages must keep them out (letting an earlier stage's pad
+    slots back in changes the image row, and only that row)."""
+    model, processor = tiny(name)
+    batch, image_alone, text_alone = _image_row_and_shorter_text_row(processor, name)
+    vtr.wrap(model, "pdrop")
+    greedy = greedy_without_placeholders(model)
+    together = model.generate(**batch, **greedy)
+    per_layer = vtr.stats(model).samples[0].visual_per_layer
+    first, *later = PDrop().prune_layers(len(per_layer))
+    # the premise: the first stage drops more than the text row's padding, and later stages drop more
+    assert per_layer[0] - per_layer[first] > 3 and later and per_layer[later[-1]] < per_layer[first]
+    new = together.sequences[:, batch["input_ids"].shape[1]:]
+    for row, alone_inputs in enumerate((image_alone, text_alone)):
+        alone = model.generate(**alone_inputs, **greedy)
+        assert torch.equal(alone.sequences[0, alone_inputs["input_ids"].shape[1]:], new[row]), row
+        for step_batch, step_alone in zip(together.scores, alone.scores):
+            assert torch.allclose(step_batch[row], step_alone[0], atol=1e-5), row
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -205,18 +247,55 @@ def test_manual_decoding_loop_continues_on_the_reduced_cache(tiny):
     assert torch.equal(torch.stack(tokens, 1), expected[:, inputs["input_ids"].shape[1]:])
 
 
-def test_a_static_cache_is_refused_with_the_fix(tiny):
+def _static_generation_config(model):
+    config = copy.deepcopy(model.generation_config)
+    config.cache_implementation = "static"
+    return config
+
+
+# every way a user asks for a cache whose layers all have one length: (how, what the error names)
+FIXED_LENGTH = {
+    "static": (lambda model: dict(cache_implementation="static"), "cache_implementation='static'"),
+    # on a CPU, transformers itself raises a CUDA error for this one before any layer runs
+    "offloaded_static": (lambda model: dict(cache_implementation="offloaded_static"), "'offloaded_static'"),
+    "generation_config": (lambda model: dict(generation_config=_static_generation_config(model)), "'static'"),
+    "passed": (lambda model: dict(past_key_values=StaticCache(config=model.config, max_cache_len=256)), "StaticCache"),
+}
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("how", list(FIXED_LENGTH))
+def test_a_fixed_length_cache_is_refused_at_the_call_with_the_fix(tiny, name, how):
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name)
+    vtr.wrap(model, "pdrop")
+    expected = model.generate(**inputs, **GREEDY).sequences
+    ran = []  # the refusal comes before transformers runs (or allocates) anything
+    handle = model.model.language_model.layers[0].register_forward_pre_hook(lambda *args: ran.append(1))
+    asked, named = FIXED_LENGTH[how]
+    with pytest.raises(vtr.ReductionError, match=f"dynamic KV cache .*got .*{named}.*do not pass "
+                                                 f"cache_implementation='static' or a preallocated cache"):
+        model.generate(**inputs, max_new_tokens=2, **asked(model))
+    assert not ran
+    handle.remove()
+    assert torch.equal(model.generate(**inputs, **GREEDY).sequences, expected)  # still wrapped, still right
+
+
+def test_a_static_cache_passed_to_forward_is_refused_before_any_layer(tiny):
     model, processor = tiny("llava")
+    inputs = make_inputs(processor, "llava")
     vtr.wrap(model, "fastv", budget=0.5)
-    with pytest.raises(vtr.ReductionError, match="dynamic KV cache"):
-        model.generate(**make_inputs(processor, "llava"), max_new_tokens=2, cache_implementation="static")
+    expected = model(**inputs).logits
+    with pytest.raises(vtr.ReductionError, match="dynamic KV cache .*got a StaticCache"):
+        model(**inputs, past_key_values=StaticCache(config=model.config, max_cache_len=256), use_cache=True)
+    assert torch.equal(model(**inputs).logits, expected)
 
 
 def test_bad_layers_and_quirk_option_are_rejected(tiny):
     model, _ = tiny("llava")
     with pytest.raises(ValueError, match="within 1..3"):
         vtr.wrap(model, "fastv", budget=0.5, layer=4)
-    with pytest.raises(ValueError, match="within 1..3"):
+    with pytest.raises(ValueError, match="fastv layer must be an int >= 1, got 0"):  # the option's own range
         vtr.wrap(model, "fastv", budget=0.5, layer=0)
     with pytest.raises(ValueError, match="no option"):
         vtr.wrap(model, "fastv", budget=0.5, reference_quirks=True)

@@ -69,6 +69,33 @@ def test_repeated_frames_collapse_to_one_segment_and_far_fewer_tokens_than_noise
     assert kept_repeated * 4 < kept_noise
 
 
+def _boundary_frames() -> torch.Tensor:
+    """2 frames of 2x2 positions whose consecutive-frame cosine similarities are exactly 0.5, 0.5, 1 and 0
+    (unit vectors with exact float32 dot products)."""
+    e1, e2, mean = torch.eye(4)[0], torch.eye(4)[1], torch.full((4,), 0.5)
+    first = torch.stack([e1, e1, e1, e1])
+    second = torch.stack([mean, mean, e1, e2])
+    return torch.stack([first, second]).view(2, 2, 2, 4)
+
+
+# (tau, static positions, kept tokens at budget=1.0) worked out by hand from "static = similarity strictly above
+# tau": T*N = 8; a 2-frame window with s static positions removes R = s, rho' = 1, and keeps s merged tokens plus
+# both frames' 4 - s dynamic ones: 8 - s tokens
+TAU_BOUNDARY = [(0.5, [False, False, True, False], 7), (1.0, [False] * 4, 8), (0.0, [True, True, True, False], 5)]
+
+
+@pytest.mark.parametrize("tau,static,kept", TAU_BOUNDARY)
+def test_a_similarity_exactly_at_tau_is_not_static(tau, static, kept):
+    frames = _boundary_frames()
+    assert consecutive_similarity(frames.view(2, 4, 4)).tolist() == [[0.5, 0.5, 1.0, 0.0]]  # exact, as built
+    item = _video(frames)
+    windows, removed = HoliTom(budget=1.0, tau=tau).segment(item)
+    assert removed == sum(static)
+    if any(static):
+        assert [(w.first, w.last) for w in windows] == [(0, 1)] and windows[0].static.tolist() == static
+    assert HoliTom(budget=1.0, tau=tau).reduce(item).kept.numel() == kept
+
+
 @pytest.mark.parametrize("budget", [0.1, 0.25, 0.5, 40])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kept_count_matches_the_reallocation_formula(budget, seed):

@@ -128,9 +128,9 @@ def test_option_errors(tiny):
     with pytest.raises(ValueError, match="does not take a budget"):
         vtr.methods.make_method("dymu", 16, thresholds=[0.5])
     model, processor = tiny("llava")
-    vtr.wrap(model, "dymu", thresholds=[0.5] * 5)
-    with pytest.raises(ValueError, match="5 thresholds.*after 2 layers .* of 3"):
-        model(**make_inputs(processor, "llava"))
+    with pytest.raises(ValueError, match="5 thresholds.*after 2 layers .* of 3"):  # at wrap, not on a call
+        vtr.wrap(model, "dymu", thresholds=[0.5] * 5)
+    assert not vtr.is_wrapped(model)
     with pytest.raises(ValueError, match="pre-LLM method divprune is not supported"):
         vtr.wrap(model, ["tome", "divprune"], budget=8)
     with pytest.raises(ValueError, match="vtu=True .* in-LLM method .fastv"):

@@ -80,7 +80,7 @@ def _hook_count(module: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
 
 
-def test_hooks_come_off_after_the_call_and_on_error(tiny):
+def test_hooks_come_off_after_the_call_and_on_error(tiny, monkeypatch):
     model, processor = tiny("llava")
     inputs = make_inputs(processor, "llava")
     model(**inputs)  # let transformers install its own output recorders first
@@ -89,9 +89,17 @@ def test_hooks_come_off_after_the_call_and_on_error(tiny):
     vtr.wrap(model, "tome", budget=20)
     model(**inputs)
     assert _hook_count(tower) == before[0]
-    vtr.wrap(model, "tome", budget=4)  # unreachable for this 3-layer tower: fails inside the encoder
     with pytest.raises(vtr.ReductionError, match="tome cannot bring 64 patch tokens down to 4"):
-        model(**inputs)
+        vtr.wrap(model, "tome", budget=4)  # unreachable for this 3-layer tower: refused at wrap
+    assert _hook_count(tower) == before[0]
+
+    def failing(self, geometry):
+        raise vtr.ReductionError("matcher failed inside the encoder")
+
+    with monkeypatch.context() as patched:  # an error inside the encoder, under the merging hooks
+        patched.setattr(ToMe, "matcher", failing)
+        with pytest.raises(vtr.ReductionError, match="matcher failed inside the encoder"):
+            model(**inputs)
     assert _hook_count(tower) == before[0]
     vtr.wrap(model, "dymu", thresholds=[0.6, 0.6])  # virtual unmerging hooks the decoder while wrapped
     model(**inputs)
@@ -113,6 +121,24 @@ def test_merge_geometry_reaches_the_method(tiny):
         adapter.encode("image", {"pixel_values": torch.zeros(1, 3, 32, 32)})
     (geometry,) = seen
     assert (geometry.tokens, geometry.features, geometry.merge_layers, geometry.depth) == (65, 64, 2, 3)
+
+
+@pytest.mark.parametrize("name,kind", [("llava", "image"), ("llava_next", "image"), ("llava_onevision", "image"),
+                                       ("llava_onevision", "video"), ("llava_next_video", "video")])
+def test_full_size_geometry_is_what_every_encoder_call_sees(tiny, name, kind):
+    """wrap checks a vision method's plan against ``full_size_geometry``: it must be the geometry of real calls
+    (AnyRes crops and video frames included), CLIP (class token) and SigLIP (none) alike."""
+    model, processor = tiny(name)
+    seen = []
+
+    def matcher(geometry):
+        seen.append(geometry)
+        return ToMe(r=0).matcher(geometry)
+
+    target = adapter_for(model).merge_target()
+    with torch.no_grad(), EncoderMerging(target, matcher).installed():
+        model(**make_inputs(processor, name, kind))
+    assert seen and all(geometry == target.full_size_geometry() for geometry in seen)
 
 
 def test_dymu_on_an_odd_siglip_sequence_merges_what_the_reference_caps():

@@ -4,6 +4,7 @@ token counts, real dimensions)."""
 from __future__ import annotations
 
 import argparse
+import json
 
 from vtr.commands.common import CommandError, Progress, number
 
@@ -26,13 +27,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(items: list[str]) -> dict:
-    """``["layer=2", "seed=3"]`` -> method options, numbers parsed."""
+    """``["layer=2", "vtu=false", "layers=[1,3]", "allocation=global"]`` -> method options: numbers, booleans
+    (either case), ``none`` and JSON lists parsed, anything else a string (wrap checks each option's type)."""
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise CommandError(f"--option takes key=value, got {item!r}")
-        options[key] = number(value) if value.replace(".", "", 1).lstrip("-").isdigit() else value
+        try:
+            options[key] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
+        except json.JSONDecodeError:
+            options[key] = None if value.lower() == "none" else value
     return options
 
 

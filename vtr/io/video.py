@@ -7,6 +7,8 @@ decord is fast (random access) but ships only for some platforms and fails on so
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -35,10 +37,7 @@ def frame_indices(total_frames: int, source_fps: float, num_frames: int | None =
     LLaVA-OneVision / lmms-eval convention). ``fps`` alone: one frame every ``source_fps / fps`` frames.
     Both: the fps sampling, thinned evenly to at most ``num_frames``. Neither: every frame.
     """
-    if num_frames is not None and (isinstance(num_frames, bool) or num_frames < 1):
-        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
-    if fps is not None and not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps!r}")
+    check_sampling(num_frames, fps)
     if total_frames < 1:
         return np.zeros(0, dtype=np.int64)
     if fps is not None:
@@ -51,12 +50,35 @@ def frame_indices(total_frames: int, source_fps: float, num_frames: int | None =
     return indices
 
 
+def check_sampling(num_frames: int | None, fps: float | None) -> None:
+    """``ValueError`` naming the argument when ``num_frames`` or ``fps`` cannot sample any frame."""
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral)
+                                   or num_frames < 1):
+        raise ValueError(f"num_frames must be a positive int (frames to sample), got {num_frames!r}; pass e.g. "
+                         f"num_frames=32, or None for every frame")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps)
+                            or fps <= 0):
+        raise ValueError(f"fps must be a positive, finite number (frames sampled per second), got {fps!r}; pass "
+                         f"e.g. fps=1, or None to sample by num_frames alone")
+
+
 def load_video(path: str | os.PathLike, num_frames: int | None = None, fps: float | None = None,
                backend: str = "auto") -> Video:
-    """Decode the sampled frames of ``path`` (see ``frame_indices`` for the sampling rules)."""
+    """Decode the sampled frames of ``path`` (see ``frame_indices`` for the sampling rules).
+
+    Arguments are checked before anything is read: a bad ``num_frames``, ``fps``, ``backend`` or ``path``
+    type is a ``ValueError`` naming it; a path that does not exist or is a directory, and a file no backend
+    can decode, are ``VideoDecodeError``s naming the path.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a video file's path (str or os.PathLike), got {path!r}")
     path = os.fspath(path)
+    check_sampling(num_frames, fps)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if os.path.isdir(path):
+        raise VideoDecodeError(f"{path!r} is a directory, not a video file; pass the path of a video file (to load "
+                               f"every video of a folder, call load_video once per file)")
     if not os.path.isfile(path):
         raise VideoDecodeError(f"video file not found: {path!r}; check the path")
     readers = {"decord": _read_decord, "pyav": _read_pyav}

@@ -1,4 +1,5 @@
-"""The KV cache a model call carries, under either of its transformers names."""
+"""The KV cache a model call carries, under either of its transformers names, and the caches an in-LLM
+stage can shrink."""
 
 from __future__ import annotations
 
@@ -6,8 +7,15 @@ import functools
 import inspect
 from typing import Any
 
+from transformers import DynamicCache
+from transformers.generation.configuration_utils import ALL_STATIC_CACHE_IMPLEMENTATIONS
+
+from vtr.errors import ReductionError
+
 # transformers 5.24 renamed the keyword from ``past_key_values`` (5.23 and before) to ``cache``
 CACHE_KEYWORDS = ("cache", "past_key_values")
+# preallocated caches, one length for every layer (``paged``: continuous batching's block cache)
+FIXED_LENGTH_CACHES = (*ALL_STATIC_CACHE_IMPLEMENTATIONS, "paged")
 
 
 def passed_cache(kwargs: dict[str, Any]) -> Any:
@@ -27,3 +35,24 @@ def cache_keyword() -> str:
 
     return "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters \
         else "past_key_values"
+
+
+def fixed_length_cache_error(what: str) -> ReductionError:
+    return ReductionError(
+        f"in-LLM methods need transformers' dynamic KV cache (layers from K on cache fewer tokens), got {what}; do "
+        f"not pass cache_implementation='static' or a preallocated cache (leave the cache to generate(), or pass "
+        f"a DynamicCache)"
+    )
+
+
+def check_shrinkable_cache(kwargs: dict[str, Any], generation_config: Any = None) -> None:
+    """Before a reduced call with an in-LLM stage: refuse a cache whose layers cannot hold different lengths,
+    asked for by ``cache_implementation`` (the call's, its ``generation_config``'s or the model's default
+    ``generation_config``) or passed in, before transformers allocates or fills anything."""
+    config = kwargs.get("generation_config") or generation_config
+    implementation = kwargs.get("cache_implementation") or getattr(config, "cache_implementation", None)
+    if implementation in FIXED_LENGTH_CACHES:
+        raise fixed_length_cache_error(f"cache_implementation={implementation!r}")
+    cache = passed_cache(kwargs)
+    if cache is not None and not isinstance(cache, DynamicCache):
+        raise fixed_length_cache_error(f"a {type(cache).__name__}")

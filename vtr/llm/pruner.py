@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from vtr.errors import ReductionError
-from vtr.llm.cache import passed_cache
+from vtr.llm.cache import fixed_length_cache_error, passed_cache
 from vtr.llm.masks import bidirectional_mask, decode_mask, full_pass_mask
 from vtr.llm.scores import attention_to_keys
 from vtr.measure.timing import section
@@ -252,11 +252,8 @@ class LayerPruner:
                 f"the in-LLM stage expected the {prompt_len}-token prompt it was set up for, got a pass of "
                 f"{batch}x{length} tokens; call generate()/forward() with the inputs vtr reduced"
             )
-        if cache is not None and not isinstance(cache, DynamicCache):
-            raise ReductionError(
-                f"in-LLM methods need transformers' dynamic KV cache (layers from K on cache fewer tokens), got "
-                f"{type(cache).__name__}; do not pass cache_implementation='static' or a preallocated cache"
-            )
+        if cache is not None and not isinstance(cache, DynamicCache):  # wrap refuses them at the call already
+            raise fixed_length_cache_error(f"a {type(cache).__name__}")
         run.full_len, run.kept = length, {}
         run.cache = None if cache is None else weakref.ref(cache)  # never keep a finished KV cache alive
         run.visual_per_layer = []

@@ -79,6 +79,9 @@ def make_methods(method: str | Method | Sequence[str | Method], budget: Any = No
     """
     if isinstance(method, (str, Method)):
         return [make_method(method, budget, **options)]
+    if not isinstance(method, (list, tuple)):
+        raise ValueError(f"method must be a method name ({', '.join(available_methods())}), a method object or a "
+                         f"list of them, got {method!r}; e.g. method='divprune'")
     entries = list(method)
     if not entries:
         raise ValueError("method=[] names no method; pass a method name, object, or a non-empty list")

@@ -9,15 +9,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from vtr.budget import Budget
+from vtr.budget import Budget, as_budget
 from vtr.errors import ReductionError
 from vtr.layout import Segment
 from vtr.methods.allocation import crop_masses, split_by_weight
+from vtr.methods.options import checking_options, option
 from vtr.ops.grid import group_mean, group_weighted_sum
 
 
@@ -220,11 +221,25 @@ def split_budget(k: int, sizes: list[int]) -> list[int]:
 
 @dataclass(frozen=True)
 class Method:
-    """Base of every method. Subclasses are frozen dataclasses whose fields are the method's options."""
+    """Base of every method. Subclasses are frozen dataclasses whose fields are the method's options.
+
+    Every option is checked against its field's type hint and ``option(...)`` range when the object is
+    built (``vtr.methods.options``), before the subclass's own ``__post_init__`` runs.
+    """
 
     name: ClassVar[str]
     stage: ClassVar[Stage]
     budget_required: ClassVar[bool] = False  # registry: building by name needs a budget
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None and not getattr(own, "checks_options", False):
+            cls.__post_init__ = checking_options(own)
+
+    @checking_options
+    def __post_init__(self) -> None:
+        """Subclasses' own checks (between options, or conversions) go in their ``__post_init__``."""
 
     def reduce(self, item: VisualItem) -> Reduction:  # pragma: no cover - interface
         raise NotImplementedError
@@ -256,7 +271,7 @@ class KeepAll(Method):
         return Reduction.keep_all(item)
 
 
-ALLOCATIONS = ("global", "per_segment", "per_frame", "thumbnail")
+Allocation = Literal["global", "per_segment", "per_frame", "thumbnail"]
 THUMBNAIL = "thumbnail"  # the attention request name of allocation="thumbnail"
 
 
@@ -284,14 +299,8 @@ class BudgetedMethod(Method):
 
     budget_required: ClassVar[bool] = True
 
-    budget: Budget | int | float = 0.25
-    allocation: str = "global"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.budget, Budget):
-            object.__setattr__(self, "budget", Budget(self.budget))
-        if self.allocation not in ALLOCATIONS:
-            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+    budget: Budget | int | float = option(0.25, convert=as_budget)
+    allocation: Allocation = "global"
 
     def attention_requests(self, info: VisionInfo) -> dict[str, AttentionRequest]:
         if self.allocation != THUMBNAIL:

@@ -9,6 +9,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from vtr.methods.layer import LayerInput, LayerMethod
+from vtr.methods.options import option
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class FastV(LayerMethod):
 
     name: ClassVar[str] = "fastv"
 
-    layer: int = 2
+    layer: int = option(2, low=1)
 
     def prune_layers(self, num_layers: int) -> tuple[int, ...]:
         return (self.layer,)

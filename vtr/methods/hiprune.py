@@ -21,6 +21,7 @@ import torch
 
 from vtr.errors import ReductionError
 from vtr.methods.base import AttentionRequest, BudgetedMethod, Reduction, Stage, VisionInfo, VisualItem
+from vtr.methods.options import option
 from vtr.ops.grid import cross_neighbourhood, top_indices
 
 REFERENCE_OBJECT_LAYER = {"clip": (9, 24), "qwen": (16, 32)}  # (1-based layer, encoder depth)
@@ -37,13 +38,14 @@ def requested(item: VisualItem, name: str, method: str) -> tuple[torch.Tensor, t
 @dataclass(frozen=True)
 class HiPrune(BudgetedMethod):
     """``object_layer``: 1-based encoder layer of the anchors (default: the paper's, scaled); ``alpha``:
-    anchors are ``round(alpha * budget / 5)``."""
+    the share of the budget spent on anchors and their buffers: ``round(alpha * budget / 5)`` anchors, each
+    with up to four neighbours."""
 
     name: ClassVar[str] = "hiprune"
     stage: ClassVar[Stage] = Stage.PRE_LLM
 
-    object_layer: int | None = None
-    alpha: float = 0.1
+    object_layer: int | None = option(None, low=1)
+    alpha: float = option(0.1, low=0, high=1)
 
     def attention_requests(self, info: VisionInfo) -> dict[str, AttentionRequest]:
         layer = self.object_layer

@@ -40,9 +40,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from vtr.budget import Budget
+from vtr.budget import Budget, as_budget
 from vtr.methods.base import AttentionRequest, Method, Reduction, Stage, VisionInfo, VisualItem
 from vtr.methods.hiprune import requested
+from vtr.methods.options import SEED, option
 from vtr.ops.dpc_knn import centre_weights, dpc_knn_centres, nearest_centre, scaled_distances
 from vtr.ops.grid import group_weighted_sum
 from vtr.ops.segmentation import best_segmentation, consecutive_similarity, window_counts
@@ -87,29 +88,13 @@ class HoliTom(Method):
     stage: ClassVar[Stage] = Stage.PRE_LLM
     budget_required: ClassVar[bool] = True
 
-    budget: Budget | int | float = 0.1
+    budget: Budget | int | float = option(0.1, convert=as_budget)
     tau: float = 0.8
-    max_window: int = 1024
-    k: int = 7
-    beta: float = 0.6
-    noise: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.budget, Budget):
-            object.__setattr__(self, "budget", Budget(self.budget))
-        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or math.isnan(self.tau):
-            raise ValueError(f"holitom tau must be a number (cosine similarity threshold, e.g. 0.8), got {self.tau!r}")
-        for option in ("max_window", "k"):
-            value = getattr(self, option)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"holitom {option} must be an int >= 1, got {value!r}")
-        if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"holitom beta (centre weight of a merged static token) must lie in [0, 1], "
-                             f"got {self.beta}")
-        if not self.noise >= 0.0:
-            raise ValueError(f"holitom noise must be >= 0 (0 = deterministic, the reference uses 1e-6), "
-                             f"got {self.noise}")
+    max_window: int = option(1024, low=1)
+    k: int = option(7, low=1)
+    beta: float = option(0.6, low=0, high=1)
+    noise: float = option(0.0, low=0, high=math.inf, high_open=True)
+    seed: int = option(0, **SEED)
 
     def attention_requests(self, info: VisionInfo) -> dict[str, AttentionRequest]:
         return {ATTENTION: AttentionRequest(info.feature_layer, "received")}

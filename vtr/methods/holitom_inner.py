@@ -16,8 +16,9 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from vtr.budget import Budget
+from vtr.budget import Budget, as_budget
 from vtr.methods.layer import LayerInput, LayerMethod, LayerOutput, scaled_layer
+from vtr.methods.options import option
 from vtr.ops.groups import fold_into_nearest, topk_per_group
 
 REFERENCE_DEPTH = 28
@@ -31,8 +32,8 @@ class HoliTomInner(LayerMethod):
     name: ClassVar[str] = "holitom_inner"
     budget_required: ClassVar[bool] = False
 
-    budget: Budget | int | float | None = 0.5
-    layer: int | None = None
+    budget: Budget | int | float | None = option(0.5, convert=as_budget)
+    layer: int | None = option(None, low=1)
     reference_quirks: bool = False
 
     def prune_layers(self, num_layers: int) -> tuple[int, ...]:

@@ -11,16 +11,17 @@ the whole padded batch, with per-group keep counts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from vtr.budget import Budget
+from vtr.budget import Budget, as_budget
 from vtr.methods.base import Method, Stage
+from vtr.methods.options import option
 from vtr.ops.groups import topk_per_group
 
-QUERIES = ("last", "text")
+Query = Literal["last", "text"]
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,8 @@ class LayerMethod(Method):
     stage: ClassVar[Stage] = Stage.LLM
     budget_required: ClassVar[bool] = True
 
-    budget: Budget | int | float | None = None
-    query: str = "last"
-
-    def __post_init__(self) -> None:
-        if self.budget is not None and not isinstance(self.budget, Budget):
-            object.__setattr__(self, "budget", Budget(self.budget))
-        if self.query not in QUERIES:
-            raise ValueError(f"query must be one of {QUERIES}, got {self.query!r}")
+    budget: Budget | int | float | None = option(None, convert=as_budget)
+    query: Query = "last"
 
     @property
     def scores_own_layer(self) -> bool:

@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 
 from vtr.methods.base import BudgetedMethod, Reduction, Stage, VisualItem
+from vtr.methods.options import SEED, option
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class RandomSelect(BudgetedMethod):
 
     name: ClassVar[str] = "random"
     stage: ClassVar[Stage] = Stage.PRE_LLM
-    seed: int = 0
+    seed: int = option(0, **SEED)
 
     def select(self, item: VisualItem, k: int) -> Reduction:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + item.index)

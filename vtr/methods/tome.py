@@ -15,8 +15,9 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from vtr.budget import Budget
+from vtr.budget import Budget, as_budget
 from vtr.errors import ReductionError
+from vtr.methods.options import option
 from vtr.methods.vision import EncoderGeometry, VisionMethod
 from vtr.ops.matching import max_merges, top_r_per_row
 
@@ -68,17 +69,13 @@ class ToMe(VisionMethod):
 
     name: ClassVar[str] = "tome"
 
-    budget: Budget | int | float | None = None
-    r: int | None = None
+    budget: Budget | int | float | None = option(None, convert=as_budget)
+    r: int | None = option(None, low=0)
 
     def __post_init__(self) -> None:
         if (self.r is None) == (self.budget is None):
             raise ValueError("tome takes either r (tokens merged per encoder layer) or budget (tokens per image "
                              f"reaching the LLM), exactly one of them; got r={self.r}, budget={self.budget}")
-        if self.r is not None and (isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 0):
-            raise ValueError(f"tome r must be an int >= 0 (tokens merged per encoder layer), got {self.r!r}")
-        if self.budget is not None and not isinstance(self.budget, Budget):
-            object.__setattr__(self, "budget", Budget(self.budget))
 
     def schedule(self, geometry: EncoderGeometry) -> tuple[int, ...]:
         """Tokens merged after each merging layer for an encoder call of this geometry."""

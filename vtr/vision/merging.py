@@ -43,6 +43,15 @@ class MergeTarget:
     tower: nn.Module | None = None  # the vision tower, run on (N, C, H, W) pixels (calibration)
     protected: int = 1  # leading tokens that never merge: CLIP's class token (SigLIP has none)
 
+    def full_size_geometry(self) -> EncoderGeometry:
+        """The geometry of an encoder call at the tower's input size, which every sequence of the LLaVA
+        family has (base images, AnyRes crops and video frames are all resized to it): what ``wrap`` checks a
+        vision method's plan against (a threshold per layer, a reachable budget) before any call."""
+        config = self.tower.config
+        tokens = (config.image_size // config.patch_size) ** 2 + self.protected
+        return EncoderGeometry(tokens=tokens, features=tokens - self.dropped, merge_layers=self.merge_layers,
+                               depth=len(self.layers), protected=self.protected)
+
 
 class EncoderMerging:
     """The merge state of one encoder call and the hooks that build it."""
