@@ -95,7 +95,8 @@ class PDrop(LayerMethod):
         try:
             return count_schedule(n, target, layers, num_layers)
         except ValueError as error:
-            raise ReductionError(f"pdrop cannot average {self.budget} visual tokens per layer: {error}; pass earlier "
+            raise ReductionError(f"pdrop cannot average {target} visual tokens per layer (budget {self.budget} of "
+                                 f"{n}): {error}; pass earlier "
                                  f"stage layers (e.g. layers=(2, 8, 16)) or a larger budget") from None
 
 
