@@ -114,9 +114,10 @@ def _visual(model) -> tuple[int, int]:
     return sample.visual_before, sample.visual_after
 
 
-def measure_overhead(model, inputs: dict, methods: list[str], budget: int | float, repeats: int = 5,
+def measure_overhead(model, inputs: dict, methods: list[str], budget: int | float | None, repeats: int = 5,
                      **options: Any) -> list[OverheadRow]:
-    """One row per method (``"none"``: vtr's engine keeping every token) on an unwrapped model."""
+    """One row per method (``"none"``: vtr's engine keeping every token) on an unwrapped model; ``budget``
+    ``None`` runs each method at its own default."""
     if vtr.is_wrapped(model):
         raise ValueError("measure_overhead wraps the model itself; pass an unwrapped model")
     on_cuda = torch.device(model.device).type == "cuda"
@@ -125,13 +126,14 @@ def measure_overhead(model, inputs: dict, methods: list[str], budget: int | floa
     base_launches = _kernel_launches(model, inputs) if on_cuda else None
     rows = []
     for method in methods:
-        kwargs = {"budget": budget} if vtr.methods.takes_budget(method) else {}
+        kwargs = {"budget": budget} if budget is not None and vtr.methods.takes_budget(method) else {}
         with vtr.reduced(model, method, **kwargs, **options):
             _first_token(model, inputs)
             ops = count_ops(model, inputs)
             extra = ops - base_ops
             rows.append(OverheadRow(
-                method, str(kwargs.get("budget", "-")), *_visual(model),
+                method, str(kwargs.get("budget", "default" if vtr.methods.takes_budget(method) else "-")),
+                *_visual(model),
                 ops=ops.total() - base_ops.total(), host_ms=_host_ms(model, inputs, repeats),
                 launches=_kernel_launches(model, inputs) - base_launches if on_cuda else None,
                 syncs=_syncs_in_vtr(model, inputs) if on_cuda else None,
