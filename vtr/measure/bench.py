@@ -6,7 +6,8 @@ For each (method, budget) on one input, with warm-up and repeats (median and qua
 - ``prefill_ms``: one ``forward`` of the prompt (vision encoder, reduction, LLM; last-position logits);
 - ``reduction_ms``: time inside vtr's own code during the TTFT call (the pre-LLM engine minus the model's
   vision encoder, plus the in-LLM hooks), recorded with device synchronisation at its boundaries;
-- ``decode_tok_s``: tokens per second after the first one, from a longer ``generate``;
+- ``decode_tok_s``: tokens per second after the first one, from a longer ``generate`` timed between its
+  first and last generated token;
 - ``peak_mem_mb``: peak allocated device memory during that generate (CUDA only);
 - ``tflops``: analytical FLOPs of the TTFT call (``vtr.measure.flops``) when available.
 
@@ -89,17 +90,35 @@ def _greedy(new_tokens: int) -> dict:
     return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
 
-def _decode_rate(model, inputs: dict, sync, config: BenchConfig, ttft_ms: float) -> tuple[float, float | None]:
-    """Tokens/s after the first token, and peak device memory (MB) of that generate."""
+class _StepClock:
+    """A stopping criterion that never stops: it timestamps every generated token (synchronised), so the
+    decode rate comes from the steps themselves rather than from two noisy end-to-end timings."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.sync()
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def _decode_rate(model, inputs: dict, sync, config: BenchConfig) -> tuple[float, float | None]:
+    """Tokens/s after the first token (median over repeats of the time from the first to the last
+    generated token), and peak device memory (MB) of that generate."""
+    from transformers import StoppingCriteriaList
+
     on_cuda = torch.device(model.device).type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(model.device)
-    total = statistics.median(_timed(lambda: model.generate(**inputs, **_greedy(config.new_tokens)), sync,
-                                     dataclasses.replace(config, warmup=0, repeats=max(1, config.repeats // 2))))
+    rates = []
+    for _ in range(max(1, config.repeats // 2) if config.new_tokens > 1 else 0):  # one token: no decoding
+        clock = _StepClock(sync)
+        model.generate(**inputs, **_greedy(config.new_tokens), stopping_criteria=StoppingCriteriaList([clock]))
+        rates.append((len(clock.times) - 1) / (clock.times[-1] - clock.times[0]))
     peak = torch.cuda.max_memory_allocated(model.device) / 2**20 if on_cuda else None
-    # timing noise can exceed the decoding time of very few tokens: report no rate rather than a wrong one
-    rate = (config.new_tokens - 1) / (total - ttft_ms) * 1e3 if total > ttft_ms else float("nan")
-    return rate, peak
+    return statistics.median(rates) if rates else float("nan"), peak
 
 
 def _tflops(model, inputs: dict) -> float | None:
@@ -141,7 +160,7 @@ def measure(model, inputs: dict, method: str, budget: str, config: BenchConfig) 
         overheads = overheads[config.warmup:]
         prefill = _timed(lambda: model(**inputs, logits_to_keep=1), sync, config)
         visual = _visual_counts(model, inputs)
-        rate, peak = _decode_rate(model, inputs, sync, config, statistics.median(ttft))
+        rate, peak = _decode_rate(model, inputs, sync, config)
         flops = _tflops(model, inputs)
     reduction = Timing.of(overheads) if vtr.is_wrapped(model) else None
     return BenchRow(method, budget, *visual, Timing.of(ttft), Timing.of(prefill), reduction, rate, peak, flops)
@@ -159,7 +178,7 @@ def measure_ideal(model, inputs: dict, budget: int | float, config: BenchConfig)
         kwargs = reduced.kwargs
         ttft = _timed(lambda: model.generate(**kwargs, **_greedy(1)), sync, config)
         prefill = _timed(lambda: model(**kwargs, logits_to_keep=1), sync, config)
-        rate, peak = _decode_rate(model, kwargs, sync, config, statistics.median(ttft))
+        rate, peak = _decode_rate(model, kwargs, sync, config)
     kept = reduced.stats.samples[0]
     shift = lambda values: [v + encode for v in values]  # noqa: E731
     return BenchRow("ideal", str(budget), kept.visual_before, kept.visual_after, kept.visual_after,
