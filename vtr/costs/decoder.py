@@ -8,7 +8,8 @@ sliding-window layer's cache holds ``window - 1`` keys (transformers' ``DynamicS
 step attends to at most ``window`` keys. A mixture of experts costs its router, ``active`` experts per
 token and its shared expert (with its sigmoid gate) on every token.
 
-Mixer kinds are the text config's ``layer_types`` entries (``"full_attention"`` when it has none). A kind
+Mixer kinds are the text config's ``layer_types`` entries (without them, every layer is
+``"sliding_attention"`` where the config has a ``sliding_window``, else ``"full_attention"``). A kind
 this module does not know (e.g. ``"linear_attention"``) is described by the family's costs, which pass a
 builder for it to ``decoder_from_config`` (``mixers=``).
 """
@@ -158,10 +159,15 @@ def feed_forward_from_config(text_config: Any, index: int) -> FeedForward:
                             getattr(text_config, "shared_expert_intermediate_size", None) or 0)
 
 
+def _default_kind(text_config: Any) -> str:
+    """The kind of every layer of a config without ``layer_types``, as transformers' cache infers it."""
+    return "full_attention" if getattr(text_config, "sliding_window", None) is None else "sliding_attention"
+
+
 def decoder_from_config(text_config: Any, mixers: Mapping[str, MixerBuilder] | None = None) -> Decoder:
     """The decoder a text config describes; ``mixers``: builders for layer kinds beyond ``MIXERS``."""
     known = {**MIXERS, **(mixers or {})}
-    kinds = getattr(text_config, "layer_types", None) or ["full_attention"] * text_config.num_hidden_layers
+    kinds = getattr(text_config, "layer_types", None) or [_default_kind(text_config)] * text_config.num_hidden_layers
     unknown = sorted(set(kinds) - set(known))
     if unknown:
         raise ValueError(f"no FLOPs model for decoder layers of kind {unknown}; known kinds: {sorted(known)} "
