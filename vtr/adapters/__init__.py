@@ -7,12 +7,13 @@ import inspect
 import torch
 
 from vtr.adapters.base import Adapter
+from vtr.adapters.internvl import InternVLAdapter
 from vtr.adapters.llava import LlavaAdapter, LlavaNextAdapter
 from vtr.adapters.qwen_vl import QwenVLAdapter
 from vtr.errors import UnsupportedModelError
 
 ADAPTERS: dict[str, type[Adapter]] = {
-    model_type: cls for cls in (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter) for model_type in cls.model_types
+    model_type: cls for cls in (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, InternVLAdapter) for model_type in cls.model_types
 }
 
 
