@@ -120,7 +120,7 @@ def test_sequence_dependent_rope_types_are_refused():
 # ---------------------------------------------------------------------------------------------- identity
 
 
-@pytest.mark.parametrize("name", FAMILIES + ["qwen2_vl", "llava_onevision"])
+@pytest.mark.parametrize("name", FAMILIES + ["qwen2_vl", "llava_onevision", "internvl"])
 def test_keep_all_with_ppe_is_bit_identical_to_unwrapped(tiny, name, monkeypatch):
     """Every token is its own single member: all its chunks hold its position, through the PPE path."""
     model, processor = tiny(name)
