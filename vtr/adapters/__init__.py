@@ -6,14 +6,28 @@ import inspect
 
 import torch
 
+from transformers import PreTrainedConfig
+
 from vtr.adapters.base import Adapter
+from vtr.adapters.costs import FamilyCosts
 from vtr.adapters.internvl import InternVLAdapter
+from vtr.adapters.internvl_costs import InternVLCosts
 from vtr.adapters.llava import LlavaAdapter, LlavaNextAdapter
+from vtr.adapters.llava_costs import LlavaCosts, LlavaNextCosts, LlavaNextVideoCosts, LlavaOneVisionCosts
 from vtr.adapters.qwen_vl import QwenVLAdapter
+from vtr.adapters.qwen_vl_costs import Qwen2VLCosts, Qwen25VLCosts, QwenVLCosts
 from vtr.errors import UnsupportedModelError
 
 ADAPTERS: dict[str, type[Adapter]] = {
-    model_type: cls for cls in (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, InternVLAdapter) for model_type in cls.model_types
+    model_type: cls
+    for cls in (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, InternVLAdapter)
+    for model_type in cls.model_types
+}
+COSTS: dict[str, type[FamilyCosts]] = {
+    model_type: cls
+    for cls in (LlavaCosts, LlavaNextCosts, LlavaOneVisionCosts, LlavaNextVideoCosts, Qwen2VLCosts, Qwen25VLCosts,
+                QwenVLCosts, InternVLCosts)
+    for model_type in cls.model_types
 }
 
 
@@ -52,6 +66,22 @@ def support_matrix_markdown() -> str:
     return "\n".join(lines)
 
 
+def adapter_class(config: PreTrainedConfig) -> type[Adapter]:
+    """The adapter class of ``config``'s model type, or ``UnsupportedModelError`` naming what is supported."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ADAPTERS:
+        raise UnsupportedModelError(f"vtr has no adapter for model_type={model_type!r}; supported: "
+                                    f"{', '.join(supported_models())}")
+    return ADAPTERS[model_type]
+
+
+def family_costs(config: PreTrainedConfig) -> FamilyCosts:
+    """The FLOPs knowledge of ``config``'s model type (``vtr.adapters.costs``); ``ValueError`` where none."""
+    if config.model_type not in COSTS:
+        raise ValueError(f"no FLOPs model for {config.model_type!r}; supported: {', '.join(sorted(COSTS))}")
+    return COSTS[config.model_type](config)
+
+
 def adapter_for(model: torch.nn.Module) -> Adapter:
     """The adapter for ``model``, or ``UnsupportedModelError`` naming the type and what is supported."""
     config = getattr(model, "config", None)
@@ -76,4 +106,4 @@ def adapter_for(model: torch.nn.Module) -> Adapter:
     return ADAPTERS[model_type](model)
 
 
-__all__ = ["Adapter", "adapter_for", "support_matrix", "support_matrix_markdown", "supported_models"]
+__all__ = ["Adapter", "FamilyCosts", "adapter_class", "adapter_for", "family_costs", "support_matrix", "support_matrix_markdown", "supported_models"]

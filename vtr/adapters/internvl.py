@@ -105,6 +105,7 @@ def image_runs(input_ids: Tensor, token_id: int) -> list[int]:
 class InternVLAdapter(Adapter):
     model_types = ("internvl",)
     modalities_handled = ("image",)  # video frames reach the model as images
+    demo_image_size = (64, 32)  # a wide image: two crops and a thumbnail on the tiny model
 
     def encode(self, modality: str, inputs: dict[str, Any]):
         """Also record how many tiles each image (placeholder run) has, for ``item_features``."""

@@ -28,6 +28,7 @@ class QwenVLAdapter(Adapter):
 
     model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
     rope_rows = 3  # t/h/w (the text row of generate's 4-row position ids only builds the mask)
+    demo_image_size = (64, 48)  # read at native resolution: a non-square image exercises its grid
 
     def with_features(
         self, modality: str, output: ModelOutput, features: list[Tensor], reductions: list[Reduction]

@@ -78,11 +78,12 @@ def load(name: str, device: str = "cpu", dtype=None, also: list[str] = ()):
 
 
 def demo_image(model, seed: int = 0):
-    """A random-noise image sized for the model's processor (the Qwen family at native resolution)."""
+    """A random-noise image sized for the model's processor (its adapter's ``demo_image_size``)."""
     from vtr import testing
+    from vtr.adapters import adapter_class
 
-    is_qwen = model.config.model_type.startswith("qwen")
-    return testing.random_image(64, 48, seed=seed) if is_qwen else testing.random_image(32, 32, seed=seed)
+    width, height = adapter_class(model.config).demo_image_size
+    return testing.random_image(width, height, seed=seed)
 
 
 def demo_inputs(model, processor, question: str = "what is in the image ?"):

@@ -2,8 +2,8 @@
 decoding, and vtr's own reduction work, from the model config and the call's geometry (never by
 running the model).
 
-The counting rules are those of ``torch.utils.flop_counter.FlopCounterMode``, so that the two can be
-compared (the tests do, for every supported family):
+The counting rules are those of ``torch.utils.flop_counter.FlopCounterMode`` (``vtr.costs.counting``),
+so that the two can be compared (the tests do, for every supported family):
 
 * Only matrix products count: linear layers, convolutions (patch embeddings), attention, vtr's
   similarity matmuls. Norms, activations, softmax, rotary embeddings, embedding lookups, pooling and
@@ -18,26 +18,15 @@ compared (the tests do, for every supported family):
   (``_scaled_dot_product_flash_attention_for_cpu``) and the flash-attn package's kernels have no
   formula and count 0 under FlopCounterMode; register ``sdpa_flop_count`` for them to compare.
 
-Assumptions, each the behaviour of transformers 5.x:
+Who knows what: each family's costs (``vtr.adapters.costs``, next to its adapter) read the visual inputs
+off the processor outputs and cost the vision tower and projector, with that family's assumptions in
+its module docstring; the decoder is data read from the text config (``vtr.costs.decoder``: attention
+kinds, sliding windows, mixtures of experts); every method costs its own work (``Method.own_flops``,
+called with a ``vtr.methods.cost.SampleWork``). This module only assembles and sums, the same way for
+every family and method. Assumptions, each the behaviour of transformers 5.x:
 
-* One breakdown per batch row, as if the row ran alone: padding and pad slots cost nothing.
-* Vision encoders run every layer, whatever ``vision_feature_layer`` selects. SigLIP's attention-pooling
-  head runs when ``vision_use_head`` is set, though LLaVA-OneVision discards its output. After a
-  vision-stage merge (tome, dymu) each encoder layer costs its real token count (``vtr.stats`` records
-  it per layer) and the projector sees the merged tokens; an AnyRes image's base and crops run as one
-  batch padded to its longest sequence, and padding costs like tokens (an image alone in its row; a
-  row with several AnyRes images pads them all to the longest, which this model does not count).
-* CLIP sequences carry a CLS token, SigLIP's none. LLaVA-NeXT/OneVision encode the base image and
-  every AnyRes crop (``image_size_to_num_patches`` on ``image_sizes``; OneVision encodes the base
-  image only when ``batch_num_images`` says a row has several images). Videos encode every frame.
-* The LLaVA projector (two linears) sees every encoded token of every crop minus the CLS token under
-  the ``"default"`` feature strategy, before unpadding or pooling; LLaVA-NeXT-Video's videos after
-  its spatial pooler (whose conv counts in ``projector`` in ``"conv"`` mode). Qwen-VL's patch merger
-  (two linears on ``merge**2`` patches) counts in ``projector``, once more per Qwen3-VL deepstack layer.
-* Qwen-VL vision attention runs per frame (temporal patch); Qwen2.5-VL's windowed blocks per window of
-  ``window_size`` pixels (``fullatt_block_indexes`` per frame). Qwen2-VL and Qwen3-VL vision MLPs have
-  two matmuls, Qwen2.5-VL's three (gated); every supported LLM's MLP three (gated, dense; mixtures of
-  experts are not modelled).
+* One breakdown per batch row, as if the row ran alone: padding and pad slots cost nothing (a row with
+  several AnyRes images pads them all to the longest in the encoder, which this model does not count).
 * Decoder layer l of the prefill sees ``prompt_after`` tokens, minus the visual tokens an in-LLM
   method dropped before it. ``logits="all"`` applies the LM head to every token leaving the last layer
   (``forward``), ``"last"`` to the last one only (``generate``). With virtual token unmerging
@@ -46,25 +35,16 @@ Assumptions, each the behaviour of transformers 5.x:
   ``forward`` sees every original position.
 * ``new_tokens`` counts the tokens generated: the first comes from the prefill, each later one costs
   a decoding step of one token against every cached key of each layer plus the LM head.
-* ``reduction`` holds vtr's own matmuls: DivPrune's cosine-similarity matrix (N x N x D over the
-  projected features, for each visual input or part its allocation selects in); an in-LLM method's
-  score recompute at layer K-1 (k_proj of every token, q_proj of the query rows, q k^T per head);
-  HoliTom's token-similarity matrix at layer K (L x L x D, L the tokens entering layer K); the vision
-  attention HiPrune / VisionZip / HoliTom / ``allocation="thumbnail"`` ask for (q/k projections of the
-  requested encoder layer and the score matmul of the requested query rows, per attention sequence: image,
-  crop, frame or window; each request on its own, as vtr computes them), VisionZip's key similarity to its
-  contextual targets, and HoliTom's DPC-KNN distance matrix (n x n x D over the temporal means of each
-  segment's n static tokens, where it clusters; its per-position frame similarities are elementwise
-  products, no matmul); a vision-stage merge's A x B key similarity
-  after every merging layer that merges at all (it runs inside the encoder, so a flop counter books it
-  under the vision tower). Keep-all, random and pooling multiply nothing; methods vtr does not ship
-  count 0.
+* ``reduction`` holds vtr's own matmuls, each method's ``own_flops``: e.g. DivPrune's cosine-similarity
+  matrix, an in-LLM method's score recompute at layer K-1, HoliTom's DPC-KNN distances, the vision
+  attention a method asks for (per attention sequence, each request on its own, as vtr computes them),
+  a vision-stage merge's key similarities (which run inside the encoder, so a flop counter books them
+  under the vision tower). Keep-all, random and pooling multiply nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -72,43 +52,20 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedConfig
 
+from vtr.adapters import FamilyCosts, family_costs
 from vtr.api import _state, is_wrapped
-from vtr.adapters.llava import llava_merge_target_shape, llava_protected, llava_vision_info
-from vtr.adapters.qwen_vl import qwen_vision_info
-from vtr.methods import DivPrune, HoliTom, HoliTomInner, LayerMethod, Method, VisionMethod, VisionZip
-from vtr.methods.base import BudgetedMethod, VisionInfo, split_budget
-from vtr.methods.vision import EncoderGeometry
+from vtr.costs.counting import VisualInput
+from vtr.methods import LayerMethod, Method, VisionMethod
+from vtr.methods.cost import SampleWork, tokens_per_layer
+from vtr.methods.holitom import dpc_knn_flops
 from vtr.stats import CallStats, ItemStats, SampleStats
 
-LLAVA = ("llava", "llava_next", "llava_onevision", "llava_next_video")
-QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-VIT_TOWERS = ("clip_vision_model", "siglip_vision_model")
 LOGITS = ("last", "all")
 COMPONENTS = ("vision", "projector", "reduction", "llm_prefill", "decode")
 UNITS = {"T": 1e12, "G": 1e9, "M": 1e6}
 
-
-@dataclass(frozen=True)
-class VisualInput:
-    """One image or video as the vision encoder sees it.
-
-    ``frames``: sequences the encoder runs: LLaVA-family crops (base image + AnyRes crops) or video
-    frames; Qwen-VL temporal patches (``grid_thw[0]``). ``height`` x ``width``: the patch grid of each
-    (Qwen-VL: before merging, as in ``grid_thw``). After a vision-stage merge (LLaVA-1.5):
-    ``encoder_tokens``, the tokens each encoder layer processed (class token included), and
-    ``projected``, the tokens the projector saw.
-    """
-
-    modality: str
-    frames: int
-    height: int
-    width: int
-    encoder_tokens: tuple[int, ...] = ()
-    projected: int | None = None
-
-    @property
-    def patches(self) -> int:
-        return self.frames * self.height * self.width
+__all__ = ["FlopsBreakdown", "VisualInput", "call_flops", "decode_flops", "decoder_layer_flops", "format_breakdown",
+           "model_flops", "projector_flops", "reduction_flops", "tokens_per_layer", "vision_flops", "visual_inputs"]
 
 
 @dataclass(frozen=True)
@@ -130,163 +87,31 @@ class FlopsBreakdown:
         return {**asdict(self), "llm_prefill_per_layer": list(self.llm_prefill_per_layer), "total": self.total}
 
 
-# ---------------------------------------------------------------------- counting primitives
-def _linear(rows: float, d_in: int, d_out: int) -> float:
-    return 2.0 * rows * d_in * d_out
-
-
-def _scores(heads: int, head_dim: int, queries: float, keys: float) -> float:
-    """q @ k^T of every head (the weighted sum costs the same again)."""
-    return 2.0 * heads * queries * keys * head_dim
-
-
-def _block(rows: float, width: int, q_width: int, kv_width: int, attention: float, mlp_width: int,
-           mlp_mats: int) -> float:
-    """One transformer block on ``rows`` tokens: q/o, k/v projections, ``attention``, an MLP."""
-    return (2 * _linear(rows, width, q_width) + 2 * _linear(rows, width, kv_width) + attention
-            + mlp_mats * _linear(rows, width, mlp_width))
-
-
-def _text_dims(config: PreTrainedConfig) -> tuple[int, int, int, int]:
-    """(hidden size, query heads, key/value heads, head dim) of the LLM."""
-    tc = config.get_text_config()
-    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
-    kv_heads = getattr(tc, "num_key_value_heads", None) or tc.num_attention_heads
-    return tc.hidden_size, tc.num_attention_heads, kv_heads, head_dim
-
-
 # ---------------------------------------------------------------------- vision encoder and projector
-def _check_supported(config: PreTrainedConfig) -> None:
-    if config.model_type not in LLAVA + QWEN:
-        raise ValueError(f"no FLOPs model for {config.model_type!r}; supported: {', '.join(LLAVA + QWEN)}")
-    if config.model_type in LLAVA and config.vision_config.model_type not in VIT_TOWERS:
-        raise ValueError(f"no FLOPs model for a {config.vision_config.model_type!r} vision tower")
-    tc = config.get_text_config()
-    if getattr(tc, "num_experts", None) or getattr(tc, "num_local_experts", None):
-        raise ValueError("mixture-of-experts LLMs are not modelled")
-
-
-def _tokens_per_frame(config: PreTrainedConfig, item: VisualInput) -> int:
-    """LLaVA family: tokens of one encoder sequence (CLIP adds a CLS token)."""
-    return item.height * item.width + (config.vision_config.model_type == "clip_vision_model")
-
-
-def _vit_flops(config: PreTrainedConfig, item: VisualInput) -> float:
-    """CLIP / SigLIP: patch embedding, encoder layers and SigLIP's pooling head, per frame."""
-    vc = config.vision_config
-    d = vc.hidden_size
-    per_layer = item.encoder_tokens or (_tokens_per_frame(config, item),) * vc.num_hidden_layers
-    embed = _linear(item.patches, vc.num_channels * vc.patch_size ** 2, d)
-    layers = sum(_block(n, d, d, d, 2 * _scores(1, d, n, n), vc.intermediate_size, 2) for n in per_layer)
-    seq, head = per_layer[-1], 0.0
-    if item.encoder_tokens and llava_merge_target_shape(config)[0] == vc.num_hidden_layers:
-        seq = item.projected + llava_merge_target_shape(config)[1]  # the last layer merged before the head
-    if getattr(vc, "vision_use_head", False):  # one probe query attends to the sequence, then an MLP
-        head = (2 * _linear(1, d, d) + 2 * _linear(seq, d, d) + 2 * _scores(1, d, 1, seq)
-                + 2 * _linear(1, d, vc.intermediate_size))
-    return embed + item.frames * (layers + head)
-
-
-def _window_sizes(vc: Any, height: int, width: int) -> list[int]:
-    """Patches in each Qwen2.5-VL attention window of one frame (edge windows are partial)."""
-    merge = vc.spatial_merge_size
-    side = vc.window_size // merge // vc.patch_size  # in merged tokens
-    rows, cols = height // merge, width // merge
-    return [min(side, rows - i) * min(side, cols - j) * merge * merge
-            for i in range(0, rows, side) for j in range(0, cols, side)]
-
-
-def _qwen_vision_width(config: PreTrainedConfig) -> int:
-    vc = config.vision_config
-    return vc.embed_dim if config.model_type == "qwen2_vl" else vc.hidden_size
-
-
-def _qwen_vit_flops(config: PreTrainedConfig, item: VisualInput) -> float:
-    vc, kind = config.vision_config, config.model_type
-    d = _qwen_vision_width(config)
-    frame = item.height * item.width
-    embed = _linear(item.patches, vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2, d)
-    full = item.frames * 2 * _scores(1, d, frame, frame)  # attention never crosses frames
-    full_blocks, windowed = set(range(vc.depth)), 0.0
-    mlp_width, mlp_mats = (d * vc.mlp_ratio, 2) if kind == "qwen2_vl" else (vc.intermediate_size, 2)
-    if kind == "qwen2_5_vl":  # windowed attention and a gated MLP
-        full_blocks, mlp_mats = set(vc.fullatt_block_indexes), 3
-        windowed = item.frames * sum(2 * _scores(1, d, s, s) for s in _window_sizes(vc, item.height, item.width))
-    return embed + sum(_block(item.patches, d, d, d, full if i in full_blocks else windowed, mlp_width, mlp_mats)
-                       for i in range(vc.depth))
-
-
-def _llava_projector_rows(config: PreTrainedConfig, item: VisualInput) -> int:
-    """Rows per frame the LLaVA projector sees: the encoder tokens minus CLS under "default"."""
-    if item.projected is not None:
-        return item.projected
-    return _tokens_per_frame(config, item) - (config.vision_feature_select_strategy == "default")
-
-
-def _llava_projector_flops(config: PreTrainedConfig, item: VisualInput) -> float:
-    vc, d_text = config.vision_config, config.get_text_config().hidden_size
-    layers = config.vision_feature_layer
-    d_in = vc.hidden_size * (1 if isinstance(layers, int) else len(layers))
-    per_frame, pooler = _llava_projector_rows(config, item), 0.0
-    if config.model_type == "llava_next_video" and item.modality == "video":  # pooled before projecting
-        stride = config.spatial_pool_stride
-        side = math.isqrt(per_frame) // stride
-        per_frame = side * side
-        if config.spatial_pool_mode == "conv":
-            out_channels = getattr(config, "spatial_pool_out_channels", vc.hidden_size)
-            pooler = _linear(item.frames * per_frame, vc.hidden_size * stride ** 2, out_channels)
-    rows = item.frames * per_frame
-    return pooler + _linear(rows, d_in, d_text) + _linear(rows, d_text, d_text)
-
-
-def _qwen_merger_flops(config: PreTrainedConfig, item: VisualInput) -> float:
-    vc = config.vision_config
-    d_merged = _qwen_vision_width(config) * vc.spatial_merge_size ** 2
-    rows = item.patches // vc.spatial_merge_size ** 2
-    out = vc.hidden_size if config.model_type == "qwen2_vl" else vc.out_hidden_size
-    mergers = 1 + len(getattr(vc, "deepstack_visual_indexes", None) or ())
-    return mergers * (_linear(rows, d_merged, d_merged) + _linear(rows, d_merged, out))
-
-
 def vision_flops(config: PreTrainedConfig, item: VisualInput) -> float:
     """The vision encoder's FLOPs for one image or video."""
-    return _qwen_vit_flops(config, item) if config.model_type in QWEN else _vit_flops(config, item)
+    return family_costs(config).vision_flops(item)
 
 
 def projector_flops(config: PreTrainedConfig, item: VisualInput) -> float:
     """The projector's (LLaVA) or patch mergers' (Qwen-VL) FLOPs for one image or video."""
-    if config.model_type in QWEN:
-        return _qwen_merger_flops(config, item)
-    return _llava_projector_flops(config, item)
+    return family_costs(config).projector_flops(item)
 
 
 # ---------------------------------------------------------------------- the LLM
-def decoder_layer_flops(config: PreTrainedConfig, queries: float, keys: float, mlp_rows: float | None = None) -> float:
-    """One decoder layer running ``queries`` tokens against ``keys`` keys (prefill: both = its tokens).
+def decoder_layer_flops(config: PreTrainedConfig, queries: float, keys: float, mlp_rows: float | None = None,
+                        layer: int = 0) -> float:
+    """Decoder layer ``layer`` running ``queries`` tokens against ``keys`` keys (prefill: both = its tokens).
 
     ``mlp_rows``: tokens the MLP sees when they are fewer than the attention's (virtual unmerging).
     """
-    d, heads, kv_heads, head_dim = _text_dims(config)
-    attention = 2 * _scores(heads, head_dim, queries, keys)
-    mlp = config.get_text_config().intermediate_size
-    return (_block(queries, d, heads * head_dim, kv_heads * head_dim, attention, mlp, 0)
-            + 3 * _linear(queries if mlp_rows is None else mlp_rows, d, mlp))
-
-
-def _lm_head_flops(config: PreTrainedConfig, rows: int) -> float:
-    tc = config.get_text_config()
-    return _linear(rows, tc.hidden_size, tc.vocab_size)
+    return family_costs(config).decoder().layer_flops(layer, queries, keys, mlp_rows)
 
 
 def decode_flops(config: PreTrainedConfig, llm_tokens: Sequence[int], new_tokens: int) -> float:
     """Decoding steps 1 .. ``new_tokens - 1``: step j runs one token against ``llm_tokens[l] + j`` keys
-    at layer l, then the LM head. Attention is linear in the keys, so the steps sum in closed form."""
-    steps = max(new_tokens - 1, 0)
-    if not steps:
-        return 0.0
-    mean_extra = (steps + 1) / 2  # mean of j over 1 .. steps
-    layers = sum(decoder_layer_flops(config, 1, n + mean_extra) for n in llm_tokens)
-    return steps * (layers + _lm_head_flops(config, 1))
+    at layer l (at most a sliding window's), then the LM head."""
+    return family_costs(config).decoder().decode_flops(llm_tokens, new_tokens)
 
 
 def model_flops(
@@ -306,165 +131,35 @@ def model_flops(
     with virtual token unmerging, the original prompt length every attention module (and the KV cache)
     runs at, while the MLPs see ``llm_tokens``.
     """
-    _check_supported(config)
+    costs = family_costs(config)
     if logits not in LOGITS:
         raise ValueError(f"logits must be one of {LOGITS}, got {logits!r}")
-    num_layers = config.get_text_config().num_hidden_layers
+    decoder = costs.decoder()
+    num_layers = len(decoder.layers)
     if len(llm_tokens) != num_layers:
         raise ValueError(f"llm_tokens needs one count per decoder layer ({num_layers}), got {len(llm_tokens)}")
     if virtual_tokens is None:
-        per_layer = tuple(decoder_layer_flops(config, n, n) for n in llm_tokens)
+        per_layer = tuple(decoder.layer_flops(l, n, n) for l, n in enumerate(llm_tokens))
         cached = list(llm_tokens)
     else:
-        per_layer = tuple(decoder_layer_flops(config, virtual_tokens, virtual_tokens, n) for n in llm_tokens)
+        per_layer = tuple(decoder.layer_flops(l, virtual_tokens, virtual_tokens, n) for l, n in enumerate(llm_tokens))
         cached = [virtual_tokens] * num_layers
     head_rows = cached[-1] if logits == "all" else 1
     return FlopsBreakdown(
-        vision=sum(vision_flops(config, item) for item in visual),
-        projector=sum(projector_flops(config, item) for item in visual),
-        llm_prefill=sum(per_layer) + _lm_head_flops(config, head_rows),
+        vision=sum(costs.vision_flops(item) for item in visual),
+        projector=sum(costs.projector_flops(item) for item in visual),
+        llm_prefill=sum(per_layer) + decoder.lm_head(head_rows),
         llm_prefill_per_layer=per_layer,
-        decode=decode_flops(config, cached, new_tokens),
+        decode=decoder.decode_flops(cached, new_tokens),
         reduction=reduction,
     )
 
 
-def tokens_per_layer(sample: SampleStats, num_layers: int) -> list[int]:
-    """Tokens each decoder layer saw in the prefill of a recorded sample."""
-    if not sample.visual_per_layer:
-        return [sample.prompt_after] * num_layers
-    return [sample.prompt_after - (sample.visual_after - visual) for visual in sample.visual_per_layer]
-
-
 # ---------------------------------------------------------------------- vtr's own work
-def _part_sizes(config: PreTrainedConfig, item: VisualInput, content: int, per_frame: bool) -> list[int]:
-    """Content tokens of each part a per-segment / per-frame allocation splits an item into (``vtr.layout``)."""
-    if item.modality == "video":
-        return [content // item.frames] * item.frames if per_frame else [content]
-    if config.model_type in LLAVA and item.frames > 1:  # AnyRes: the base image's grid, then the crops grid
-        base = _llava_projector_rows(config, item)
-        return [base, content - base]
-    return [content]
-
-
-def _selected_parts(config: PreTrainedConfig, method: BudgetedMethod, stats: ItemStats,
-                    item: VisualInput) -> list[tuple[int, int]]:
-    """(part size, tokens kept) of every part a budgeted method selects in (none when it keeps all)."""
-    n = stats.content_before
-    k = method.budget.tokens_for(n)
-    if k >= n:
-        return []
-    parts, shares = [n], [k]
-    if stats.parts:  # the allocation recorded its split (the only way for "thumbnail": it follows attention)
-        parts, shares = [size for size, _ in stats.parts], [kept for _, kept in stats.parts]
-    elif method.allocation != "global":
-        parts = _part_sizes(config, item, n, per_frame=method.allocation == "per_frame")
-        shares = split_budget(k, parts)
-    return [(size, share) for size, share in zip(parts, shares) if 0 < share < size]
-
-
-def _divprune_flops(config: PreTrainedConfig, method: DivPrune, stats: ItemStats, item: VisualInput) -> float:
-    """The N x N cosine similarity matmul of every part the method selects in."""
-    d = config.get_text_config().hidden_size
-    return sum(_linear(size, d, size) for size, _ in _selected_parts(config, method, stats, item))
-
-
-def _vision_info(config: PreTrainedConfig) -> VisionInfo:
-    return qwen_vision_info(config) if config.model_type in QWEN else llava_vision_info(config)
-
-
-def _attention_capture_flops(config: PreTrainedConfig, method: Method, item: VisualInput) -> float:
-    """The vision attention a method asks for (``vtr.vision.attention``): q/k projections of the requested
-    layer and the score matmul of the requested query rows, per attention sequence."""
-    vc = config.vision_config
-    total = 0.0
-    for request in method.attention_requests(_vision_info(config)).values():
-        if config.model_type in QWEN:
-            d = _qwen_vision_width(config)
-            frame = item.height * item.width
-            windowed = config.model_type == "qwen2_5_vl" and request.layer not in vc.fullatt_block_indexes
-            sequences = _window_sizes(vc, item.height, item.width) if windowed else [frame]
-            total += _linear(item.patches, d, 3 * d) + item.frames * sum(
-                _scores(vc.num_heads, d // vc.num_heads, s if request.query == "received" else 1, s)
-                for s in sequences)
-        else:
-            d, heads, seq = vc.hidden_size, vc.num_attention_heads, _tokens_per_frame(config, item)
-            queries = seq if request.query == "received" else 1
-            total += item.frames * (2 * _linear(seq, d, d) + _scores(heads, d // heads, queries, seq))
-    return total
-
-
-def _visionzip_flops(config: PreTrainedConfig, method: VisionZip, stats: ItemStats, item: VisualInput) -> float:
-    """Key similarity of the remaining tokens to the contextual targets (``vtr.methods.visionzip``)."""
-    vc = config.vision_config
-    head_dim = (_qwen_vision_width(config) // vc.num_heads if config.model_type in QWEN
-                else vc.hidden_size // vc.num_attention_heads)
-    total = 0.0
-    for size, k in _selected_parts(config, method, stats, item):
-        contextual = min(round(k * method.contextual), k - 1)
-        contextual = min(contextual, size - (k - contextual))
-        total += _linear(size - (k - contextual) - contextual, head_dim, contextual)
-    return total
-
-
 def _holitom_flops(config: PreTrainedConfig, stats: ItemStats, item: VisualInput) -> float:
-    """DPC-KNN's distance matmul in every segment that clusters (``vtr.methods.holitom``), read off the
-    provenance: a static merged token stands for its members in every frame of its segment."""
-    if item.modality != "video" or not stats.provenance:
-        return 0.0
-    provenance = torch.tensor(stats.provenance)
-    per_frame = provenance.numel() // item.frames
-    tokens = (provenance >= 0).nonzero().squeeze(1)
-    outputs, frames = provenance[tokens], tokens // per_frame
-    n_out = int(outputs.max()) + 1 if outputs.numel() else 0
-    first = torch.full((n_out,), item.frames).scatter_reduce(0, outputs, frames, "amin")
-    last = torch.full((n_out,), -1).scatter_reduce(0, outputs, frames, "amax")
-    size = torch.bincount(outputs, minlength=n_out)
-    static = last > first
-    d = config.get_text_config().hidden_size
-    total = 0.0
-    for start in first[static].unique().tolist():
-        in_segment = static & (first == start)
-        width = int(last[in_segment][0]) - start + 1
-        n_static, clusters = int(size[in_segment].sum()) // width, int(in_segment.sum())
-        if clusters < n_static:
-            total += _linear(n_static, d, n_static)
-    return total
-
-
-def _layer_method_flops(config: PreTrainedConfig, method: LayerMethod, sample: SampleStats) -> float:
-    """Score recompute (``vtr.llm.scores``) and HoliTom's similarity at layer K, per K. The recompute
-    projects the tokens layer K-1 saw, with layer K-1's q/k or (PDrop's reference scoring) layer K's: the
-    same shapes either way; PDrop's renumbered rotary positions are elementwise (no matmul)."""
-    if not sample.visual_per_layer:  # no visual tokens: the in-LLM stage did not run
-        return 0.0
-    d, heads, kv_heads, head_dim = _text_dims(config)
-    num_layers = config.get_text_config().num_hidden_layers
-    visual, tokens = sample.visual_per_layer, tokens_per_layer(sample, num_layers)
-    total = 0.0
-    for k in method.check_layers(num_layers):
-        n = tokens[k - 1]
-        queries = 1 if method.query == "last" else n - visual[k - 1]
-        total += _linear(queries, d, heads * head_dim) + _linear(n, d, kv_heads * head_dim)
-        total += _scores(heads, head_dim, queries, n)
-        if isinstance(method, HoliTomInner) and visual[k] < visual[k - 1]:  # it merges only what was dropped
-            total += _linear(n, d, n)
-    return total
-
-
-def _merging_flops(config: PreTrainedConfig, method: VisionMethod, item: VisualInput) -> float:
-    """The A x B key similarity after every merging layer whose matcher is active (``vtr.vision.merging``)."""
-    if not item.encoder_tokens:
-        return 0.0
-    vc = config.vision_config
-    merge_layers, dropped = llava_merge_target_shape(config)
-    tokens = item.encoder_tokens[0]
-    matcher = method.matcher(EncoderGeometry(tokens, tokens - dropped, merge_layers, vc.num_hidden_layers,
-                                             llava_protected(config)))
-    head_dim = vc.hidden_size // vc.num_attention_heads
-    return item.frames * sum(2.0 * math.ceil(n / 2) * (n // 2) * head_dim
-                             for layer, n in enumerate(item.encoder_tokens[:merge_layers])
-                             if matcher.active(layer) and n >= 2 + llava_protected(config))
+    """HoliTom's DPC-KNN distance matmuls on one video (``vtr.methods.holitom.dpc_knn_flops``), which the
+    tests compare with FlopCounterMode on the method's own run."""
+    return dpc_knn_flops(stats, item, config.get_text_config().hidden_size)
 
 
 def reduction_flops(
@@ -480,70 +175,17 @@ def reduction_flops(
     modalities = [item.modality for item in visual]
     if modalities != [item.modality for item in sample.items]:
         raise ValueError(f"the visual inputs {modalities} do not match the recorded items {sample.items}")
-    total = 0.0
-    if isinstance(pre_llm, DivPrune):
-        total += sum(_divprune_flops(config, pre_llm, s, item) for s, item in zip(sample.items, visual))
-    if pre_llm is not None:  # hiprune, visionzip, holitom, allocation="thumbnail" (images)
-        total += sum(_attention_capture_flops(config, pre_llm, item) for item in visual
-                     if pre_llm.wants_attention(item.modality))
-    if isinstance(pre_llm, HoliTom):
-        total += sum(_holitom_flops(config, s, item) for s, item in zip(sample.items, visual))
-    if isinstance(pre_llm, VisionZip):
-        total += sum(_visionzip_flops(config, pre_llm, s, item) for s, item in zip(sample.items, visual))
-    if in_llm is not None:
-        total += _layer_method_flops(config, in_llm, sample)
-    if vision is not None:
-        total += sum(_merging_flops(config, vision, item) for item in visual)
-    return total
+    costs = family_costs(config)
+    work = SampleWork(sample, tuple(visual), costs, costs.decoder())
+    return sum(method.own_flops(work) for method in (pre_llm, in_llm, vision) if method is not None)
 
 
 # ---------------------------------------------------------------------- geometry of a call
-def _llava_images(config: PreTrainedConfig, inputs: dict[str, Any]) -> list[VisualInput]:
-    pixels = inputs.get("pixel_values")
-    if pixels is None:
-        return []
-    patch = config.vision_config.patch_size
-    height, width = pixels.shape[-2] // patch, pixels.shape[-1] // patch
-    if config.model_type == "llava":
-        return [VisualInput("image", 1, height, width)] * pixels.shape[0]
-    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-
-    sizes = inputs["image_sizes"]
-    counts = inputs.get("batch_num_images") if config.model_type == "llava_onevision" else None
-    patched = [True] * len(sizes) if counts is None else [n == 1 for n in counts.tolist() for _ in range(n)]
-    crops = [image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
-             if whole else 1 for size, whole in zip(sizes, patched)]
-    return [VisualInput("image", n, height, width) for n in crops]
-
-
-def _items(config: PreTrainedConfig, modality: str, inputs: dict[str, Any]) -> list[VisualInput]:
-    """Every image or video of the batch, in the order the model scatters them (row-major)."""
-    if config.model_type in QWEN:
-        grid = inputs.get(f"{modality}_grid_thw")
-        return [] if grid is None else [VisualInput(modality, *map(int, thw)) for thw in grid.tolist()]
-    if modality == "image":
-        return _llava_images(config, inputs)
-    pixels = inputs.get("pixel_values_videos")
-    if pixels is None:
-        return []
-    patch = config.vision_config.patch_size
-    frames, height, width = pixels.shape[1], pixels.shape[-2] // patch, pixels.shape[-1] // patch
-    return [VisualInput("video", frames, height, width)] * pixels.shape[0]
-
-
-def _item_rows(config: PreTrainedConfig, modality: str, items: list[VisualInput], ids: Tensor,
-               mask: Tensor) -> list[int]:
-    """The batch row of each item of an unwrapped call: Qwen-VL items take their merged-patch count of
-    placeholders in row-major order; a LLaVA-family item is one run of consecutive placeholders."""
-    hits = (ids == getattr(config, f"{modality}_token_id")) & mask.bool()
-    if config.model_type in QWEN:
-        sizes = [item.patches // config.vision_config.spatial_merge_size ** 2 for item in items]
-        per_row = hits.sum(1).tolist()
-    else:
-        sizes = [1] * len(items)
-        starts = hits.clone()
-        starts[:, 1:] &= ~hits[:, :-1]
-        per_row = starts.sum(1).tolist()
+def _item_rows(costs: FamilyCosts, modality: str, items: list[VisualInput], ids: Tensor, mask: Tensor) -> list[int]:
+    """The batch row of each item of an unwrapped call, off the placeholder tokens: each item takes its
+    family's units of placeholders (``FamilyCosts.placeholder_units``), in row-major order."""
+    hits = (ids == getattr(costs.config, f"{modality}_token_id")) & mask.bool()
+    sizes, per_row = costs.placeholder_units(items, hits)
     if sum(per_row) != sum(sizes):
         raise ValueError(
             f"cannot tell which prompt each of the {len(items)} {modality} input(s) belongs to (adjacent "
@@ -568,17 +210,17 @@ def visual_inputs(config: PreTrainedConfig, inputs: dict[str, Any],
     ``recorded``: the stats of a wrapped model's call on ``inputs``, which say how many items each row
     has; without them the rows are read off the placeholder tokens.
     """
-    _check_supported(config)
+    costs = family_costs(config)
     ids = inputs["input_ids"]
     mask = inputs.get("attention_mask")
     mask = torch.ones_like(ids) if mask is None else mask
     rows: list[list[VisualInput]] = [[] for _ in range(ids.shape[0])]
     for modality in ("image", "video"):
-        items = _items(config, modality, inputs)
+        items = costs.items(modality, inputs)
         if recorded is not None:
             owners = [i for i, s in enumerate(recorded.samples) for item in s.items if item.modality == modality]
         else:
-            owners = _item_rows(config, modality, items, ids, mask) if items else []
+            owners = _item_rows(costs, modality, items, ids, mask) if items else []
         if len(owners) != len(items):
             raise ValueError(f"the inputs hold {len(items)} {modality} input(s), the recorded call {len(owners)}")
         for row, item in zip(owners, items):

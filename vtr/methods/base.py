@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -20,6 +20,9 @@ from vtr.layout import Segment
 from vtr.methods.allocation import crop_masses, split_by_weight
 from vtr.methods.options import checking_options, option
 from vtr.ops.grid import group_mean, group_weighted_sum
+
+if TYPE_CHECKING:
+    from vtr.methods.cost import SampleWork
 
 
 class Stage(str, Enum):
@@ -253,6 +256,12 @@ class Method:
         (it then asks the adapter for ``vision_info``, which some encoder configurations cannot give).
         Default: whenever the method overrides ``attention_requests``."""
         return type(self).attention_requests is not Method.attention_requests
+
+    def own_flops(self, work: SampleWork) -> float:
+        """FLOPs of this method's own work on one recorded sample (``vtr.methods.cost``), which the FLOPs
+        model adds up as ``reduction``: by default the vision-encoder attention it asks for. A method that
+        multiplies matrices of its own adds them; keep-all, random and pooling multiply nothing."""
+        return work.attention_capture(self)
 
     def describe(self) -> str:
         opts = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self) if f.init)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from vtr.costs.counting import linear
 from vtr.methods.base import BudgetedMethod, Reduction, Stage, VisualItem
+from vtr.methods.cost import SampleWork, selected_parts
 from vtr.ops.maxmin import greedy_maxmin
 from vtr.ops.similarity import cosine_distance
 
@@ -24,3 +26,9 @@ class DivPrune(BudgetedMethod):
     def select(self, item: VisualItem, k: int) -> Reduction:
         picks = greedy_maxmin(cosine_distance(item.features)[None], k)[0]
         return Reduction(kept=picks.sort().values)
+
+    def own_flops(self, work: SampleWork) -> float:
+        """The N x N cosine-similarity matmul over the projected features of every part it selected in."""
+        d = work.decoder.hidden
+        return work.attention_capture(self) + sum(linear(size, d, size) for stats, item in work.pairs()
+                                                  for size, _ in selected_parts(self, stats, item, work.vision))

@@ -41,12 +41,15 @@ import torch
 from torch import Tensor
 
 from vtr.budget import Budget, as_budget
+from vtr.costs.counting import VisualInput, linear
 from vtr.methods.base import AttentionRequest, Method, Reduction, Stage, VisionInfo, VisualItem
+from vtr.methods.cost import SampleWork
 from vtr.methods.hiprune import requested
 from vtr.methods.options import SEED, option
 from vtr.ops.dpc_knn import centre_weights, dpc_knn_centres, nearest_centre, scaled_distances
 from vtr.ops.grid import group_weighted_sum
 from vtr.ops.segmentation import best_segmentation, consecutive_similarity, window_counts
+from vtr.stats import ItemStats
 
 ATTENTION = "holitom"
 
@@ -197,6 +200,12 @@ class HoliTom(Method):
         weights = centre_weights(cluster, centres, self.beta)
         return cluster, centres, weights, group_weighted_sum(means, cluster, weights, c).to(item.features.dtype)
 
+    def own_flops(self, work: SampleWork) -> float:
+        """The attention it asks for, and DPC-KNN's distance matmul in every segment that clusters (its
+        per-position frame similarities are elementwise products, no matmul)."""
+        return work.attention_capture(self) + sum(dpc_knn_flops(stats, item, work.decoder.hidden)
+                                                  for stats, item in work.pairs())
+
 
 def _ensure_one_token(windows: list[_Window]) -> list[_Window]:
     """Rounding can leave a video of all-static windows with no token: give its largest static group one."""
@@ -205,3 +214,28 @@ def _ensure_one_token(windows: list[_Window]) -> list[_Window]:
     largest = max(range(len(windows)), key=lambda i: (int(windows[i].static.sum()), -i))
     windows[largest] = dataclasses.replace(windows[largest], clusters=1)
     return windows
+
+
+def dpc_knn_flops(stats: ItemStats, item: VisualInput, width: int) -> float:
+    """DPC-KNN's n x n x ``width`` distance matmul over the temporal means of each segment's n static
+    tokens, where the segment clusters (fewer clusters than static tokens), read off the recorded
+    provenance: a static merged token stands for its members in every frame of its segment."""
+    if item.modality != "video" or not stats.provenance:
+        return 0.0
+    provenance = torch.tensor(stats.provenance)
+    per_frame = provenance.numel() // item.frames
+    tokens = (provenance >= 0).nonzero().squeeze(1)
+    outputs, frames = provenance[tokens], tokens // per_frame
+    n_out = int(outputs.max()) + 1 if outputs.numel() else 0
+    first = torch.full((n_out,), item.frames).scatter_reduce(0, outputs, frames, "amin")
+    last = torch.full((n_out,), -1).scatter_reduce(0, outputs, frames, "amax")
+    size = torch.bincount(outputs, minlength=n_out)
+    static = last > first
+    total = 0.0
+    for start in first[static].unique().tolist():
+        in_segment = static & (first == start)
+        segment_frames = int(last[in_segment][0]) - start + 1
+        n_static, clusters = int(size[in_segment].sum()) // segment_frames, int(in_segment.sum())
+        if clusters < n_static:
+            total += linear(n_static, width, n_static)
+    return total

@@ -17,6 +17,8 @@ from typing import ClassVar
 from torch import Tensor
 
 from vtr.budget import Budget, as_budget
+from vtr.costs.counting import linear
+from vtr.methods.cost import SampleWork
 from vtr.methods.layer import LayerInput, LayerMethod, LayerOutput, scaled_layer
 from vtr.methods.options import option
 from vtr.ops.groups import fold_into_nearest, topk_per_group
@@ -47,3 +49,13 @@ class HoliTomInner(LayerMethod):
     def select(self, step: LayerInput) -> LayerOutput:
         keep = topk_per_group(step.scores, step.group, self.keep_counts(step))
         return LayerOutput(keep, fold_into_nearest(step.hidden, keep, step.group))
+
+    def own_flops(self, work: SampleWork) -> float:
+        """The score recompute, and the similarity of the L tokens entering layer K (L x L x D) where it
+        merged anything (it merges only what it dropped)."""
+        visual, total = work.sample.visual_per_layer, super().own_flops(work)
+        if not visual:
+            return total
+        tokens, d = work.tokens_per_layer(), work.decoder.hidden
+        return total + sum(linear(tokens[k - 1], d, tokens[k - 1])
+                           for k in self.check_layers(len(work.decoder.layers)) if visual[k] < visual[k - 1])

@@ -17,7 +17,9 @@ import torch
 from torch import Tensor
 
 from vtr.budget import Budget, as_budget
+from vtr.costs.counting import linear, scores
 from vtr.methods.base import Method, Stage
+from vtr.methods.cost import SampleWork
 from vtr.methods.options import option
 from vtr.ops.groups import topk_per_group
 
@@ -88,6 +90,22 @@ class LayerMethod(Method):
 
     def select(self, step: LayerInput) -> LayerOutput:
         return LayerOutput(topk_per_group(step.scores, step.group, self.keep_counts(step)))
+
+    def own_flops(self, work: SampleWork) -> float:
+        """The score recompute (``vtr.llm.scores``) for every pruning layer K: k_proj of the tokens layer K-1
+        saw, q_proj of the query rows, q k^T per head. Scoring with layer K-1's projections or (PDrop's
+        reference) layer K's costs the same; PDrop's renumbered rotary positions are elementwise."""
+        visual = work.sample.visual_per_layer
+        if not visual:  # no visual tokens: the in-LLM stage did not run
+            return 0.0
+        tokens, d, total = work.tokens_per_layer(), work.decoder.hidden, 0.0
+        for k in self.check_layers(len(work.decoder.layers)):
+            attention, n = work.decoder.attention(k - 1), tokens[k - 1]
+            queries = 1 if self.query == "last" else n - visual[k - 1]
+            total += (linear(queries, d, attention.heads * attention.head_dim)
+                      + linear(n, d, attention.kv_heads * attention.head_dim)
+                      + scores(attention.heads, attention.head_dim, queries, n))
+        return total
 
     def check_layers(self, num_layers: int) -> tuple[int, ...]:
         """``prune_layers`` validated against the model's depth, with an error that says what to pass."""

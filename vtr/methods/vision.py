@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
+import math
+
 from torch import Tensor
 
 from vtr.methods.base import Method, Stage
+from vtr.methods.cost import SampleWork
 
 
 @dataclass(frozen=True)
@@ -51,3 +54,17 @@ class VisionMethod(Method):
 
     def matcher(self, geometry: EncoderGeometry) -> Matcher:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def own_flops(self, work: SampleWork) -> float:
+        """The A x B key similarity after every merging layer whose matcher is active (``vtr.vision.merging``),
+        at the token counts the encoder recorded (a flop counter books it under the vision tower)."""
+        head_dim, total = work.vision.vision_head_dim(), 0.0
+        for item in work.items:
+            if not item.encoder_tokens:
+                continue
+            geometry = work.vision.merge_geometry(item.encoder_tokens[0])
+            matcher = self.matcher(geometry)
+            total += item.frames * sum(2.0 * math.ceil(n / 2) * (n // 2) * head_dim
+                                       for layer, n in enumerate(item.encoder_tokens[:geometry.merge_layers])
+                                       if matcher.active(layer) and n >= 2 + geometry.protected)
+        return total

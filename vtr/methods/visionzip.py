@@ -32,7 +32,9 @@ from typing import ClassVar
 
 import torch
 
+from vtr.costs.counting import linear
 from vtr.methods.base import AttentionRequest, BudgetedMethod, Reduction, Stage, VisionInfo, VisualItem
+from vtr.methods.cost import SampleWork, selected_parts
 from vtr.methods.hiprune import requested
 from vtr.ops.grid import group_mean, top_indices
 
@@ -96,3 +98,14 @@ class VisionZip(BudgetedMethod):
             joined = group_mean(item.features[others], assignment[others], kept.numel())
             features = (item.features[kept].float() + joined.float()).to(item.features.dtype)
         return Reduction(kept=kept, features=features, assignment=assignment)
+
+    def own_flops(self, work: SampleWork) -> float:
+        """The attention it asks for, and the key similarity of the remaining tokens to the contextual
+        targets in every part it selected in."""
+        head_dim, total = work.vision.vision_head_dim(), work.attention_capture(self)
+        for stats, item in work.pairs():
+            for size, k in selected_parts(self, stats, item, work.vision):
+                contextual = min(round(k * self.contextual), k - 1)
+                contextual = min(contextual, size - (k - contextual))
+                total += linear(size - (k - contextual) - contextual, head_dim, contextual)
+        return total
