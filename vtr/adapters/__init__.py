@@ -52,8 +52,11 @@ def support_matrix() -> list[dict[str, str]]:
         model_modalities = getattr(transformers, class_name).input_modalities
         modalities = set(model_modalities) & set(ADAPTERS[model_type].modalities_handled)
         image = "yes" if "image" in modalities else "-"
+        video = "yes" if "video" in modalities else "-"
+        if video == "-" and "video" in model_modalities and ADAPTERS[model_type].video_frames_as_images:
+            video = "frames"  # the processor turns a video into frames the model takes as images
         rows.append({"model_type": model_type, "class": class_name, "image": image, "multi-image": image,
-                     "video": "yes" if "video" in modalities else "-", "adapter": ADAPTERS[model_type].__name__})
+                     "video": video, "adapter": ADAPTERS[model_type].__name__})
     return rows
 
 

@@ -104,7 +104,8 @@ def image_runs(input_ids: Tensor, token_id: int) -> list[int]:
 
 class InternVLAdapter(Adapter):
     model_types = ("internvl",)
-    modalities_handled = ("image",)  # video frames reach the model as images
+    modalities_handled = ("image",)
+    video_frames_as_images = True  # "Frame1: <img>...</img>": no video boundary reaches the model
     demo_image_size = (64, 32)  # a wide image: two crops and a thumbnail on the tiny model
 
     def encode(self, modality: str, inputs: dict[str, Any]):
