@@ -85,3 +85,19 @@ def test_placeholder_runs_that_do_not_split_into_tiles_are_refused():
     vtr.wrap(model, "divprune", budget=8)
     with pytest.raises(vtr.ReductionError, match="placeholder runs .* do not split into the 3 tiles"):
         model.generate(**inputs, max_new_tokens=2)
+
+
+def test_holitom_reduces_each_video_frame_as_an_image_and_cached_equals_uncached():
+    """InternVL's frames are images ("Frame1: <img>...</img>"): HoliTom runs on each frame alone."""
+    model, processor = testing.build("internvl")
+    inputs = make_inputs(processor, "internvl", "video", texts=["what ?", "describe this video please ?"],
+                         seeds=(0, 1))
+    greedy = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_scores=True,
+                  suppress_tokens=[model.config.image_token_id])
+    vtr.wrap(model, "holitom", budget=4)
+    cached = model.generate(**inputs, **greedy)
+    assert [[item.content_after for item in s.items] for s in vtr.stats(model).samples] == [[4] * 4] * 2
+    uncached = model.generate(**inputs, **greedy, use_cache=False)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for a, b in zip(cached.scores, uncached.scores):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
