@@ -90,6 +90,16 @@ def row_alone(inputs, i: int) -> dict:
     return out
 
 
+def eager_vision_attention(model, pixels, layer: int) -> torch.Tensor:
+    """(sequences, L, L) head-averaged eager attention of every vision-tower sequence at ``layer``."""
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model.model.vision_tower(pixels, output_attentions=True).attentions[layer].mean(1)
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
 @pytest.fixture
 def tiny():
     """Factory: ``tiny(name)`` -> fresh (model, processor) with seeded random weights."""

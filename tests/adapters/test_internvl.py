@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vtr
-from conftest import make_inputs
+from conftest import eager_vision_attention, make_inputs
 from vtr import testing
 from vtr.adapters import adapter_for
 from vtr.engine import _encode
@@ -16,16 +16,6 @@ from vtr.methods.base import AttentionRequest
 def _encoded(model, inputs, requests=None):
     adapter = adapter_for(model)
     return _encode(adapter, "image", inputs, inputs["input_ids"], inputs["attention_mask"], requests or {}, None)
-
-
-def _eager_attention(model, pixels, layer: int) -> torch.Tensor:
-    """(tiles, L, L) head-averaged eager attention of every tile at ``layer`` (class token first)."""
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            return model.model.vision_tower(pixels, output_attentions=True).attentions[layer].mean(1)
-    finally:
-        model.set_attn_implementation("sdpa")
 
 
 @pytest.mark.parametrize("size,arrangement", [((64, 32), (1, 2)), ((32, 64), (2, 1)), ((64, 64), (2, 2)),
@@ -61,7 +51,7 @@ def test_attention_of_an_llm_token_is_the_mean_over_its_2x2_patches(query):
     inputs = make_inputs(processor, "internvl", "two_images")
     layer = 1
     encoded = _encoded(model, inputs, {"a": AttentionRequest(layer, query)})
-    eager = _eager_attention(model, inputs["pixel_values"], layer)
+    eager = eager_vision_attention(model, inputs["pixel_values"], layer)
     per_patch = (eager[:, 0] if query == "cls" else eager.mean(1))[:, 1:]  # class token dropped: (tiles, 64)
     # patch (2i + a, 2j + b) of the 8x8 patch grid goes into LLM token (i, j) of the 4x4 grid
     expected = per_patch.view(-1, 4, 2, 4, 2).mean((2, 4)).flatten(1)  # (tiles, 16)

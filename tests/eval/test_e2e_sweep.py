@@ -105,15 +105,21 @@ def llava_scenario(out: Path, checkpoint: str) -> None:
     assert (out / "results.jsonl").read_text() == results
 
 
+def swept(command: list[str], out: Path, configs: list[tuple]) -> list[dict]:
+    """Run a sweep that must succeed with rows for ``configs`` (method, budget), FLOPs recorded."""
+    run = vtr_sweep(*command)
+    assert run.returncode == 0, run.stderr
+    rows = rows_of(out)
+    assert [(row["method"], row["budget"]) for row in rows] == configs
+    check_flops(rows)
+    return rows
+
+
 def qwen_scenario(out: Path, checkpoint: str) -> None:
     """Image + video tasks; deleting one line of results.jsonl re-runs that config only."""
     command = ["--model", "vtr_qwen2_5_vl", "--pretrained", checkpoint, "--methods", "none,divprune,pool", *GRID,
                "--tasks", "vtr_colors,vtr_video_colors", "--limit", "2", "--out", str(out), "--model-args", QWEN_ARGS]
-    first = vtr_sweep(*command)
-    assert first.returncode == 0, first.stderr
-    rows = rows_of(out)
-    assert [(row["method"], row["budget"]) for row in rows] == [("none", None), ("divprune", 8), ("pool", 8)]
-    check_flops(rows)
+    rows = swept(command, out, [("none", None), ("divprune", 8), ("pool", 8)])
     check_report(out, rows, ["vtr_colors exact_match", "vtr_video_colors exact_match"])
     for row in rows[1:]:  # one image or one video per sample: the budget is what each keeps
         kept = {entry["vtr"]["visual_kept"] for task in ("vtr_colors", "vtr_video_colors")
@@ -135,11 +141,7 @@ def internvl_scenario(out: Path, checkpoint: str) -> None:
     """lmms-eval's internvl_hf chat class (the only one): each image is reduced over all its tiles."""
     command = ["--model", "vtr_internvl_hf", "--pretrained", checkpoint, "--methods", "none,divprune", *GRID,
                "--tasks", "vtr_colors", "--limit", "2", "--out", str(out), "--model-args", INTERNVL_ARGS]
-    run = vtr_sweep(*command)
-    assert run.returncode == 0, run.stderr
-    rows = rows_of(out)
-    assert [(row["method"], row["budget"]) for row in rows] == [("none", None), ("divprune", 8)]
-    check_flops(rows)
+    rows = swept(command, out, [("none", None), ("divprune", 8)])
     check_report(out, rows, ["vtr_colors exact_match"])
     before = rows[0]["visual_tokens"]["before"]
     assert before % 16 == 0 and before > 16  # whole tiles of 16 tokens, several per image
