@@ -17,7 +17,10 @@ from vtr import testing
 # every supported family, and those that take video
 MODELS = ["llava", "llava_next", "llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl",
           "internvl"]
-VIDEO_MODELS = ["llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl"]
+VIDEO_MODELS = ["llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+# InternVL takes a video as frames in image placeholders, each frame an image item: the image path, so only
+# the exactness tests also run on its videos
+FRAME_VIDEO_CASES = [("internvl", "video")]
 # llava: one CLIP crop; AnyRes families: 40x32 gives base + 2 crops; qwen: native resolution (64x48 -> 8x6)
 # internvl: 64x32 gives 1x2 crops of 32 pixels + a thumbnail (3 tiles of 16 tokens)
 IMAGE_SIZE = {"llava": (32, 32), "llava_next": (40, 32), "llava_onevision": (40, 32), "llava_next_video": (40, 32),

@@ -1,4 +1,4 @@
-"""End-to-end exactness of the pre-LLM engine on tiny models of all seven families.
+"""End-to-end exactness of the pre-LLM engine on tiny models of every family.
 
 These are the invariants vtr promises; each test fails when its property breaks.
 """
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vtr
-from conftest import GREEDY, MODELS, VIDEO_MODELS, image_for, make_inputs
+from conftest import FRAME_VIDEO_CASES, GREEDY, MODELS, VIDEO_MODELS, image_for, make_inputs
 from vtr import testing
 from vtr.adapters import adapter_for
 from vtr.engine import reduce_inputs
@@ -19,9 +19,7 @@ METHODS = ["divprune", "random", "pool"]
 
 
 def _placeholder_count(model, ids: torch.Tensor, kind: str) -> torch.Tensor:
-    # InternVL has no video token: its frames are images
-    token = getattr(model.config, "video_token_id", None) if kind == "video" else None
-    token = model.config.image_token_id if token is None else token
+    token = model.config.video_token_id if kind == "video" else model.config.image_token_id
     return (ids == token).sum(1)
 
 
@@ -29,7 +27,7 @@ def _same_scores(a, b) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.scores, b.scores))
 
 
-@pytest.mark.parametrize("name,kind", CASES)
+@pytest.mark.parametrize("name,kind", CASES + FRAME_VIDEO_CASES)
 def test_keep_all_is_bit_identical_to_unwrapped(tiny, name, kind):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, kind)
@@ -75,17 +73,15 @@ def test_stats_report_the_budget_and_prompt_is_returned(tiny, name, kind, method
     vtr.wrap(model, method, budget=budget)
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     sample = vtr.stats(model).samples[0]
-    # one item per image or video; InternVL's video frames are images, one item each
-    assert len(sample.items) == (4 if name == "internvl" and kind == "video" else 1)
-    assert sum(item.before for item in sample.items) == n_visual
-    for item in sample.items:
-        expected = vtr.Budget(budget).tokens_for(item.content_before)  # newlines are not counted by budgets
-        if method == "pool":  # largest pooled grid(s) that fit: at most the budget, never more
-            assert 1 <= item.content_after <= expected
-        else:
-            assert item.content_after == expected
-        assert item.structural_after <= item.structural_before
-    assert sample.prompt_before - sample.prompt_after == sum(item.before - item.after for item in sample.items)
+    (item,) = sample.items
+    assert item.before == n_visual
+    expected = vtr.Budget(budget).tokens_for(item.content_before)  # newlines are not counted by budgets
+    if method == "pool":  # largest pooled grid(s) that fit: at most the budget, never more
+        assert 1 <= item.content_after <= expected
+    else:
+        assert item.content_after == expected
+    assert item.structural_after <= item.structural_before
+    assert sample.prompt_before - sample.prompt_after == item.before - item.after
     prompt_len = inputs["input_ids"].shape[1]
     assert torch.equal(out[:, :prompt_len], inputs["input_ids"])
     assert out.shape[1] == prompt_len + 4
@@ -127,7 +123,7 @@ def test_cached_generate_equals_uncached_recompute(tiny, name, kind, positions, 
     assert torch.equal(uncached.sequences, got.sequences)
 
 
-@pytest.mark.parametrize("name,kind", CASES)
+@pytest.mark.parametrize("name,kind", CASES + FRAME_VIDEO_CASES)
 @pytest.mark.parametrize("method", METHODS)
 def test_left_padded_batch_equals_rows_alone(tiny, name, kind, method):
     model, processor = tiny(name)
@@ -161,7 +157,7 @@ def _masked_reference_logits(model, inputs, kept_index, positions, compact):
     return logits, keep
 
 
-@pytest.mark.parametrize("name,kind", CASES)
+@pytest.mark.parametrize("name,kind", CASES + FRAME_VIDEO_CASES)
 @pytest.mark.parametrize("positions", ["original", "compact"])
 @pytest.mark.parametrize("method", ["divprune", "random"])
 def test_pruning_equals_masking_dropped_keys(tiny, name, kind, positions, method):

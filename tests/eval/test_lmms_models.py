@@ -53,7 +53,8 @@ def test_internvl_chat_generation_runs_reduced_per_image_over_its_tiles(checkpoi
     image = testing.random_image(64, 32)
 
     def doc_to_messages(doc):
-        return [{"role": "user", "content": [{"type": "image", "url": image}, {"type": "text", "text": doc["question"]}]}]
+        content = [{"type": "image", "url": image}, {"type": "text", "text": doc["question"]}]
+        return [{"role": "user", "content": content}]
 
     [result] = model.generate_until([request(("", doc_to_messages, {"max_new_tokens": 3}, 0, "t", "test"))])
     record = result.token_counts.to_dict()["vtr"]

@@ -150,7 +150,8 @@ class InternVLAdapter(Adapter):
             hidden = args[0] if args else kwargs["hidden_states"]
             with torch.no_grad():
                 attention = internvit_attention(self.vision_attention_module(request.layer), hidden, request.query)
-            values = torch.cat([torch.stack(attention.scores).unsqueeze(-1), torch.stack(attention.keys)], -1)[:, 1:]  # no class token
+            scores, keys = torch.stack(attention.scores), torch.stack(attention.keys)
+            values = torch.cat([scores.unsqueeze(-1), keys], -1)[:, 1:]  # without the class token
             tiles, patches, channels = values.shape
             side = math.isqrt(patches)
             shuffled = self.model.model.pixel_shuffle(values.reshape(tiles, side, side, channels),
