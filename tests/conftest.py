@@ -15,10 +15,16 @@ import torch
 from vtr import testing
 
 # every supported family, and those that take video
-MODELS = ["llava", "llava_next", "llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+MODELS = ["llava", "llava_next", "llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl",
+          "internvl"]
 VIDEO_MODELS = ["llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+# InternVL takes a video as frames in image placeholders, each frame an image item: the image path, so only
+# the exactness tests also run on its videos
+FRAME_VIDEO_CASES = [("internvl", "video")]
 # llava: one CLIP crop; AnyRes families: 40x32 gives base + 2 crops; qwen: native resolution (64x48 -> 8x6)
-IMAGE_SIZE = {"llava": (32, 32), "llava_next": (40, 32), "llava_onevision": (40, 32), "llava_next_video": (40, 32)}
+# internvl: 64x32 gives 1x2 crops of 32 pixels + a thumbnail (3 tiles of 16 tokens)
+IMAGE_SIZE = {"llava": (32, 32), "llava_next": (40, 32), "llava_onevision": (40, 32), "llava_next_video": (40, 32),
+              "internvl": (64, 32)}
 GREEDY = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True)
 
 
@@ -75,11 +81,26 @@ def row_alone(inputs, i: int) -> dict:
         sizes = inputs["image_grid_thw"].prod(-1).tolist()
         out["pixel_values"] = inputs["pixel_values"].split(sizes)[i]
         out["image_grid_thw"] = inputs["image_grid_thw"][i:i + 1]
+    elif inputs["pixel_values"].dim() == 4 and "image_sizes" not in inputs and inputs["pixel_values"].shape[0] > len(
+            inputs["input_ids"]):  # InternVL: every row's tiles, in row order; a row's share of the placeholders
+        placeholders = (inputs["input_ids"] == testing.internvl_tokenizer().context_image_token_id).sum(1)
+        tiles = (placeholders * inputs["pixel_values"].shape[0] // placeholders.sum()).tolist()
+        out["pixel_values"] = inputs["pixel_values"].split(tiles)[i]
     else:
         out["pixel_values"] = inputs["pixel_values"][i:i + 1]
         if "image_sizes" in inputs:
             out["image_sizes"] = inputs["image_sizes"][i:i + 1]
     return out
+
+
+def eager_vision_attention(model, pixels, layer: int) -> torch.Tensor:
+    """(sequences, L, L) head-averaged eager attention of every vision-tower sequence at ``layer``."""
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model.model.vision_tower(pixels, output_attentions=True).attentions[layer].mean(1)
+    finally:
+        model.set_attn_implementation("sdpa")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""End-to-end exactness of the pre-LLM engine on tiny models of all seven families.
+"""End-to-end exactness of the pre-LLM engine on tiny models of every family.
 
 These are the invariants vtr promises; each test fails when its property breaks.
 """
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vtr
-from conftest import GREEDY, MODELS, VIDEO_MODELS, image_for, make_inputs
+from conftest import FRAME_VIDEO_CASES, GREEDY, MODELS, VIDEO_MODELS, image_for, make_inputs
 from vtr import testing
 from vtr.adapters import adapter_for
 from vtr.engine import reduce_inputs
@@ -27,7 +27,7 @@ def _same_scores(a, b) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.scores, b.scores))
 
 
-@pytest.mark.parametrize("name,kind", CASES)
+@pytest.mark.parametrize("name,kind", CASES + FRAME_VIDEO_CASES)
 def test_keep_all_is_bit_identical_to_unwrapped(tiny, name, kind):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, kind)
@@ -123,7 +123,7 @@ def test_cached_generate_equals_uncached_recompute(tiny, name, kind, positions, 
     assert torch.equal(uncached.sequences, got.sequences)
 
 
-@pytest.mark.parametrize("name,kind", CASES)
+@pytest.mark.parametrize("name,kind", CASES + FRAME_VIDEO_CASES)
 @pytest.mark.parametrize("method", METHODS)
 def test_left_padded_batch_equals_rows_alone(tiny, name, kind, method):
     model, processor = tiny(name)
@@ -157,7 +157,7 @@ def _masked_reference_logits(model, inputs, kept_index, positions, compact):
     return logits, keep
 
 
-@pytest.mark.parametrize("name,kind", CASES)
+@pytest.mark.parametrize("name,kind", CASES + FRAME_VIDEO_CASES)
 @pytest.mark.parametrize("positions", ["original", "compact"])
 @pytest.mark.parametrize("method", ["divprune", "random"])
 def test_pruning_equals_masking_dropped_keys(tiny, name, kind, positions, method):

@@ -48,8 +48,9 @@ class Segment:
 class ItemLayout:
     """Where the content and structural tokens of one item sit among its placeholder slots.
 
-    ``content``: slot of each content token (ascending). ``structural``: slot of each structural token.
-    ``closes``: for each structural token, the ``[start, stop)`` range of content indices (the row) it
+    ``content``: slot of each content token, in the order methods see them (ascending, except InternVL's
+    thumbnail-first order; the engine puts every kept token back into its own slot). ``structural``: slot
+    of each structural token. ``closes``: for each structural token, the ``[start, stop)`` range of content indices (the row) it
     closes. ``segments`` tile the content index space.
     """
 

@@ -245,6 +245,64 @@ def build_qwen3_vl(seed: int = 0):
     return _build_qwen(Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, seed, vision, text)
 
 
+# ---------------------------------------------------------------- InternVL (InternViT + pixel shuffle + Qwen2/Qwen3)
+INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                   "video_token": "<video>"}
+INTERNVL_TILE, INTERNVL_PATCH = 32, 4  # 8x8 patches per tile, 4x4 LLM tokens after the 2x2 pixel shuffle
+CHAT_TEMPLATE_INTERNVL = CHAT_TEMPLATE_QWEN.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n") \
+    .replace("<|vision_start|><|video_pad|><|vision_end|>", "<video>\n")
+
+
+@functools.lru_cache(maxsize=1)
+def internvl_tokenizer() -> PreTrainedTokenizerFast:
+    """``tokenizer()`` plus InternVL's image tokens, registered under the attribute names its processor reads."""
+    vocab = dict(tokenizer().get_vocab())
+    new = [t for t in INTERNVL_TOKENS.values() if t not in vocab]
+    vocab.update({t: max(vocab.values()) + 1 + i for i, t in enumerate(new)})
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    backend.add_special_tokens(SPECIAL_TOKENS + new)  # extra_special_tokens replaces additional_special_tokens
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="[PAD]",
+                                  unk_token="[UNK]", extra_special_tokens=INTERNVL_TOKENS)
+    tok.padding_side = "left"
+    return tok
+
+
+def internvl_processor(max_tiles: int = 4):
+    """InternVL's processor at a 32-pixel tile: dynamic tiling up to ``max_tiles`` crops plus a thumbnail."""
+    from transformers import GotOcr2ImageProcessorPil, InternVLProcessor
+    tile = {"height": INTERNVL_TILE, "width": INTERNVL_TILE}
+    image_processor = GotOcr2ImageProcessorPil(size=tile, crop_to_patches=True, min_patches=1, max_patches=max_tiles)
+    video_processor = make_video_processor("InternVLVideoProcessor", size=tile)
+    tokens = (INTERNVL_TILE // INTERNVL_PATCH // 2) ** 2
+    return InternVLProcessor(image_processor=image_processor, tokenizer=internvl_tokenizer(),
+                             video_processor=video_processor, image_seq_length=tokens,
+                             chat_template=CHAT_TEMPLATE_INTERNVL)
+
+
+def _build_internvl(seed: int, text: dict):
+    from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig
+    torch.manual_seed(seed)
+    vision = InternVLVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                                  image_size=INTERNVL_TILE, patch_size=INTERNVL_PATCH, use_qk_norm=True)
+    tok = internvl_tokenizer()
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tok.context_image_token_id,
+                            image_seq_length=(INTERNVL_TILE // INTERNVL_PATCH // 2) ** 2, downsample_ratio=0.5,
+                            vision_feature_layer=-1, vision_feature_select_strategy="default", **special_ids())
+    return _finish(InternVLForConditionalGeneration(config)), internvl_processor()
+
+
+def build_internvl(seed: int = 0):
+    """InternVL3-style: InternViT (qk-norm, class token) and a Qwen2 text model."""
+    return _build_internvl(seed, _text_config(model_type="qwen2"))
+
+
+def build_internvl_qwen3(seed: int = 0):
+    """InternVL3.5-style: the same InternViT and a Qwen3 text model (q/k norm, explicit head_dim)."""
+    return _build_internvl(seed, _text_config(model_type="qwen3", head_dim=16))
+
+
 BUILDERS: dict[str, Callable] = {
     "llava": build_llava,
     "llava_next": build_llava_next,
@@ -253,6 +311,8 @@ BUILDERS: dict[str, Callable] = {
     "qwen2_vl": build_qwen2_vl,
     "qwen2_5_vl": build_qwen2_5_vl,
     "qwen3_vl": build_qwen3_vl,
+    "internvl": build_internvl,
+    "internvl_qwen3": build_internvl_qwen3,
 }
 
 

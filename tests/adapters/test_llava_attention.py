@@ -5,21 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_inputs
+from conftest import eager_vision_attention, make_inputs
 from vtr import testing
 from vtr.adapters import adapter_for
 from vtr.engine import _encode
 from vtr.methods.base import AttentionRequest
-
-
-def _eager_attention(model, pixels, layer: int) -> torch.Tensor:
-    """(sequences, L, L) head-averaged eager attention of every base/crop sequence at ``layer``."""
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            return model.model.vision_tower(pixels, output_attentions=True).attentions[layer].mean(1)
-    finally:
-        model.set_attn_implementation("sdpa")
 
 
 def _encoded(model, inputs, requests):
@@ -36,7 +26,7 @@ def test_packed_attention_is_the_encoder_attention_of_the_token_each_feature_cam
     layer = 1
     encoded = _encoded(model, inputs, {"a": AttentionRequest(layer, query)})
     pixels = torch.cat([p[:n] for p, n in zip(inputs["pixel_values"], [3, 3])])  # base + 2 crops per image
-    eager = _eager_attention(model, pixels, layer)
+    eager = eager_vision_attention(model, pixels, layer)
     drop = 1 if model.config.vision_feature_select_strategy == "default" else 0
     expected = (eager[:, 0] if query == "cls" else eager.mean(1))[:, drop:]  # (sequences, tokens)
     with torch.no_grad():  # every encoder token's own projected feature identifies where it was packed

@@ -18,6 +18,7 @@ GRID = ["--budgets", "8"]  # one budget: the report's ordering of several is tes
 HAS_FLOPS = importlib.util.find_spec("vtr.measure.flops") is not None
 LLAVA_ARGS = "device=cpu,device_map=cpu,dtype=float32"
 QWEN_ARGS = "device=cpu,device_map=cpu,min_pixels=1024,max_pixels=4096,max_num_frames=4"
+INTERNVL_ARGS = "device=cpu,device_map=cpu,dtype=float32,max_patches=4"
 
 
 def vtr_sweep(*argv: str) -> subprocess.CompletedProcess:
@@ -104,15 +105,21 @@ def llava_scenario(out: Path, checkpoint: str) -> None:
     assert (out / "results.jsonl").read_text() == results
 
 
+def swept(command: list[str], out: Path, configs: list[tuple]) -> list[dict]:
+    """Run a sweep that must succeed with rows for ``configs`` (method, budget), FLOPs recorded."""
+    run = vtr_sweep(*command)
+    assert run.returncode == 0, run.stderr
+    rows = rows_of(out)
+    assert [(row["method"], row["budget"]) for row in rows] == configs
+    check_flops(rows)
+    return rows
+
+
 def qwen_scenario(out: Path, checkpoint: str) -> None:
     """Image + video tasks; deleting one line of results.jsonl re-runs that config only."""
     command = ["--model", "vtr_qwen2_5_vl", "--pretrained", checkpoint, "--methods", "none,divprune,pool", *GRID,
                "--tasks", "vtr_colors,vtr_video_colors", "--limit", "2", "--out", str(out), "--model-args", QWEN_ARGS]
-    first = vtr_sweep(*command)
-    assert first.returncode == 0, first.stderr
-    rows = rows_of(out)
-    assert [(row["method"], row["budget"]) for row in rows] == [("none", None), ("divprune", 8), ("pool", 8)]
-    check_flops(rows)
+    rows = swept(command, out, [("none", None), ("divprune", 8), ("pool", 8)])
     check_report(out, rows, ["vtr_colors exact_match", "vtr_video_colors exact_match"])
     for row in rows[1:]:  # one image or one video per sample: the budget is what each keeps
         kept = {entry["vtr"]["visual_kept"] for task in ("vtr_colors", "vtr_video_colors")
@@ -130,8 +137,20 @@ def qwen_scenario(out: Path, checkpoint: str) -> None:
     assert after[:2] == [rows[0], rows[2]] and (after[2]["method"], after[2]["budget"]) == ("divprune", 8)
 
 
-def test_sweeps_end_to_end_on_tiny_llava_and_qwen(tmp_path, checkpoint):
-    scenarios = {llava_scenario: checkpoint("llava"), qwen_scenario: checkpoint("qwen2_5_vl")}
+def internvl_scenario(out: Path, checkpoint: str) -> None:
+    """lmms-eval's internvl_hf chat class (the only one): each image is reduced over all its tiles."""
+    command = ["--model", "vtr_internvl_hf", "--pretrained", checkpoint, "--methods", "none,divprune", *GRID,
+               "--tasks", "vtr_colors", "--limit", "2", "--out", str(out), "--model-args", INTERNVL_ARGS]
+    rows = swept(command, out, [("none", None), ("divprune", 8)])
+    check_report(out, rows, ["vtr_colors exact_match"])
+    before = rows[0]["visual_tokens"]["before"]
+    assert before % 16 == 0 and before > 16  # whole tiles of 16 tokens, several per image
+    assert rows[1]["visual_tokens"] == {"before": before, "llm_input": 8, "kept": 8}
+
+
+def test_sweeps_end_to_end_on_tiny_llava_qwen_and_internvl(tmp_path, checkpoint):
+    scenarios = {llava_scenario: checkpoint("llava"), qwen_scenario: checkpoint("qwen2_5_vl"),
+                 internvl_scenario: checkpoint("internvl")}
     with ThreadPoolExecutor(len(scenarios)) as pool:
         futures = [pool.submit(scenario, tmp_path / scenario.__name__, path) for scenario, path in scenarios.items()]
     for future in futures:

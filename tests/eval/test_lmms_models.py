@@ -41,9 +41,24 @@ def loaded(cls, checkpoint: str, **method) -> Reduced:
 
 @pytest.mark.parametrize("model_id", sorted(CLASS_PATHS))
 def test_every_model_id_resolves_through_the_entry_point(model_id):
+    simple_path, chat_path = CLASS_PATHS[model_id]
     simple, chat = get_model(model_id, force_simple=True), get_model(model_id)
-    assert issubclass(simple, Reduced) and simple.is_simple
-    assert issubclass(chat, Reduced) and chat.is_simple == (CLASS_PATHS[model_id][1] is None)
+    assert issubclass(simple, Reduced) and simple.is_simple == (simple_path is not None)  # else: the chat class
+    assert issubclass(chat, Reduced) and chat.is_simple == (chat_path is None)
+
+
+def test_internvl_chat_generation_runs_reduced_per_image_over_its_tiles(checkpoint):
+    """lmms-eval's internvl_hf class tiles a 64x32 image into 2 crops and a thumbnail (48 tokens)."""
+    model = loaded(get_model("vtr_internvl_hf"), checkpoint("internvl"), method="divprune", budget=6)
+    image = testing.random_image(64, 32)
+
+    def doc_to_messages(doc):
+        content = [{"type": "image", "url": image}, {"type": "text", "text": doc["question"]}]
+        return [{"role": "user", "content": content}]
+
+    [result] = model.generate_until([request(("", doc_to_messages, {"max_new_tokens": 3}, 0, "t", "test"))])
+    record = result.token_counts.to_dict()["vtr"]
+    assert (record["visual_before"], record["visual_after"]) == (48, 6) and 1 <= record["new_tokens"] <= 3
 
 
 def test_ppe_options_reach_the_wrapped_model(checkpoint):
@@ -71,7 +86,8 @@ def test_chat_generation_runs_reduced_and_carries_its_record_into_the_results_js
 
 
 FAMILIES = {"vtr_llava_hf": ("llava", "bfloat16"), "vtr_qwen2_vl": ("qwen2_vl", "float32"),
-            "vtr_qwen2_5_vl": ("qwen2_5_vl", "float32"), "vtr_qwen3_vl": ("qwen3_vl", "float32")}
+            "vtr_qwen2_5_vl": ("qwen2_5_vl", "float32"), "vtr_qwen3_vl": ("qwen3_vl", "float32"),
+            "vtr_internvl_hf": ("internvl", "float32")}
 
 
 @pytest.mark.parametrize("model_id", sorted(FAMILIES))

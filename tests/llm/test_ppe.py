@@ -120,7 +120,7 @@ def test_sequence_dependent_rope_types_are_refused():
 # ---------------------------------------------------------------------------------------------- identity
 
 
-@pytest.mark.parametrize("name", FAMILIES + ["qwen2_vl", "llava_onevision"])
+@pytest.mark.parametrize("name", FAMILIES + ["qwen2_vl", "llava_onevision", "internvl"])
 def test_keep_all_with_ppe_is_bit_identical_to_unwrapped(tiny, name, monkeypatch):
     """Every token is its own single member: all its chunks hold its position, through the PPE path."""
     model, processor = tiny(name)
@@ -220,7 +220,7 @@ def _cached_equals_uncached(model, inputs, greedy):
 
 @pytest.mark.parametrize("name,method", [("llava", "pool"), ("llava", "visionzip"), ("llava", "tome"),
                                          ("qwen2_5_vl", "pool"), ("qwen2_5_vl", "visionzip"),
-                                         ("qwen3_vl", "visionzip"), ("llava_next", "pool")])
+                                         ("qwen3_vl", "visionzip"), ("llava_next", "pool"), ("internvl", "pool")])
 def test_cached_generate_equals_uncached_recompute_with_ppe(tiny, name, method):
     model, inputs, greedy = _wrapped(tiny, name, method, **MERGES[method])
     cached = _cached_equals_uncached(model, inputs, greedy)
@@ -243,7 +243,7 @@ def test_beam_search_repeats_the_chunk_positions_of_each_row(tiny):
     assert torch.equal(cached, model.generate(**inputs, **beams, use_cache=False))
 
 
-@pytest.mark.parametrize("name,method", [("llava", "visionzip"), ("qwen2_5_vl", "pool")])
+@pytest.mark.parametrize("name,method", [("llava", "visionzip"), ("qwen2_5_vl", "pool"), ("internvl", "visionzip")])
 def test_padded_batch_with_ppe_equals_rows_alone(tiny, name, method):
     model, inputs, greedy = _wrapped(tiny, name, method, **MERGES[method])
     batch = model.generate(**inputs, **greedy)

@@ -82,7 +82,8 @@ def test_forward_prefill_matches_flop_counter(tiny, name, kind):
             vtr.unwrap(model)
 
 
-@pytest.mark.parametrize("name", ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("name", ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl",
+                                  "internvl"])
 @pytest.mark.parametrize("method", ["hiprune", "visionzip"])
 def test_vision_attention_methods_match_flop_counter(tiny, name, method):
     """The attention capture runs vision-tower projections, so only totals compare component-free."""
@@ -189,7 +190,8 @@ def test_vision_merging_of_anyres_crops_matches_flop_counter(tiny, name, config)
 
 @pytest.mark.parametrize("name, kind, allocation", [("llava_onevision", "image", "per_segment"),
                                                     ("qwen2_vl", "video", "per_frame"),
-                                                    ("llava_next", "image", "thumbnail")])
+                                                    ("llava_next", "image", "thumbnail"),
+                                                    ("internvl", "image", "thumbnail")])
 def test_divprune_allocations_match_flop_counter(tiny, name, kind, allocation):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, kind)
@@ -216,6 +218,7 @@ def test_generate_and_decode_step_match_flop_counter(tiny, name, config):
 @pytest.mark.parametrize("name, sizes, wrap", [
     ("qwen2_5_vl", [(72, 40), (40, 88)], dict(method="divprune", budget=0.3)),  # partial attention windows
     ("llava_next", [(32, 32), (40, 32)], dict(method="fastv", budget=0.5, layer=2)),  # 2 and 3 crops, padded
+    ("internvl", [(32, 32), (64, 64)], dict(method="divprune", budget=0.3)),  # 1 and 5 tiles
 ])
 def test_padded_batch_of_mixed_sizes_costs_each_row_alone(tiny, name, sizes, wrap):
     model, processor = tiny(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -89,13 +90,18 @@ def _expected_crop_shares(model, inputs, budget):
     adapter = adapter_for(model)
     info = adapter.vision_info()
     encoded = _encode(adapter, "image", inputs, inputs["input_ids"], inputs["attention_mask"], {}, None)
+    internvl = model.config.model_type == "internvl"  # tiles: crops then the thumbnail; one image here
     model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
-            attentions = model.model.vision_tower(inputs["pixel_values"][0], output_attentions=True).attentions
+            pixels = inputs["pixel_values"][-1:] if internvl else inputs["pixel_values"][0]
+            attentions = model.model.vision_tower(pixels, output_attentions=True).attentions
     finally:
         model.set_attn_implementation("sdpa")
     base_scores = attentions[info.feature_layer][0].mean(0)[0, 1:]  # base image, heads, CLS row, patches
+    if internvl:  # an LLM token is a 2x2 block of patches: its score is their mean
+        side = math.isqrt(base_scores.numel()) // 2
+        base_scores = base_scores.view(side, 2, side, 2).mean((1, 3)).flatten()
     base, crops = encoded.layouts[0].segments
     (_, h, w), (_, rows, width) = base.grid, crops.grid
     masses = [0.0] * len(crops.crops)
@@ -109,12 +115,13 @@ def _expected_crop_shares(model, inputs, budget):
     return [base_share] + split_by_weight(crops_share, sizes, masses)
 
 
-@pytest.mark.parametrize("method", ["divprune", "random"])
-def test_thumbnail_allocation_end_to_end_on_llava_next(tiny, method):
-    model, processor = tiny("llava_next")
+@pytest.mark.parametrize("name,method", [("llava_next", "divprune"), ("llava_next", "random"),
+                                         ("internvl", "divprune")])
+def test_thumbnail_allocation_end_to_end(tiny, name, method):
+    model, processor = tiny(name)
     texts = ["what ?", "describe this picture please , what is in it ?"]
-    inputs = make_inputs(processor, "llava_next", texts=texts, seeds=(0, 1))
-    expected = _expected_crop_shares(model, make_inputs(processor, "llava_next"), 14)
+    inputs = make_inputs(processor, name, texts=texts, seeds=(0, 1))
+    expected = _expected_crop_shares(model, make_inputs(processor, name), 14)
     greedy = greedy_without_placeholders(model)
     vtr.wrap(model, method, budget=14, allocation="thumbnail")
     cached = model.generate(**inputs, **greedy)
@@ -125,7 +132,7 @@ def test_thumbnail_allocation_end_to_end_on_llava_next(tiny, method):
     assert torch.equal(cached.sequences, uncached.sequences)
     n_new = greedy["max_new_tokens"]
     for row, (text, seed) in enumerate(zip(texts, (0, 1))):
-        alone = model.generate(**make_inputs(processor, "llava_next", texts=[text], seeds=(seed,)), **greedy)
+        alone = model.generate(**make_inputs(processor, name, texts=[text], seeds=(seed,)), **greedy)
         assert torch.equal(alone.sequences[0, -n_new:], cached.sequences[row, -n_new:])
 
 

@@ -9,6 +9,7 @@ import torch
 
 import vtr
 from conftest import GREEDY, greedy_without_placeholders, make_inputs
+from vtr.adapters import adapter_for
 from vtr.layout import Segment
 from vtr.methods import HiPrune, VisionZip, VisualItem
 from vtr.methods.base import VisionInfo
@@ -120,7 +121,7 @@ def test_visionzip_cls_slot_false_spends_the_whole_budget_on_patches():
         VisionZip(budget=16, merge="sum")
 
 
-ATTENTION_MODELS = ["llava", "llava_next", "llava_onevision", "llava_next_video", "qwen2_5_vl"]
+ATTENTION_MODELS = ["llava", "llava_next", "llava_onevision", "llava_next_video", "qwen2_5_vl", "internvl"]
 TEXTS = ["what ?", "describe this picture please , what is in it ?"]
 
 
@@ -133,8 +134,8 @@ def test_attention_methods_end_to_end_batched_and_cached(tiny, name, method):
     greedy = greedy_without_placeholders(model)
     vtr.wrap(model, method, budget=12)
     cached = model.generate(**inputs, **greedy)
-    clip = method == "visionzip" and model.config.vision_config.model_type == "clip_vision_model"
-    expected = 11 if clip else 12  # visionzip's reference spends a dominant slot on CLS, which HF LLaVA drops
+    with_cls = method == "visionzip" and adapter_for(model).vision_info().has_cls  # CLIP, InternViT
+    expected = 11 if with_cls else 12  # visionzip's reference spends a dominant slot on CLS, which HF models drop
     assert [item.content_after for s in vtr.stats(model).samples for item in s.items] == [expected, expected]
     uncached = model.generate(**inputs, **greedy, use_cache=False)
     assert torch.equal(cached.sequences, uncached.sequences)

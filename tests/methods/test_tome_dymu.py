@@ -145,3 +145,12 @@ def test_the_qwen_family_says_why_it_cannot_merge(tiny, name):
     with pytest.raises(vtr.ReductionError, match=f"CLIP/SigLIP towers .* not on {name}: the Qwen ViT's patch merger"):
         vtr.wrap(model, "tome", budget=16)
     assert not vtr.is_wrapped(model)
+
+
+@pytest.mark.parametrize("method", ["tome", "dymu"])
+def test_internvl_says_why_it_cannot_merge(tiny, method):
+    model, _ = tiny("internvl")
+    options = dict(thresholds=THRESHOLDS) if method == "dymu" else dict(budget=16)
+    with pytest.raises(vtr.ReductionError, match="not run on internvl: its pixel shuffle concatenates"):
+        vtr.wrap(model, method, **options)
+    assert not vtr.is_wrapped(model)

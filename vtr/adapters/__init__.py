@@ -10,6 +10,8 @@ from transformers import PreTrainedConfig
 
 from vtr.adapters.base import Adapter
 from vtr.adapters.costs import FamilyCosts
+from vtr.adapters.internvl import InternVLAdapter
+from vtr.adapters.internvl_costs import InternVLCosts
 from vtr.adapters.llava import LlavaAdapter, LlavaNextAdapter
 from vtr.adapters.llava_costs import LlavaCosts, LlavaNextCosts, LlavaNextVideoCosts, LlavaOneVisionCosts
 from vtr.adapters.qwen_vl import QwenVLAdapter
@@ -17,12 +19,14 @@ from vtr.adapters.qwen_vl_costs import Qwen2VLCosts, Qwen25VLCosts, QwenVLCosts
 from vtr.errors import UnsupportedModelError
 
 ADAPTERS: dict[str, type[Adapter]] = {
-    model_type: cls for cls in (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter) for model_type in cls.model_types
+    model_type: cls
+    for cls in (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, InternVLAdapter)
+    for model_type in cls.model_types
 }
 COSTS: dict[str, type[FamilyCosts]] = {
     model_type: cls
     for cls in (LlavaCosts, LlavaNextCosts, LlavaOneVisionCosts, LlavaNextVideoCosts, Qwen2VLCosts, Qwen25VLCosts,
-                QwenVLCosts)
+                QwenVLCosts, InternVLCosts)
     for model_type in cls.model_types
 }
 
@@ -48,8 +52,11 @@ def support_matrix() -> list[dict[str, str]]:
         model_modalities = getattr(transformers, class_name).input_modalities
         modalities = set(model_modalities) & set(ADAPTERS[model_type].modalities_handled)
         image = "yes" if "image" in modalities else "-"
+        video = "yes" if "video" in modalities else "-"
+        if video == "-" and "video" in model_modalities and ADAPTERS[model_type].video_frames_as_images:
+            video = "frames"  # the processor turns a video into frames the model takes as images
         rows.append({"model_type": model_type, "class": class_name, "image": image, "multi-image": image,
-                     "video": "yes" if "video" in modalities else "-", "adapter": ADAPTERS[model_type].__name__})
+                     "video": video, "adapter": ADAPTERS[model_type].__name__})
     return rows
 
 

@@ -33,6 +33,8 @@ class Adapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     modalities_handled: ClassVar[tuple[str, ...]] = MODALITIES  # what the adapter knows how to lay out
     rope_rows: ClassVar[int] = 1  # position rows the text model's rotary embedding reads (1-D RoPE)
+    # the model's videos reach it as frames in image placeholders (InternVL): each frame is reduced as an image
+    video_frames_as_images: ClassVar[bool] = False
     # (width, height) of the small noise image `vtr demo` / `bench` / `flops` feed a model: a square the
     # LLaVA processors resize to their tower's; native-resolution families override it
     demo_image_size: ClassVar[tuple[int, int]] = (32, 32)

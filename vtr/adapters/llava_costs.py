@@ -57,12 +57,16 @@ class LlavaCosts(FamilyCosts):
         """Tokens of one encoder sequence (CLIP adds a class token)."""
         return item.height * item.width + llava_protected(self.config)
 
+    def patch_area(self) -> int:
+        """Pixels per patch (the patch embedding's kernel)."""
+        return self.config.vision_config.patch_size ** 2
+
     def vision_flops(self, item: VisualInput) -> float:
         """Patch embedding, encoder layers and SigLIP's pooling head, per frame."""
         vc = self.config.vision_config
         d = vc.hidden_size
         per_layer = item.encoder_tokens or (self.tokens_per_frame(item),) * vc.num_hidden_layers
-        embed = linear(item.patches, vc.num_channels * vc.patch_size ** 2, d)
+        embed = linear(item.patches, vc.num_channels * self.patch_area(), d)
         layers = sum(block(n, d, d, d, 2 * scores(1, d, n, n), vc.intermediate_size, 2) for n in per_layer)
         seq, head = per_layer[-1], 0.0
         if item.encoder_tokens and llava_merge_target_shape(self.config)[0] == vc.num_hidden_layers:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 _PACKAGE = "vtr.eval.models"
 
-# model id -> (simple class path, chat class path or None where lmms-eval has no chat variant)
-CLASS_PATHS: dict[str, tuple[str, str | None]] = {
+# model id -> (simple class path, chat class path), None where lmms-eval has no such variant
+CLASS_PATHS: dict[str, tuple[str | None, str | None]] = {
     "vtr_llava_hf": (f"{_PACKAGE}.llava_hf.VtrLlavaHf", f"{_PACKAGE}.llava_hf.VtrLlavaHfChat"),
     "vtr_qwen2_vl": (f"{_PACKAGE}.qwen2_vl.VtrQwen2VL", None),
     "vtr_qwen2_5_vl": (f"{_PACKAGE}.qwen2_5_vl.VtrQwen2_5_VL", f"{_PACKAGE}.qwen2_5_vl.VtrQwen2_5_VLChat"),
     "vtr_qwen3_vl": (f"{_PACKAGE}.qwen3_vl.VtrQwen3VL", f"{_PACKAGE}.qwen3_vl.VtrQwen3VLChat"),
+    "vtr_internvl_hf": (None, f"{_PACKAGE}.internvl_hf.VtrInternVLHfChat"),
 }
 MODEL_IDS: tuple[str, ...] = tuple(CLASS_PATHS)
 

@@ -134,6 +134,30 @@ def _qwen3_vl_8b():
     return config, _qwen_processor(Qwen3VLProcessor, 16)
 
 
+# InternViT-300M-448px-V2.5 (qkv bias, no q/k norm, layer scale) and Qwen3-8B, as OpenGVLab/InternVL3_5-8B-HF
+INTERNVIT_300M = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                      image_size=448, patch_size=14, attention_bias=True, use_qk_norm=False, norm_type="layer_norm",
+                      layer_scale_init_value=0.1, use_mean_pooling=True)
+QWEN3_8B = dict(model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                max_position_embeddings=40960, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                tie_word_embeddings=False)
+
+
+def _internvl3_5_8b():
+    from transformers import GotOcr2ImageProcessorPil, InternVLConfig, InternVLProcessor, InternVLVisionConfig
+    tokenizer = testing.internvl_tokenizer()
+    config = InternVLConfig(vision_config=InternVLVisionConfig(**INTERNVIT_300M), text_config=QWEN3_8B,
+                            image_token_id=tokenizer.context_image_token_id, image_seq_length=256,
+                            downsample_ratio=0.5, vision_feature_layer=-1, vision_feature_select_strategy="default",
+                            tie_word_embeddings=False, **testing.special_ids())
+    tile = {"height": 448, "width": 448}
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessorPil(size=tile, crop_to_patches=True, min_patches=1, max_patches=12),
+        video_processor=testing.make_video_processor("InternVLVideoProcessor", size=tile), tokenizer=tokenizer,
+        image_seq_length=256, chat_template=testing.CHAT_TEMPLATE_INTERNVL)
+    return config, processor
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", _llava_15_7b, "image"),
     Preset("llava-next-7b", "llava-hf/llava-v1.6-vicuna-7b-hf", _llava_next_7b, "image", image_size=(672, 672)),
@@ -141,6 +165,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            image_size=(384, 384), frames=32),
     Preset("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", _qwen2_5_vl_7b, "image", image_size=(448, 448)),
     Preset("qwen3-vl-8b", "Qwen/Qwen3-VL-8B-Instruct", _qwen3_vl_8b, "image", image_size=(448, 448)),
+    Preset("internvl3.5-8b", "OpenGVLab/InternVL3_5-8B-HF", _internvl3_5_8b, "image", image_size=(896, 896)),
 )}
 
 

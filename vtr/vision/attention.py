@@ -51,6 +51,15 @@ def clip_like_attention(attention: nn.Module, hidden_states: Tensor, query: str)
     return LayerAttention(list(scores.unbind(0)), list(k.float().mean(1).unbind(0)))
 
 
+def internvit_attention(attention: nn.Module, hidden_states: Tensor, query: str) -> LayerAttention:
+    """InternViT attention (separate q/k projections, optional q/k RMS norm over the whole width, no rotary)
+    on (B, L, D) inputs, one result per tile."""
+    shape = (*hidden_states.shape[:-1], -1, attention.head_dim)
+    q = attention.q_norm(attention.q_proj(hidden_states)).view(shape).transpose(1, 2)
+    k = attention.k_norm(attention.k_proj(hidden_states)).view(shape).transpose(1, 2)
+    scores = _probabilities(q, k, attention.scale, query)
+    return LayerAttention(list(scores.unbind(0)), list(k.float().mean(1).unbind(0)))
+
 def qwen_vit_attention(attention: nn.Module, hidden_states: Tensor, cu_seqlens: Tensor,
                        position_embeddings: tuple[Tensor, Tensor], query: str) -> LayerAttention:
     """Qwen ViT attention (fused qkv, 2-D rotary) on (T, D) inputs, one result per ``cu_seqlens`` segment.
