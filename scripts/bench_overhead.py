@@ -19,11 +19,13 @@ import argparse
 import dataclasses
 import json
 import platform
-import time
+import statistics
 
 import torch
 
 import vtr
+from vtr.errors import UnreachableBudgetError
+from vtr.measure.bench import BenchConfig, encoder_times
 from vtr.measure.overhead import format_overhead, measure_overhead
 from vtr.measure.presets import PRESETS, shape_proxy
 
@@ -44,29 +46,10 @@ def proxy(name: str, device: str):
     return model, inputs, preset
 
 
-def _encoder_ms(model, inputs: dict, repeats: int) -> float:
-    """The model's own vision encoder on this input (what a reduction's time compares with)."""
-    from vtr.adapters import adapter_for
-
-    adapter = adapter_for(model)
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):
-            start = time.perf_counter()
-            for modality in adapter.present_modalities(inputs):
-                adapter.encode(modality, inputs)
-            if model.device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times[1:])[len(times[1:]) // 2]
-
-
 def _measure(model, inputs: dict, method: str, budget: int | float, repeats: int):
     try:
         return measure_overhead(model, inputs, [method], budget, repeats=repeats)
-    except vtr.ReductionError as error:
-        if "cannot average" not in str(error):
-            raise
+    except UnreachableBudgetError:  # e.g. PDrop's stages at their default layers on this depth
         return measure_overhead(model, inputs, [method], None, repeats=repeats)
 
 
@@ -90,7 +73,7 @@ def main() -> None:
         video = preset.modality == "video"
         methods = args.methods.split(",") if args.methods else (VIDEO_METHODS if video else IMAGE_METHODS)
         budget = args.video_budget if video else args.budget
-        encoder = _encoder_ms(model, inputs, args.repeats)
+        encoder = statistics.median(encoder_times(model, inputs, BenchConfig(repeats=args.repeats)))
         print(f"\n{name} shape proxy ({preset.checkpoint}, {preset.modality}), budget {budget}, "
               f"encoder {encoder:.1f} ms, device {device_name}", flush=True)
         rows, refused = [], []

@@ -13,7 +13,7 @@ import functools
 import inspect
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -355,7 +355,7 @@ def _reducing_generate(state: WrapState, model: torch.nn.Module, original):
             state.generating = None
             _finish(state, run)
         output = _with_original_prompt(output, kwargs["input_ids"], call.kept_index.shape[1])
-        _remember_turn(state, cache, output, CachedTurn.after(
+        _remember_turn(state, cache, output, lambda: CachedTurn.after(
             output, kwargs["input_ids"], kwargs.get("attention_mask"), call.kwargs, call.kept_index,
             state.last_stats, run, state.pipeline.in_llm))
         return output
@@ -385,17 +385,18 @@ def _continued_generate(state: WrapState, original, turn: CachedTurn, held: int,
             pruner.run = previous
     state.last_stats = turn.stats
     output = _with_original_prompt(output, call.caller_ids, call.kwargs["input_ids"].shape[1])
-    _remember_turn(state, passed_cache(kwargs), output, CachedTurn.after(
+    _remember_turn(state, passed_cache(kwargs), output, lambda: CachedTurn.after(
         output, call.caller_ids, call.caller_mask, call.kwargs, call.kept_index, turn.stats, turn.layer_run,
         turn.pruner))
     return output
 
 
-def _remember_turn(state: WrapState, passed: Any, output: Any, turn: CachedTurn) -> None:
-    """Record what the cache of a finished reduced generate() holds: the one passed in, or the one returned."""
+def _remember_turn(state: WrapState, passed: Any, output: Any, turn: Callable[[], CachedTurn]) -> None:
+    """Record what the cache of a finished reduced generate() holds: the one passed in, or the one returned
+    (``turn`` is built only then: a call that leaves no cache behind has no later turn)."""
     cache = passed if passed is not None else (None if isinstance(output, Tensor) else passed_cache(output))
     if cache is not None:
-        state.turns[cache] = turn
+        state.turns[cache] = turn()
 
 
 def _unreduced_stats(state: WrapState, kwargs: dict[str, Any]) -> CallStats:
@@ -409,7 +410,8 @@ def _unreduced_stats(state: WrapState, kwargs: dict[str, Any]) -> CallStats:
 def _with_original_prompt(output: Any, prompt: Tensor, reduced_len: int) -> Any:
     """Callers trim generate()'s output by the prompt they passed: give back that prompt + new tokens."""
     sequences = output if isinstance(output, Tensor) else output.sequences
-    prefix = prompt.repeat_interleave(sequences.shape[0] // prompt.shape[0], dim=0).to(sequences.device)
+    repeat = sequences.shape[0] // prompt.shape[0]  # beams / num_return_sequences repeat rows
+    prefix = (prompt if repeat == 1 else prompt.repeat_interleave(repeat, dim=0)).to(sequences.device)
     restored = torch.cat([prefix, sequences[:, reduced_len:]], dim=1)
     if isinstance(output, Tensor):
         return restored

@@ -20,6 +20,7 @@ in-LLM hooks (``vtr.llm.unmerge``) which columns are copies of which merged toke
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
 from vtr.measure.timing import ENCODER_SECTION, section
 from vtr.ops.packing import left_packed_index
-from vtr.methods.base import AttentionRequest, Method, Reduction, VisualItem
+from vtr.methods.base import AttentionRequest, KeepAll, Method, Reduction, VisualItem
 from vtr.methods.vision import VisionMethod
 from vtr.positions import ChunkPositions, PositionScheme
 from vtr.stats import CallStats, ItemStats, SampleStats
@@ -87,11 +88,13 @@ def _reduce_inputs(
     full_positions = adapter.positions({**inputs, "attention_mask": mask}, for_generate)
     chunks = ChunkPositions(adapter.rope_positions(full_positions), scheme) if scheme.ppe else None
 
-    keep = mask.bool().clone()  # original padding is dropped here and rebuilt below
+    keep = mask.bool()  # original padding is dropped here and rebuilt below
+    keep = keep.clone() if keep is mask else keep
     items_per_row: list[list[ItemStats]] = [[] for _ in range(ids.shape[0])]
-    columns = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-    roles = _TokenRoles(torch.full_like(ids, -1), torch.zeros_like(keep), columns.clone(), columns.clone())
     expand = vision is not None and vision.vtu
+    columns = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    roles = _TokenRoles(torch.full_like(ids, -1), torch.zeros_like(keep), columns,
+                        columns.clone() if expand else None)
     mm_encoder_outputs = {
         visual.modality: _reduce_modality(adapter, method, visual, keep, items_per_row, roles, expand, chunks)
         for visual in encoded
@@ -102,32 +105,34 @@ def _reduce_inputs(
     new_mask = valid.to(mask.dtype)
     compact = scheme.mode == "compact"
     kwargs = {k: v for k, v in inputs.items() if k not in adapter.consumed_keys(inputs)}
+    at_kept = ColumnGather(kept_index)
     for key, value in inputs.items():
-        if key in kwargs and key != "position_ids" and isinstance(value, Tensor) and value.shape[:2] == ids.shape:
-            kwargs[key] = gather_columns(value, kept_index, pad=pad_value(adapter, key))
+        if (key in kwargs and key not in ("position_ids", "attention_mask") and isinstance(value, Tensor)
+                and value.shape[:2] == ids.shape):
+            kwargs[key] = at_kept(value, pad=pad_value(adapter, key))
     kwargs["attention_mask"] = new_mask
-    position_source = gather_columns(roles.position, kept_index, pad=-1)
     kwargs["position_ids"] = adapter.finish_positions(
-        _gather_positions(full_positions, position_source), new_mask, compact
+        ColumnGather(kept_index if roles.position is None else at_kept(roles.position, pad=-1)).positions(
+            full_positions), new_mask, compact
     )
     kwargs["mm_encoder_outputs"] = mm_encoder_outputs
 
-    representative = _reduced_representatives(roles.representative, kept_index) if expand else None
+    representative = _reduced_representatives(roles.representative, kept_index, at_kept) if expand else None
     n_after = valid.sum(1)
     if representative is not None:  # copies of a merged token only widen the attention, not the prompt
         n_after = n_after - (representative != torch.arange(kept_index.shape[1], device=ids.device)).sum(1)
-    samples = tuple(
-        SampleStats(tuple(items), int(n_before), int(n_kept))
-        for items, n_before, n_kept in zip(items_per_row, mask.sum(1).tolist(), n_after.tolist())
-    )
-    dropped_any = bool((mask.bool() & ~keep).any())
+    prompt_before, prompt_after = torch.stack([mask.sum(1), n_after]).tolist()  # one host read for all rows
+    samples = tuple(SampleStats(tuple(items), n_before, n_kept)
+                    for items, n_before, n_kept in zip(items_per_row, prompt_before, prompt_after))
+    # keep only ever loses attended columns, and virtual unmerging keeps every slot
+    dropped_any = not expand and prompt_after != prompt_before
     return ReducedCall(
         kwargs=kwargs,
         kept_index=kept_index,
         stats=CallStats(method=method.describe(), positions=scheme.mode, samples=samples),
         gapped_positions=dropped_any and not compact and full_positions.shape[0] == 1,
-        token_item=gather_columns(roles.item, kept_index, pad=-1),
-        token_structural=gather_columns(roles.structural, kept_index, pad=False),
+        token_item=at_kept(roles.item, pad=-1),
+        token_structural=at_kept(roles.structural, pad=False),
         token_representative=representative,
         chunk_positions=None if chunks is None else chunks.gathered(kept_index),
     )
@@ -136,14 +141,21 @@ def _reduce_inputs(
 @dataclass
 class _TokenRoles:
     """Per input column: the visual item a content token belongs to (-1 = none), structural tokens, the
-    column whose token stands for it (itself, unless virtual unmerging copies a merged token), and the
-    column whose original position it takes (itself, unless the reduction's ``origin`` moves it)."""
+    column whose token stands for it (itself, unless virtual unmerging copies a merged token; made only
+    then), and the column whose original position it takes (itself, unless a reduction's ``origin`` moves
+    it; made at the first such move, ``None`` = every column keeps its own)."""
 
     item: Tensor
     structural: Tensor
-    representative: Tensor
-    position: Tensor
+    columns: Tensor  # (B, L) each column's own index (read-only, expanded)
+    representative: Tensor | None = None
+    position: Tensor | None = None
     count: int = 0
+
+    def moved_positions(self) -> Tensor:
+        if self.position is None:
+            self.position = self.columns.clone()
+        return self.position
 
 
 @dataclass
@@ -175,8 +187,7 @@ def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor
     features = adapter.item_features(modality, output)
     if merging is not None:  # each patch carries its merged token's features
         features = adapter.spread_merged(modality, merging, features)
-    _check_finite(modality, features)
-    slots = _placeholder_slots(adapter, modality, ids, mask, features)
+    slots = _checked_slots(adapter, modality, ids, mask, features)
     try:
         layouts = adapter.item_layouts(modality, inputs, features)
         for feats, layout in zip(features, layouts):
@@ -217,6 +228,10 @@ def _reduce_modality(
     for feats, (row, cols), layout, attention, merge, encoder_tokens, projected in zip(
             visual.features, visual.slots, visual.layouts, visual.attention, visual.merges, visual.encoder_tokens,
             visual.projected):
+        if merge is None and chunks is None and isinstance(method, KeepAll):
+            new_features.append(feats)
+            reductions.append(_kept_whole(visual.modality, feats, row, cols, layout, items_per_row, roles))
+            continue
         attention = {name: (scores[layout.content], keys[layout.content]) for name, (scores, keys) in attention.items()}
         item = VisualItem(feats[layout.content], layout.segments, visual.modality, rank_in_row[row], attention)
         rank_in_row[row] += 1
@@ -242,7 +257,7 @@ def _reduce_modality(
             keep[row, cols[dropped]] = False
         roles.item[row, cols[layout.content[reduction.kept].to(cols.device)]] = roles.count
         if reduction.origin is not None:
-            roles.position[row, cols[layout.content[reduction.kept].to(cols.device)]] = cols[
+            roles.moved_positions()[row, cols[layout.content[reduction.kept].to(cols.device)]] = cols[
                 layout.content[reduction.origin].to(cols.device)]
         roles.structural[row, cols[structural.to(cols.device)]] = True
         roles.count += 1
@@ -253,6 +268,20 @@ def _reduce_modality(
             vision_per_layer=encoder_tokens, vision_projected=projected, provenance=tuple(provenance.tolist()),
             parts=reduction.parts))
     return adapter.with_features(visual.modality, visual.output, new_features, reductions)
+
+
+def _kept_whole(modality: str, feats: Tensor, row: int, cols: Tensor, layout: ItemLayout,
+                items_per_row: list[list[ItemStats]], roles: _TokenRoles) -> Reduction:
+    """An item the pre-LLM stage keeps whole (``KeepAll``, e.g. under an in-LLM method): its features and
+    slots stay as they are, so only the roles of its columns are recorded (no gathers, no checks)."""
+    n_content, n_structural = layout.content.numel(), layout.structural.numel()
+    roles.item[row, cols[layout.content.to(cols.device)]] = roles.count
+    if n_structural:
+        roles.structural[row, cols[layout.structural.to(cols.device)]] = True
+    roles.count += 1
+    items_per_row[row].append(ItemStats(modality, feats.shape[0], feats.shape[0], n_structural, n_structural,
+                                        provenance=tuple(range(n_content))))
+    return Reduction(kept=torch.arange(n_content, device=feats.device))
 
 
 def _expanded_features(method: Method, feats: Tensor, layout: ItemLayout, outputs: Tensor,
@@ -267,55 +296,57 @@ def _expanded_features(method: Method, feats: Tensor, layout: ItemLayout, output
     return expanded
 
 
-def _reduced_representatives(representative: Tensor, kept_index: Tensor) -> Tensor:
+def _reduced_representatives(representative: Tensor, kept_index: Tensor, at_kept: ColumnGather) -> Tensor:
     """(B, L') the reduced column whose token stands for each reduced column (padding: itself)."""
     valid = kept_index >= 0
     own = torch.arange(kept_index.shape[1], device=kept_index.device).expand_as(kept_index)
     reduced_of = torch.zeros_like(representative)  # original column -> reduced column
     rows, cols = valid.nonzero(as_tuple=True)
     reduced_of[rows, kept_index[rows, cols]] = cols
-    original = gather_columns(representative, kept_index, pad=0)
+    original = at_kept(representative, pad=0)
     return torch.where(valid, reduced_of.gather(1, original), own)
 
 
-def _check_finite(modality: str, features: list[Tensor]) -> None:
-    if torch.stack([f.isnan().any() for f in features]).any():
+def _checked_slots(
+    adapter: Adapter, modality: str, ids: Tensor, mask: Tensor, features: list[Tensor]
+) -> list[tuple[int, Tensor]]:
+    """(row, placeholder columns) of each item, matching the model's row-major masked_scatter order, after
+    checking the features are finite and the placeholders match them (all in one host read)."""
+    token_id = adapter.placeholder_token_id(modality)
+    is_placeholder = ids == token_id
+    counts = [f.shape[0] for f in features]
+    rows, cols = is_placeholder.nonzero(as_tuple=True)  # row-major: each item's slots are one run of these
+    if rows.numel() != sum(counts):
+        raise ReductionError(
+            f"the prompt has {rows.numel()} {modality} placeholder tokens (id {token_id}) but the "
+            f"{len(counts)} {modality} input(s) give {sum(counts)} features {counts}; build input_ids and "
+            f"pixels with the model's processor in one call, one placeholder per {modality} in the text"
+        )
+    ends = list(itertools.accumulate(counts))
+    edge_slots = torch.tensor([end - count for end, count in zip(ends, counts)] + [end - 1 for end in ends],
+                              device=rows.device)
+    # one host read: each item's first and last row, whether a placeholder sits under padding, NaN features
+    flags = torch.stack([(mask[rows, cols] == 0).any(), *(f.isnan().any() for f in features)])
+    read = torch.cat([rows[edge_slots], flags]).tolist()
+    edges, masked, nan = read[:2 * len(counts)], read[2 * len(counts)], read[2 * len(counts) + 1:]
+    if any(nan):
         raise ReductionError(
             f"the vision encoder produced NaN {modality} features, so no reduction can be trusted; check "
             f"pixel_values for NaN, and if the model runs in float16 try bfloat16 or float32 (fp16 overflow)"
         )
-
-
-def _placeholder_slots(
-    adapter: Adapter, modality: str, ids: Tensor, mask: Tensor, features: list[Tensor]
-) -> list[tuple[int, Tensor]]:
-    """(row, placeholder columns) of each item, matching the model's row-major masked_scatter order."""
-    token_id = adapter.placeholder_token_id(modality)
-    is_placeholder = ids == token_id
-    counts = [f.shape[0] for f in features]
-    n_placeholders = int(is_placeholder.sum())
-    if n_placeholders != sum(counts):
-        raise ReductionError(
-            f"the prompt has {n_placeholders} {modality} placeholder tokens (id {token_id}) but the "
-            f"{len(counts)} {modality} input(s) give {sum(counts)} features {counts}; build input_ids and "
-            f"pixels with the model's processor in one call, one placeholder per {modality} in the text"
-        )
-    if bool((is_placeholder & (mask == 0)).any()):
+    if masked:
         raise ReductionError(
             f"{modality} placeholder tokens sit under attention_mask == 0; pad with the pad token, not with "
             f"placeholders, and keep the mask at 1 over the visual tokens"
         )
-    rows, cols = is_placeholder.nonzero(as_tuple=True)
-    slots = []
-    for index, (item_rows, item_cols) in enumerate(zip(rows.split(counts), cols.split(counts))):
-        row = int(item_rows[0])
-        if bool((item_rows != row).any()):
+    first, last = edges[:len(counts)], edges[len(counts):]
+    for index, (row, last_row, count) in enumerate(zip(first, last, counts)):
+        if row != last_row:
             raise ReductionError(
-                f"{modality} {index} has its {item_cols.numel()} placeholder tokens spread over several batch "
+                f"{modality} {index} has its {count} placeholder tokens spread over several batch "
                 f"rows; each row needs exactly as many placeholders as its own {modality}s have tokens"
             )
-        slots.append((row, item_cols))
-    return slots
+    return list(zip(first, cols.split(counts)))
 
 
 def _check_reduction(method: Method, item: VisualItem, reduction: Reduction, out: Tensor) -> None:
@@ -335,18 +366,34 @@ def _check_reduction(method: Method, item: VisualItem, reduction: Reduction, out
         )
 
 
+class ColumnGather:
+    """Gathers the sequence columns ``index`` (B, L') (-1 = padding) of per-token tensors.
+
+    One call reduces several per-token tensors at the same columns: the clamped index and the padding
+    mask are made once here, so each tensor costs one gather and one fill.
+    """
+
+    def __init__(self, index: Tensor) -> None:
+        self.source = index.clamp_min(0)
+        self.padding = index < 0
+
+    def __call__(self, values: Tensor, pad: int | float) -> Tensor:
+        """Columns of a tensor shaped (B, L, ...)."""
+        if values.dim() == 2:
+            return values.gather(1, self.source).masked_fill(self.padding, pad)
+        trailing = [1] * (values.dim() - 2)
+        source = self.source.view(*self.source.shape, *trailing).expand(*self.source.shape, *values.shape[2:])
+        return values.gather(1, source).masked_fill(self.padding.view(*self.padding.shape, *trailing), pad)
+
+    def positions(self, positions: Tensor) -> Tensor:
+        """Columns of ``(rows, B, L)`` position ids; padding gets position 0 as in generate()."""
+        rows = positions.shape[0]
+        return positions.gather(2, self.source.expand(rows, -1, -1)).masked_fill(self.padding, 0)
+
+
 def gather_columns(values: Tensor, index: Tensor, pad: int | float) -> Tensor:
     """Gather the sequence columns ``index`` (B, L') of a per-token tensor shaped (B, L, ...)."""
-    trailing = [1] * (values.dim() - 2)
-    valid = (index >= 0).view(*index.shape, *trailing)
-    src = index.clamp_min(0).view(*index.shape, *trailing).expand(*index.shape, *values.shape[2:])
-    return values.gather(1, src).masked_fill(~valid, pad)
-
-
-def _gather_positions(positions: Tensor, index: Tensor) -> Tensor:
-    """Gather columns of ``(rows, B, L)`` position ids; padding gets position 0 as in generate()."""
-    src = index.clamp_min(0).unsqueeze(0).expand(positions.shape[0], -1, -1)
-    return positions.gather(2, src).masked_fill((index < 0).unsqueeze(0), 0)
+    return ColumnGather(index)(values, pad)
 
 
 def pad_value(adapter: Adapter, key: str) -> int:

@@ -312,3 +312,28 @@ def test_reference_quirks_change_hidden_states_but_not_the_choice(tiny):
                 outs[quirks] = model(**inputs)
     assert torch.equal(outs[False].vtr_kept_index, outs[True].vtr_kept_index)
     assert not torch.allclose(outs[False].logits, outs[True].logits)
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl"])
+def test_later_layers_and_decode_steps_reuse_the_gathered_inputs(tiny, name, monkeypatch):
+    """One stage at layer 1 of 4: the prefill gathers cos/sin, positions and mask once for layers 1-3, and
+    each cached step gathers its mask once, not once per layer (``_LayerInputs``)."""
+    from vtr.llm import pruner
+
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name)
+    calls = {"full_pass_mask": 0, "decode_mask": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    for function in calls:
+        monkeypatch.setattr(pruner, function, counted(function, getattr(pruner, function)))
+    vtr.wrap(model, "fastv", budget=0.5, layer=1)
+    steps = 4
+    model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+    assert len(vtr.stats(model).samples[0].visual_per_layer) == 4
+    assert calls == {"full_pass_mask": 1, "decode_mask": steps - 1}

@@ -10,7 +10,7 @@ import torch
 
 import vtr
 from conftest import greedy_without_placeholders, make_inputs, padded_inputs, row_alone
-from vtr.errors import ReductionError
+from vtr.errors import UnreachableBudgetError
 from vtr.methods import PDrop
 from vtr.methods.pdrop import count_schedule
 
@@ -266,7 +266,7 @@ def test_budget_end_to_end_on_tiny_qwen(tiny, budget, expected):
     inputs = make_inputs(processor, "qwen2_5_vl")
     vtr.wrap(model, "pdrop", budget=budget)
     if expected is None:
-        with pytest.raises(ReductionError, match="cannot average 12 visual tokens per layer.*at least 12.75"):
+        with pytest.raises(UnreachableBudgetError, match="cannot average 12 visual tokens per layer.*at least 12.75"):
             model.generate(**inputs, max_new_tokens=1)
         return
     model.generate(**inputs, max_new_tokens=1)

@@ -152,8 +152,7 @@ def measure(model, inputs: dict, method: str, budget: str, config: BenchConfig) 
     def first_token() -> None:
         with recording(sync) as recorder:
             model.generate(**inputs, **_greedy(1))
-        seconds = recorder.seconds
-        overheads.append((seconds["pre_llm"] - seconds["encode"] + seconds["in_llm"]) * 1e3)
+        overheads.append(recorder.vtr_ms)
 
     with torch.no_grad():
         ttft = _timed(first_token, sync, config)
@@ -166,6 +165,15 @@ def measure(model, inputs: dict, method: str, budget: str, config: BenchConfig) 
     return BenchRow(method, budget, *visual, Timing.of(ttft), Timing.of(prefill), reduction, rate, peak, flops)
 
 
+def encoder_times(model, inputs: dict, config: BenchConfig) -> list[float]:
+    """Milliseconds of the model's own vision encoder on every visual input of ``inputs``, per repeat (what a
+    reduction's time compares with, and what the ideal row adds to its precomputed-feature timings)."""
+    adapter = adapter_for(model)
+    modalities = adapter.present_modalities(inputs)
+    with torch.no_grad():
+        return _timed(lambda: [adapter.encode(m, inputs) for m in modalities], device_sync(model.device), config)
+
+
 def measure_ideal(model, inputs: dict, budget: int | float, config: BenchConfig) -> BenchRow:
     """The unwrapped model on inputs already reduced to ``budget`` tokens: the encoder's time plus the
     time of generate/forward on the reduced prompt (whose features arrive precomputed)."""
@@ -173,8 +181,7 @@ def measure_ideal(model, inputs: dict, budget: int | float, config: BenchConfig)
     adapter = adapter_for(model)
     with torch.no_grad():
         reduced = reduce_inputs(adapter, RandomSelect(budget=budget), "original", dict(inputs), for_generate=True)
-        modalities = adapter.present_modalities(inputs)
-        encode = statistics.median(_timed(lambda: [adapter.encode(m, inputs) for m in modalities], sync, config))
+        encode = statistics.median(encoder_times(model, inputs, config))
         kwargs = reduced.kwargs
         ttft = _timed(lambda: model.generate(**kwargs, **_greedy(1)), sync, config)
         prefill = _timed(lambda: model(**kwargs, logits_to_keep=1), sync, config)

@@ -33,6 +33,11 @@ class Recorder:
         self.sync_check = sync_check
         self.seconds: dict[str, float] = defaultdict(float)
 
+    @property
+    def vtr_ms(self) -> float:
+        """Milliseconds in vtr's own code: the pre-LLM engine minus the model's encoder, plus the in-LLM hooks."""
+        return (self.seconds["pre_llm"] - self.seconds[ENCODER_SECTION] + self.seconds["in_llm"]) * 1e3
+
 
 class section:  # noqa: N801 - used like a function: ``with section("pre_llm"):``
     __slots__ = ("name", "start", "outer_sync_mode")

@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from vtr.errors import ReductionError
+from vtr.errors import UnreachableBudgetError
 from vtr.methods.layer import LayerInput, LayerMethod, scaled_layer
 
 REFERENCE_DEPTH = 32
@@ -41,8 +41,9 @@ class PDrop(LayerMethod):
     ``budget`` (optional) replaces ``ratio``: per visual input, the whole-token count schedule whose
     visual tokens averaged over all decoder layers equal the budget ("equivalent tokens", how papers
     compare PDrop with single-layer methods); see ``count_schedule``. A budget no schedule reaches
-    raises ``ReductionError`` (move the first stage earlier). ``score_layer``, ``renumber`` and
-    ``rounding``: the reference's rules by default, vtr's variants as options (module docstring).
+    raises ``vtr.errors.UnreachableBudgetError``, a ``ReductionError`` (move the first stage earlier).
+    ``score_layer``, ``renumber`` and ``rounding``: the reference's rules by default, vtr's variants as
+    options (module docstring).
     """
 
     name: ClassVar[str] = "pdrop"
@@ -95,7 +96,7 @@ class PDrop(LayerMethod):
         try:
             return count_schedule(n, target, layers, num_layers)
         except ValueError as error:
-            raise ReductionError(f"pdrop cannot average {target} visual tokens per layer (budget {self.budget} of "
+            raise UnreachableBudgetError(f"pdrop cannot average {target} visual tokens per layer (budget {self.budget} of "
                                  f"{n}): {error}; pass earlier "
                                  f"stage layers (e.g. layers=(2, 8, 16)) or a larger budget") from None
 
