@@ -17,7 +17,8 @@ CELL_INCHES = 2.4  # the longer side of a cell's picture
 TITLE_INCHES = 0.55  # room for a cell's two-line title
 HEADING_INCHES = 0.3
 DPI = 100
-MAX_ANSWER = 36  # characters of the generated answer shown in a title
+MAX_ANSWER = 36
+TITLE_WIDTH = 44  # characters of a title's first line before it wraps  # characters of the generated answer shown in a title
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,9 @@ def matplotlib_figure_class() -> Any:
 
 
 def title(label: str, before: int, after: int, last_layer: int | None, answer: str | None) -> str:
-    """'budget 0.25: 576 → 144 visual tokens (64 at last layer)' over the answer, cut to a title's width."""
-    text = f"{label}{': ' if label else ''}{before} → {after} tokens" + (f" ({last_layer} at last layer)" if last_layer is not None else "")
+    """'budget 0.25: 576 → 144 tokens (64 at last layer)' (wrapped) over the answer, cut to a title's width."""
+    text = f"{label}{': ' if label else ''}{before} → {after} tokens"
+    text = textwrap.fill(text + (f" ({last_layer} at last layer)" if last_layer is not None else ""), TITLE_WIDTH)
     if answer is not None:
         answer = " ".join(answer.split())
         answer = answer if len(answer) <= MAX_ANSWER else answer[:MAX_ANSWER - 1] + "…"

@@ -9,6 +9,7 @@ method refuses is a cell saying why, as is an item whose family has no pixel map
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +27,18 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".gif")
 DEFAULT_QUESTION = "what is in the image ?"
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column of a grid: processor ``inputs`` (one sample), their pixel maps, and the budget its cells
+    run at (``None``: each method's own default)."""
+
+    label: str
+    inputs: Any
+    maps: list[PixelMap]
+    budget: int | float | None
+    caption: str = "unreduced"  # the title of its unreduced cell
+
+
 def show(model: torch.nn.Module, processor: Any, image_or_video: Any, methods: Sequence[str] = ("divprune",),
          budgets: Sequence[int | float] = (0.25,), question: str = DEFAULT_QUESTION, *, frames: int | None = None,
          max_new_tokens: int = 8) -> Any:
@@ -36,27 +49,37 @@ def show(model: torch.nn.Module, processor: Any, image_or_video: Any, methods: S
     unreduced input, then each of ``methods``; columns: ``budgets`` (a method without a budget, e.g. dymu,
     runs once at its defaults).
     """
-    from vtr.methods import available_methods, takes_budget
-
     matplotlib_figure_class()  # a missing matplotlib fails before any model runs
-    unknown = sorted(set(methods) - set(available_methods()))
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; available: {', '.join(available_methods())}")
     if not budgets:
         raise ValueError("pass at least one budget (an int: tokens kept per image/video, or a fraction in (0, 1])")
     inputs = visual_inputs(model, processor, image_or_video, question, frames)
     maps = pixel_maps(model, inputs)[0]
-    rows = [("none", [_run_cell(model, processor, inputs, maps, "none", None, "unreduced", max_new_tokens)]
-             + [None] * (len(budgets) - 1))]
-    for method in methods:
-        if takes_budget(method):
-            cells = [_run_cell(model, processor, inputs, maps, method, budget, f"budget {budget}", max_new_tokens)
-                     for budget in budgets]
-        else:
-            cells = [_run_cell(model, processor, inputs, maps, method, None, "defaults", max_new_tokens)]
-            cells += [None] * (len(budgets) - 1)
-        rows.append((method, cells))
-    return grid_figure(rows, heading=f"{model.config.model_type}: “{question}”")
+    columns = [Column(f"budget {budget}", inputs, maps, budget) for budget in budgets]
+    return grid(model, processor, [(method, method, {}) for method in methods], columns,
+                heading=f"{model.config.model_type}: “{question}”", max_new_tokens=max_new_tokens)
+
+
+def grid(model: torch.nn.Module, processor: Any, methods: Sequence[tuple[str, str, dict[str, Any]]],
+         columns: Sequence[Column], heading: str = "", max_new_tokens: int = 8) -> Any:
+    """Rows: the unreduced input (once per distinct input), then each (row label, method, options); columns:
+    ``columns``. A method without a budget runs once per distinct input, at ``options``."""
+    from vtr.methods import available_methods, takes_budget
+
+    matplotlib_figure_class()
+    unknown = sorted({method for _, method, _ in methods} - set(available_methods()))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; available: {', '.join(available_methods())}")
+    first = [all(column.inputs is not earlier.inputs for earlier in columns[:i]) for i, column in enumerate(columns)]
+    rows = [("none", [_run_cell(model, processor, column, "none", {}, column.caption, max_new_tokens) if new else None
+                      for column, new in zip(columns, first)])]
+    for label, method, options in methods:
+        budgeted = takes_budget(method)
+        rows.append((label, [
+            _run_cell(model, processor, column, method, {"budget": column.budget, **options} if budgeted else options,
+                      column.label if budgeted else ("" if options else "defaults"), max_new_tokens)
+            if budgeted or new else None
+            for column, new in zip(columns, first)]))
+    return grid_figure(rows, heading=heading)
 
 
 def show_call(model: torch.nn.Module, processor: Any, inputs: dict[str, Any], stats: CallStats | None = None,
@@ -107,18 +130,18 @@ def visual_inputs(model: torch.nn.Module, processor: Any, image_or_video: Any, q
     return processor(text=text, return_tensors="pt", **visual).to(model.device)
 
 
-def _run_cell(model: torch.nn.Module, processor: Any, inputs: dict[str, Any], maps: list[PixelMap], method: str,
-              budget: int | float | None, label: str, max_new_tokens: int) -> Cell:
+def _run_cell(model: torch.nn.Module, processor: Any, column: Column, method: str, options: dict[str, Any],
+              label: str, max_new_tokens: int) -> Cell:
     import vtr
 
     try:
-        with vtr.reduced(model, method, budget), torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        with vtr.reduced(model, method, **options), torch.no_grad():
+            out = model.generate(**column.inputs, max_new_tokens=max_new_tokens, do_sample=False)
             sample = vtr.stats(model).samples[0]
     except (ValueError, ReductionError) as error:
         return Cell(label, note=f"not run: {error}")
-    answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    return picture(processor, maps, sample, label, answer)
+    answer = processor.tokenizer.decode(out[0, column.inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return picture(processor, column.maps, sample, label, answer)
 
 
 def picture(processor: Any, maps: list[PixelMap], sample: SampleStats, label: str, answer: str | None) -> Cell:
