@@ -14,6 +14,7 @@ import argparse
 from vtr.assets import NAME as TRAINED
 from vtr.commands.common import DTYPES, CommandError, Progress, names, numbers, torch_dtype
 
+DEFAULT_QUESTION = "what is in the image ?"
 HELP = "a picture of the patches each method keeps or merges, per budget, for one image or video"
 
 
@@ -25,8 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="an image file")
     source.add_argument("--video", help="a video file")
+    source.add_argument("--scene", type=int, help="synthetic test scene N of vtr.eval.synthetic (asked its own "
+                                                  "question unless --question is given): a picture without a file")
     parser.add_argument("--frames", type=int, default=16, help="frames sampled evenly from --video")
-    parser.add_argument("--question", default="what is in the image ?", help="the question asked about it")
+    parser.add_argument("--question", help="the question asked about it (default: 'what is in the image ?')")
     parser.add_argument("--methods", type=names, default=["divprune", "visionzip", "fastv"],
                         help="comma-separated method names (see `vtr methods`)")
     parser.add_argument("--budgets", type=numbers, default=[0.25, 0.11],
@@ -59,8 +62,16 @@ def run(args: argparse.Namespace) -> int:
     Progress.note(f"loading {args.model}")
     model, processor = load(args.model, device=args.device, dtype=torch_dtype(args.dtype))
     Progress.note(f"running {len(args.methods)} method(s) x {len(args.budgets)} budget(s)")
-    figure = vtr.show(model, processor, args.image or args.video, methods=args.methods, budgets=args.budgets,
-                      question=args.question, frames=args.frames if args.video else None,
+    source, question = args.image or args.video, args.question or DEFAULT_QUESTION
+    if args.scene is not None:
+        from vtr.eval import synthetic
+
+        if args.scene < 0:
+            raise CommandError(f"--scene {args.scene}: scenes are numbered from 0")
+        sample = synthetic.sample("test", args.scene)
+        source, question = sample.image(), args.question or sample.question
+    figure = vtr.show(model, processor, source, methods=args.methods, budgets=args.budgets,
+                      question=question, frames=args.frames if args.video else None,
                       max_new_tokens=args.max_new_tokens)
     figure.savefig(args.out)
     print(f"wrote {args.out}")

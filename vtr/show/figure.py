@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-CELL_INCHES = 2.4  # the longer side of a cell's picture
+CELL_INCHES = 2.0  # the longer side of a cell's picture
 TITLE_INCHES = 0.55  # room for a cell's two-line title
 HEADING_INCHES = 0.3
 DPI = 100
