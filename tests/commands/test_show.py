@@ -64,3 +64,24 @@ def test_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["show", "--model", "llava", "--image", "x.png"]) == 2
     error = capsys.readouterr().err
     assert "matplotlib, which is not installed: pip install matplotlib" in error and "Traceback" not in error
+
+
+def test_the_readme_picture_is_the_one_its_command_writes_and_small():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    command = "vtr show --scene 3 --methods divprune,tome,fastv --budgets 0.11 --out docs/assets/kept.png"
+    assert command in readme and "](docs/assets/kept.png)" in readme
+    picture = root / "docs" / "assets" / "kept.png"
+    assert picture.stat().st_size < 100_000
+    assert np.asarray(Image.open(picture)).shape[0] > 400  # four rows: none, divprune, tome, fastv
+
+
+def test_show_a_synthetic_scene(tmp_path, capsys):
+    out = tmp_path / "scene.png"
+    assert main(["show", "--model", "llava", "--scene", "0", "--methods", "divprune", "--budgets", "0.5",
+                 "--out", str(out)]) == 0
+    assert np.asarray(Image.open(out)).shape[0] > 200
+    assert main(["show", "--model", "llava", "--scene", "-1"]) == 2
+    assert "scenes are numbered from 0" in capsys.readouterr().err
