@@ -27,6 +27,8 @@ _SOURCES = {
     "available_methods": "vtr.methods",
     "is_wrapped": "vtr.api",
     "reduced": "vtr.api",
+    "show": "vtr.show",
+    "show_call": "vtr.show",
     "stats": "vtr.api",
     "supported_models": "vtr.adapters",
     "unwrap": "vtr.api",
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from vtr.budget import Budget
     from vtr.errors import ReductionError, UnsupportedModelError, VideoDecodeError
     from vtr.methods import available_methods
+    from vtr.show import show, show_call
 
 
 def __getattr__(name: str) -> Any:

@@ -24,6 +24,7 @@ from vtr.errors import ReductionError
 from vtr.llm.cache import check_shrinkable_cache, passed_cache
 from vtr.llm.ppe import PositionPreservation
 from vtr.llm.pruner import LayerPruner, LayerRun, PromptRoles
+from vtr.llm.reached import reached_last_layer
 from vtr.llm.unmerge import UnmergeRun, VirtualUnmerging
 from vtr.methods import KeepAll, LayerMethod, Method, Stage, VisionMethod, make_methods
 from vtr.positions import PositionScheme
@@ -251,7 +252,7 @@ def _reducing_forward(state: WrapState, model: torch.nn.Module, original):
         try:
             output = original(**call.kwargs)
         finally:
-            _finish(state, run)
+            _finish(state, run, call)
         kept_index = call.kept_index
         final = None if run is None else run.final_index()
         if final is not None:  # the in-LLM stage shortened the output too
@@ -288,8 +289,9 @@ def _start(state: WrapState, kwargs: dict[str, Any], for_generate: bool,
     return call, pruner.run
 
 
-def _finish(state: WrapState, run: LayerRun | None) -> None:
-    """Close a call's in-LLM run (later cached steps on its cache still work) and record per-layer stats."""
+def _finish(state: WrapState, run: LayerRun | None, call: ReducedCall) -> None:
+    """Close a call's in-LLM run (later cached steps on its cache still work) and record per-layer stats
+    and the visual tokens that reached the last layer."""
     if state.pipeline.unmerging is not None:  # cached steps after the call need no unmerging: nothing to keep
         state.pipeline.unmerging.run = None
     if state.pipeline.ppe is not None:
@@ -303,9 +305,14 @@ def _finish(state: WrapState, run: LayerRun | None) -> None:
         return
     per_layer = torch.stack(run.visual_per_layer, dim=1).cpu()  # (rows of the pass, layers from K on)
     step = per_layer.shape[0] // len(state.last_stats.samples)  # beams / num_return_sequences repeat rows
+    final = run.final_index()
+    reached = reached_last_layer(final, call.token_item, step) if final is not None else None
     samples = tuple(
         dataclasses.replace(sample, visual_per_layer=(sample.visual_after,) * pruner.prune_at[0]
-                            + tuple(per_layer[i * step].tolist()))
+                            + tuple(per_layer[i * step].tolist()),
+                            items=sample.items if reached is None else tuple(
+                                dataclasses.replace(item, last_layer=last) for item, last in zip(sample.items,
+                                                                                                reached[i])))
         for i, sample in enumerate(state.last_stats.samples)
     )
     state.last_stats = dataclasses.replace(state.last_stats, samples=samples)
@@ -353,7 +360,7 @@ def _reducing_generate(state: WrapState, model: torch.nn.Module, original):
             output = original(**call.kwargs)
         finally:
             state.generating = None
-            _finish(state, run)
+            _finish(state, run, call)
         output = _with_original_prompt(output, kwargs["input_ids"], call.kept_index.shape[1])
         _remember_turn(state, cache, output, lambda: CachedTurn.after(
             output, kwargs["input_ids"], kwargs.get("attention_mask"), call.kwargs, call.kept_index,

@@ -16,7 +16,7 @@ import sys
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-COMMANDS = ("demo", "bench", "flops", "sweep", "calibrate", "methods", "models")  # modules of vtr.commands
+COMMANDS = ("demo", "show", "bench", "flops", "sweep", "calibrate", "methods", "models")  # modules of vtr.commands
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):

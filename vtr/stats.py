@@ -18,7 +18,9 @@ class ItemStats:
     projector saw (padded likewise). ``provenance``: the output token each content token went into
     (-1 = dropped), the reduction's own record of which original patches every LLM token stands for. ``parts``: (content
     tokens, kept) of each part the method's allocation selected in (base image, crops, segments,
-    frames); empty when it chose over the whole item.
+    frames); empty when it chose over the whole item. ``last_layer``: after an in-LLM stage, the item's
+    LLM tokens (indices into its kept tokens, the values ``provenance`` takes) that reached the last
+    decoder layer; ``None`` without one.
     """
 
     modality: str
@@ -31,6 +33,7 @@ class ItemStats:
     vision_projected: int = 0
     provenance: tuple[int, ...] = field(default=(), repr=False)
     parts: tuple[tuple[int, int], ...] = ()  # (tokens, kept) per part an allocation split the item into
+    last_layer: tuple[int, ...] | None = field(default=None, repr=False)
 
     @property
     def content_before(self) -> int:

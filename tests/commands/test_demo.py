@@ -4,12 +4,15 @@ they finish."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import vtr
 from vtr import testing
 from vtr.assets import shipped_dymu_levels
 from vtr.cli import main
+from vtr.eval import synthetic
 
 
 def table_rows(out: str) -> list[list[str]]:
@@ -18,7 +21,8 @@ def table_rows(out: str) -> list[list[str]]:
 
 
 def test_default_demo_scores_the_trained_model_on_the_synthetic_benchmark(capsys):
-    assert main(["demo", "--samples", "10", "--methods", "random,fastv,tome,dymu", "--budgets", "0.5,0.11"]) == 0
+    assert main(["demo", "--samples", "10", "--methods", "random,fastv,tome,dymu", "--budgets", "0.5,0.11",
+                 "--picture", "none"]) == 0
     header, *rows = table_rows(capsys.readouterr().out)
     assert header[:4] == ["method", "budget", "visual tokens (LLM in / last layer)", "accuracy"]
     by_key = {(r[0], r[1]): r for r in rows}
@@ -42,18 +46,33 @@ def test_default_demo_scores_the_trained_model_on_the_synthetic_benchmark(capsys
 
 def test_the_default_demo_has_a_row_per_method_on_the_shipped_model(capsys):
     """`vtr demo --samples 2`: the default model, methods and budgets, DyMU at its shipped levels."""
-    assert main(["demo", "--samples", "2"]) == 0
+    assert main(["demo", "--samples", "2", "--picture", "none"]) == 0
     header, *rows = table_rows(capsys.readouterr().out)
     assert {r[0] for r in rows} == set(vtr.available_methods())
     assert len(rows) == 1 + 3 * (len(vtr.available_methods()) - 1)  # none, then 3 budgets or 3 DyMU levels each
     assert [r[1] for r in rows if r[0] == "dymu"] == ["r=8", "r=16", "r=32"]
 
 
+def test_the_demo_pictures_what_each_method_kept_of_synthetic_scenes(capsys, tmp_path, monkeypatch):
+    """The picture (written by default, next to where the demo runs): three synthetic test scenes, the
+    objects of each drawn, at the last budget."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--samples", "1", "--methods", "divprune,fastv", "--budgets", "0.11"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("picture: demo_kept.png")
+    picture = np.asarray(Image.open(tmp_path / "demo_kept.png").convert("RGB"))
+    assert picture.shape[1] > picture.shape[0] / 2  # three columns (scenes) of three rows (none + 2 methods)
+    pixels = picture.reshape(-1, 3).astype(int)
+    for scene in synthetic.samples("test", 3):  # every object colour of the scenes is drawn
+        for shape in scene.scene.objects:
+            assert (np.abs(pixels - synthetic.COLORS[shape.color]).max(1) <= 2).sum() > 50, shape
+
+
 @pytest.mark.parametrize("name", [n for n in testing.BUILDERS if n != "internvl_qwen3"])  # internvl's tower
 def test_mechanics_table_has_a_row_per_method_on_every_built_in_model(capsys, name):
     """The default method list on every built-in model: exit 0, a row per method and level, and methods
     the model refuses (ToMe/DyMU on the Qwen ViT and InternViT, at wrap) are 'not run' rows with the reason."""
-    assert main(["demo", "--model", name, "--budgets", "0.25", "--max-new-tokens", "2", "--repeats", "1"]) == 0
+    assert main(["demo", "--model", name, "--budgets", "0.25", "--max-new-tokens", "2", "--repeats", "1",
+                 "--picture", "none"]) == 0
     header, *rows = table_rows(capsys.readouterr().out)
     assert header[0] == "method" and rows[0][:2] == ["none", "-"]
     assert {r[0] for r in rows} == set(vtr.available_methods())
@@ -81,14 +100,14 @@ def test_rows_are_printed_as_they_finish(capsys, monkeypatch):
 
     monkeypatch.setattr(vtr, "wrap", spy)
     assert main(["demo", "--model", "llava", "--methods", "random,divprune", "--budgets", "0.5,8",
-                 "--max-new-tokens", "1", "--repeats", "1"]) == 0
+                 "--max-new-tokens", "1", "--repeats", "1", "--picture", "none"]) == 0
     # header + none (+ each earlier config) printed before each wrap; readouterr consumed what was shown
     assert printed_before_wrap == [2, 1, 1, 1]
 
 
 def test_a_budget_the_method_cannot_meet_is_a_row_not_a_crash(capsys):
     assert main(["demo", "--model", "llava", "--methods", "pdrop,divprune", "--budgets", "8", "--max-new-tokens",
-                 "1", "--repeats", "1"]) == 0
+                 "1", "--repeats", "1", "--picture", "none"]) == 0
     by_method = {r[0]: r for r in table_rows(capsys.readouterr().out)[1:]}
     assert by_method["pdrop"][-1].startswith("not run: pdrop cannot average 8")
     assert by_method["divprune"][3] == "8"
@@ -100,7 +119,7 @@ def test_demo_on_a_checkpoint_saved_with_save_pretrained(tmp_path, capsys, name)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     assert main(["demo", "--model", str(tmp_path), "--methods", "divprune", "--budgets", "4",
-                 "--max-new-tokens", "2", "--repeats", "1"]) == 0
+                 "--max-new-tokens", "2", "--repeats", "1", "--picture", "none"]) == 0
     rows = [r for r in table_rows(capsys.readouterr().out) if r[0] == "divprune"]
     assert rows[0][:4] == ["divprune", "4", "48" if "qwen" in name else "64", "4"]
 

@@ -48,6 +48,10 @@ def check_report(out: Path, rows: list[dict], columns: list[str]) -> None:
                                              for row in rows]
     for name in ("score_vs_budget.png", "score_vs_tflops.png", "score_vs_content_tokens.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (out / "summary.md").read_text()
+    for row in rows:  # each config's picture of its first sample, next to summary.md and linked from it
+        assert row["picture"].startswith("pictures/") and f"]({row['picture']})" in summary
+        assert (out / row["picture"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def check_flops(rows: list[dict]) -> None:

@@ -242,3 +242,11 @@ def test_a_method_list_is_a_whole_sweep_of_the_shipped_model_on_the_synthetic_ta
         _setup(parser.parse_args(["--methods", "none", "--model", "vtr_qwen2_vl"]))
     with pytest.raises(SweepError, match="--out is required with --pretrained"):
         _out_dir(parser.parse_args(["--methods", "none", "--pretrained", "ckpt"]))
+
+
+def test_summary_links_each_configs_picture():
+    rows = [{**row("none", None, 0.5, 4.0, 64), "picture": "pictures/none.png"},
+            {**row("divprune", 4, 0.25, 1.0, 4), "picture": None}]
+    text = summary_markdown(SETUP, rows, [("vtr_colors", "exact_match,none")])
+    assert text.splitlines()[-2:] == ["- [none](pictures/none.png)", "- divprune budget=4: no picture (see its log)"]
+    assert "## What each config kept" not in summary_markdown(SETUP, [row("none", None, 0.5, 4.0, 64)], [])

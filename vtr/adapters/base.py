@@ -20,6 +20,7 @@ from transformers.utils import ModelOutput
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
 from vtr.methods.base import AttentionRequest, Reduction, VisionInfo
+from vtr.pixels import PixelMap
 from vtr.vision.attention import AttentionCapture
 from vtr.vision.merging import EncoderMerging, MergeTarget
 
@@ -96,6 +97,13 @@ class Adapter:
         else:
             reduced.pooler_output = type(output.pooler_output)(features)
         return reduced
+
+    def pixel_maps(self, modality: str, inputs: dict[str, Any], layouts: list[ItemLayout]) -> list[PixelMap]:
+        """Per item: the pictures the processor made and the pixels each content token covers (``vtr.pixels``),
+        for ``vtr show``; ``layouts`` are this encode's ``item_layouts``. Default: none known, said per item."""
+        reason = (f"no pixel mapping for this family ({self.config.model_type}): {type(self).__name__} does not "
+                  f"describe where its {modality} tokens sit in the pixels")
+        return [PixelMap.unavailable(reason) for _ in layouts]
 
     # ------------------------------------------------------------------ the vision encoder
     def vision_info(self) -> VisionInfo:

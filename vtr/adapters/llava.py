@@ -18,9 +18,11 @@ from vtr.adapters import llava_video_attention
 from vtr.adapters.base import Adapter
 from vtr.adapters.llava_attention import anyres_image_attention, encoder_attention, recording_packing, with_crops
 from vtr.adapters.llava_merging import anyres_merges, spreading_projector
+from vtr.adapters.llava_pixels import anyres_image_maps, square_image_maps, video_maps
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout, layout_with_newlines, square_grid
 from vtr.methods.base import AttentionRequest, Reduction, VisionInfo
+from vtr.pixels import PixelMap
 from vtr.vision.attention import AttentionCapture
 from vtr.vision.merging import EncoderMerging, MergeTarget
 
@@ -88,6 +90,9 @@ class LlavaAdapter(_LlavaTowerAdapter):
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         return [ItemLayout.grid_only(square_grid(f.shape[0]), f.device) for f in features]
 
+    def pixel_maps(self, modality: str, inputs: dict[str, Any], layouts: list[ItemLayout]) -> list[PixelMap]:
+        return square_image_maps(inputs["pixel_values"], layouts, int(self.config.vision_config.patch_size))
+
     def item_attention(self, modality: str, capture: AttentionCapture, requests: dict[str, AttentionRequest],
                        inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:
         per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in range(inputs["pixel_values"].shape[0])]
@@ -115,6 +120,11 @@ class LlavaNextAdapter(_LlavaTowerAdapter):
         frames = inputs["pixel_values_videos"].shape[1] if modality == "video" else 1
         layouts = [layout_with_newlines((f == newline.to(f.device, f.dtype)).all(-1), frames) for f in features]
         return with_crops(layouts, self._image_packing, newline.device) if modality == "image" else layouts
+
+    def pixel_maps(self, modality: str, inputs: dict[str, Any], layouts: list[ItemLayout]) -> list[PixelMap]:
+        if modality == "video":
+            return video_maps(inputs["pixel_values_videos"], layouts)
+        return anyres_image_maps(self.model, inputs["pixel_values"], layouts, self._image_packing)
 
     def item_attention(self, modality: str, capture: AttentionCapture, requests: dict[str, AttentionRequest],
                        inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:

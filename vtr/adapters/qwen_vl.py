@@ -10,8 +10,10 @@ from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
 from vtr.adapters.base import Adapter, consecutive_positions
+from vtr.adapters.qwen_pixels import qwen_pixel_maps
 from vtr.layout import ItemLayout
 from vtr.methods.base import AttentionRequest, Reduction, VisionInfo
+from vtr.pixels import PixelMap
 from vtr.vision.attention import AttentionCapture, qwen_vit_attention
 
 MM_TOKEN_TYPE = {"image": 1, "video": 2}
@@ -110,6 +112,11 @@ class QwenVLAdapter(Adapter):
         merge = int(self.config.vision_config.spatial_merge_size)
         thw = inputs[f"{modality}_grid_thw"].tolist()
         return [ItemLayout.grid_only((t, h // merge, w // merge), f.device) for (t, h, w), f in zip(thw, features)]
+
+    def pixel_maps(self, modality: str, inputs: dict[str, Any], layouts: list[ItemLayout]) -> list[PixelMap]:
+        key = "pixel_values" if modality == "image" else "pixel_values_videos"
+        return qwen_pixel_maps(self.config.vision_config, modality, inputs[key], inputs[f"{modality}_grid_thw"],
+                               layouts)
 
     def forward_positions(self, inputs: dict[str, Any]) -> Tensor:
         # The unwrapped forward computes the same t/h/w rows through get_rope_index; the text row is

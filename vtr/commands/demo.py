@@ -29,6 +29,8 @@ HELP = ("methods x budgets: accuracy on the synthetic benchmark (default model),
         "and answer on one image")
 DYMU_LEVELS = (4, 8, 16)  # tokens merged per encoder layer where no thresholds are shipped
 CALIBRATION_IMAGES = 32  # images like the demo's DyMU is calibrated on, for models without shipped thresholds
+PICTURE = "demo_kept.png"
+PICTURE_SCENES = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="prefill timing repeats (mechanics table only)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="model dtype")
+    parser.add_argument("--picture", default=PICTURE,
+                        help=f"also write a PNG of what each method kept of {PICTURE_SCENES} synthetic test scenes at "
+                             f"the smallest budget (`vtr show`, needs matplotlib); 'none' to skip")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,17 +73,62 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--methods: unknown {unknown}; available: {', '.join(vtr.available_methods())}")
     thresholds = DymuThresholds(model, processor, args.model)
     configs = list(configurations(methods, args.budgets, args.dymu_removed or thresholds.default_levels()))
+    if args.picture != "none":
+        from vtr.show.figure import matplotlib_figure_class
+
+        try:
+            matplotlib_figure_class()  # before the tables, not after them
+        except ImportError as error:
+            raise CommandError(f"--picture: {error}; or pass --picture none") from None
+    _tables(args, model, processor, configs, thresholds)
+    if args.picture != "none":
+        write_picture(model, processor, configs, thresholds, args.budgets[-1], args.picture)
+        print(f"picture: {args.picture}", flush=True)
+    return 0
+
+
+def _tables(args: argparse.Namespace, model, processor, configs: list["Config"], thresholds: "DymuThresholds") -> None:
     if args.model == TRAINED:
         print(f"model: {args.model} (vtr.assets, trained on vtr.eval.synthetic; {args.device}, {args.dtype}); "
               f"{args.samples} synthetic test samples, greedy one-word answers; FLOPs: vtr.measure.flops, per "
               f"sample", flush=True)
         _print_rows(ACCURACY_HEADER, configs, accuracy_rows(model, processor, configs, thresholds, args.samples))
-        return 0
+        return
     print(f"model: {args.model} ({model.config.model_type}, {args.device}, {args.dtype}); prefill = median of "
           f"{args.repeats} forward passes incl. vision encoder and reduction", flush=True)
     _print_rows(MECHANICS_HEADER, configs,
                 mechanics_rows(model, processor, configs, thresholds, args.max_new_tokens, args.repeats))
-    return 0
+
+
+def write_picture(model, processor, configs: list["Config"], thresholds: "DymuThresholds", budget: int | float,
+                  path: str) -> None:
+    """What each configuration at ``budget`` (DyMU: at its first level) kept of the first ``PICTURE_SCENES``
+    synthetic test scenes, one column per scene (``vtr.show``); a configuration the picture cannot set up
+    (DyMU thresholds that cannot be calibrated) is left out with a line saying why."""
+    from vtr.errors import ReductionError
+    from vtr.eval import synthetic
+    from vtr.show.maps import pixel_maps
+    from vtr.show.run import Column, grid, visual_inputs
+
+    levels = [config.dymu_removed for config in configs if config.dymu_removed is not None]
+    rows = []
+    for config in configs:
+        if config.budget != budget and (config.dymu_removed is None or config.dymu_removed != levels[0]):
+            continue
+        try:
+            options = _options(config, thresholds)
+        except (ValueError, ReductionError) as error:
+            print(f"picture: {config.method} {config.label} left out: {error}", flush=True)
+            continue
+        label = config.method if config.budget is not None else f"{config.method} {config.label}"
+        rows.append((label, config.method, {key: value for key, value in options.items() if key != "budget"}))
+    columns = []
+    for sample in synthetic.samples("test", PICTURE_SCENES):
+        inputs = visual_inputs(model, processor, sample.image(), sample.question, None)
+        columns.append(Column("", inputs, pixel_maps(model, inputs)[0], budget,
+                              caption=f"{sample.question} (answer: {sample.answer})"))
+    heading = f"{model.config.model_type} at budget {budget}: what each method kept of synthetic test scenes"
+    grid(model, processor, rows, columns, heading=heading, max_new_tokens=1).savefig(path)
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,22 @@ def summary_markdown(setup: SweepSetup, rows: list[Row], columns: list[Column]) 
         reference_tflops = reference and reference["tflops_per_sample"]
         cells += [_visual(row), _newlines(row), _relative(row["tflops_per_sample"], reference_tflops, row is reference)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _picture_lines(rows)) + "\n"
+
+
+def _picture_lines(rows: list[Row]) -> list[str]:
+    """Links to each config's picture of its first sample (``vtr.eval.pictures``); none for rows written
+    before sweeps drew them."""
+    if not any("picture" in row for row in rows):
+        return []
+    lines = ["", "## What each config kept of its first sample", "",
+             "Dropped patches dimmed, merged tokens in one colour, after an in-LLM method only the tokens reaching "
+             "the last layer bright (`vtr show`). A config without a picture says why in its run's log.", ""]
+    for row in rows:
+        label = row["method"] + ("" if row["budget"] is None else f" budget={row['budget']}")
+        picture = row.get("picture")
+        lines.append(f"- [{label}]({picture})" if picture else f"- {label}: no picture (see its log)")
+    return lines
 
 
 def write_plot(path: Path, x_label: str, x_of: Callable[[Row], Any], rows: list[Row], columns: list[Column]) -> Path:

@@ -20,6 +20,7 @@ budgets 0.5, 0.25 and 0.11: ``vtr sweep --methods none,random,divprune`` is a wh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import signal
@@ -31,6 +32,7 @@ from typing import Any
 
 from vtr.eval.lmms import MODEL_IDS
 from vtr.eval.outputs import summarize_run
+from vtr.eval.pictures import PICTURE_ENV, PICTURES_DIR
 from vtr.eval.plan import Config, SweepError, SweepSetup, plan_configs
 from vtr.eval.report import write_report
 from vtr.eval.runner import (
@@ -136,7 +138,12 @@ def _sweep(args: argparse.Namespace) -> None:
             for config in pending:
                 run_dir = out / "runs" / config.slug
                 launch = lmms_eval_command(setup, config, run_dir, task_paths, args.num_processes, gpus)
-                store.append(_run_config(config, launch, run_dir, setup.tasks, progress))
+                picture = out / PICTURES_DIR / f"{config.slug}.png"
+                picture.unlink(missing_ok=True)  # an earlier attempt's must not pass for this run's
+                launch = dataclasses.replace(launch, env={**launch.env, PICTURE_ENV: str(picture)})
+                row = _run_config(config, launch, run_dir, setup.tasks, progress)
+                row["picture"] = picture.relative_to(out).as_posix() if picture.is_file() else None
+                store.append(row)
         finally:
             rows = store.rows()
             if rows:

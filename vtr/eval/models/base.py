@@ -31,6 +31,7 @@ from loguru import logger as eval_logger
 import vtr
 from vtr.eval import costs
 from vtr.eval.models.loading import LOADING_KEYS, Loading
+from vtr.eval.pictures import FirstSamplePicture
 from vtr.eval.records import GenerateRecorder, ReducedTokenCounts, call_record
 from vtr.methods import Method, make_methods
 from vtr.positions import PositionScheme
@@ -94,6 +95,7 @@ class Reduced:
         vtr.wrap(self.model, methods, positions=scheme)
         self._generations = GenerateRecorder(self.model)
         self._records: list[tuple[tuple[str, Any], dict[str, Any]]] = []
+        self._picture = FirstSamplePicture()
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         """lmms-eval's own generation, handed one request at a time.
@@ -150,6 +152,7 @@ class Reduced:
         if self._generations.inputs is None:  # the lmms-eval class answered without calling generate()
             return GenerationResult(text=text, token_counts=counts)
         record = call_record(self.model, self._generations.inputs, self._generations.new_tokens, logits="last")
+        self._picture.draw(self.model, self._processor, self._generations.inputs, text)
         return GenerationResult(text=text, token_counts=ReducedTokenCounts(
             input_tokens=record["prompt_after"], output_tokens=record["new_tokens"], vtr=record))
 
@@ -175,6 +178,7 @@ class Reduced:
         nll = -log_probs.gather(-1, target[:, None]).mean()
         greedy = bool((log_probs.argmax(-1) == target).all())
         record = call_record(self.model, inputs, new_tokens=0, logits="all")
+        self._picture.draw(self.model, self._processor, inputs, None)
         return GenerationResult(text=(float(nll), greedy), token_counts=ReducedTokenCounts(
             input_tokens=record["prompt_after"], output_tokens=0, vtr=record))
 

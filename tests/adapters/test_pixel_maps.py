@@ -1,0 +1,156 @@
+"""Adapter pixel maps (``Adapter.pixel_maps``): every content token's box matches the processor's geometry.
+
+Each family is checked against something the map does not compute itself: the processor's own pixels
+(without normalisation), the model's own per-sequence encoder features (AnyRes), the processor's grid
+(Qwen), the video pooling's output grid (OneVision, NeXT-Video).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import MODELS, image_for, make_inputs
+from vtr import testing
+from vtr.adapters import Adapter, adapter_for
+from vtr.show.paint import to_rgb
+from vtr.show.run import normalisation
+
+
+built = functools.lru_cache(maxsize=None)(testing.build)  # read-only here: one build per family
+
+
+def _maps(model, inputs, modality="image"):
+    adapter = adapter_for(model)
+    inputs = adapter.fill_missing_inputs(dict(inputs))
+    with torch.no_grad():
+        output = adapter.encode(modality, inputs)
+    features = adapter.item_features(modality, output)
+    layouts = adapter.item_layouts(modality, inputs, features)
+    return adapter.pixel_maps(modality, inputs, layouts), features, layouts
+
+
+def _rgb(processor, panel, modality="image"):
+    return to_rgb(panel.pixels, *normalisation(processor, modality))
+
+
+def _boxes_tile(boxes: np.ndarray, panel: int, height: int, width: int) -> bool:
+    """The boxes on ``panel`` cover its pixels exactly once."""
+    cover = np.zeros((height, width), dtype=int)
+    for _, top, bottom, left, right in boxes[boxes[:, 0] == panel].astype(int):
+        cover[top:bottom, left:right] += 1
+    return bool((cover == 1).all())
+
+
+def test_llava_center_crop_and_patch_grid():
+    model, processor = built("llava")
+    image = testing.random_image(48, 32, seed=3)  # wider than high: resized to 48x32, then center-cropped
+    inputs = processor(images=[image], text=[testing.prompt(processor)], return_tensors="pt")
+    (pixel_map,), _, _ = _maps(model, inputs)
+    expected = processor.image_processor(image, do_normalize=False, return_tensors="pt")["pixel_values"][0]
+    assert np.allclose(_rgb(processor, pixel_map.panels[0]), expected.permute(1, 2, 0).numpy(), atol=1e-5)
+    # the crop is the centre: the resized image is 48 wide, columns 8..40 survive
+    resized = np.asarray(image.resize((48, 32), resample=3), dtype=np.float64) / 255
+    assert np.allclose(_rgb(processor, pixel_map.panels[0]), resized[:, 8:40], atol=1.5 / 255)
+    boxes = pixel_map.boxes.numpy()
+    assert boxes.shape == (64, 5) and (boxes[:, 2] - boxes[:, 1] == 4).all()  # 8x8 patches of 4 pixels
+    assert _boxes_tile(boxes, 0, 32, 32)
+    assert boxes[9].tolist() == [0, 4, 8, 4, 8]  # raster order: token 9 is row 1, column 1
+
+
+def _sequence_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(sequences, patches, D): what the projector makes of each encoder sequence (base image, crops)."""
+    config = model.config
+    with torch.no_grad():
+        hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+        features = hidden[config.vision_feature_layer]
+        if config.vision_feature_select_strategy == "default":
+            features = features[:, 1:]
+        return model.model.multi_modal_projector(features)
+
+
+@pytest.mark.parametrize("name", ["llava_next", "llava_onevision"])
+def test_anyres_tokens_sit_on_the_crop_patch_whose_features_they_carry(name):
+    model, processor = built(name)
+    image = image_for(name)  # 40x32: base image + 2 crops side by side, the padding unpadded away
+    inputs = processor(images=[image], text=[testing.prompt(processor)], return_tensors="pt")
+    (pixel_map,), (features,), (layout,) = _maps(model, inputs)
+    base, crops = pixel_map.panels
+    assert base.pixels.shape[-2:] == (32, 32) and crops.pixels.shape[-2:] == (32, 64)
+    assert torch.equal(crops.pixels[:, :, 32:], inputs["pixel_values"][0, 2])  # crop 2 sits right of crop 1
+    patch, crop = model.config.vision_config.patch_size, model.config.vision_config.image_size
+    side = crop // patch
+    per_sequence = _sequence_features(model, inputs["pixel_values"][0])
+    content = features[layout.content]
+    boxes = pixel_map.boxes
+    assert boxes.shape[0] == content.shape[0] < 16 + 2 * 16  # unpadding removed padded columns
+    for token, (panel, top, bottom, left, right) in enumerate(boxes.tolist()):
+        assert (bottom - top, right - left) == (patch, patch)
+        row, col = int(top) // patch, int(left) // patch
+        sequence = 0 if panel == 0 else 1 + col // side  # one row of crops here
+        expected = per_sequence[sequence, (row % side) * side + col % side]
+        torch.testing.assert_close(content[token], expected)
+    # the unpadded crops grid covers the middle of the stitched crops: none of it in the removed padding
+    kept_columns = boxes[boxes[:, 0] == 1][:, 3:].unique()
+    assert kept_columns.min() > 0 and kept_columns.max() < 64
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("size", [(64, 48), (32, 64)])
+def test_qwen_dynamic_resolution_and_two_by_two_merge(name, size):
+    model, processor = built(name)
+    image = testing.random_image(*size, seed=1)  # multiples of patch x merge: the processor keeps the size
+    inputs = processor(images=[image], text=[testing.prompt(processor)], return_tensors="pt")
+    (pixel_map,), _, (layout,) = _maps(model, inputs)
+    panel = _rgb(processor, pixel_map.panels[0])
+    assert np.allclose(panel, np.asarray(image, dtype=np.float64) / 255, atol=1e-5)  # the patches put back
+    t, h, w = inputs["image_grid_thw"][0].tolist()
+    merge, patch = model.config.vision_config.spatial_merge_size, model.config.vision_config.patch_size
+    assert layout.segments[0].grid == (t, h // merge, w // merge)
+    boxes = pixel_map.boxes.numpy()
+    assert (boxes[:, 2] - boxes[:, 1] == merge * patch).all() and (boxes[:, 4] - boxes[:, 3] == merge * patch).all()
+    assert _boxes_tile(boxes, 0, size[1], size[0])
+
+
+@pytest.mark.parametrize("name", ["llava_onevision", "llava_next_video"])
+def test_video_tokens_tile_each_frame_on_the_pooled_grid(name):
+    model, processor = built(name)
+    inputs = make_inputs(processor, name, "video")
+    (pixel_map,), (features,), (layout,) = _maps(model, inputs, "video")
+    frames = inputs["pixel_values_videos"].shape[1]
+    patches = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    # OneVision resizes each frame's patch grid to ceil(n / 2); NeXT-Video average-pools it with its stride
+    pooled = math.ceil(patches / 2) if name == "llava_onevision" else patches // model.config.spatial_pool_stride
+    assert layout.segments[0].grid == (frames, pooled, pooled)
+    assert features.shape[0] == frames * pooled * pooled + (name == "llava_onevision")  # + its one newline
+    expected = processor.video_processor(videos=[testing.random_video(4, 32, 32)], do_normalize=False,
+                                         return_tensors="pt")["pixel_values_videos"][0]
+    boxes = pixel_map.boxes.numpy()
+    for index, panel in enumerate(pixel_map.panels):
+        assert np.allclose(_rgb(processor, panel, "video"), expected[index].permute(1, 2, 0).numpy(), atol=1e-5)
+        assert _boxes_tile(boxes, index, 32, 32)
+    assert (boxes[:, 2] - boxes[:, 1] == 32 / pooled).all()
+
+
+def test_a_family_without_a_map_says_so():
+    model, processor = built("llava")
+    inputs = make_inputs(processor, "llava")
+    adapter = adapter_for(model)
+    (_, _, layouts) = _maps(model, inputs)
+    (pixel_map,) = Adapter.pixel_maps(adapter, "image", inputs, layouts)  # what a new family gets by default
+    assert pixel_map.panels == () and "no pixel mapping for this family (llava)" in pixel_map.missing
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_supported_family_maps_every_content_token(name):
+    model, processor = built(name)
+    (pixel_map,), _, (layout,) = _maps(model, make_inputs(processor, name))
+    assert not pixel_map.missing and pixel_map.boxes.shape == (layout.content.numel(), 5)
+    for index, panel in enumerate(pixel_map.panels):  # every box inside its panel
+        on = pixel_map.boxes[pixel_map.boxes[:, 0] == index]
+        assert (on[:, 1:] >= 0).all() and (on[:, 2] <= panel.pixels.shape[-2]).all()
+        assert (on[:, 4] <= panel.pixels.shape[-1]).all()
