@@ -7,10 +7,9 @@ A tokens merge. The matcher is built once per encoder call, when the token count
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
-
-import math
 
 from torch import Tensor
 
