@@ -32,7 +32,7 @@ from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
 from vtr.measure.timing import ENCODER_SECTION, section
 from vtr.ops.packing import left_packed_index
-from vtr.methods.base import AttentionRequest, KeepAll, Method, Reduction, VisualItem
+from vtr.methods.base import AttentionRequest, Method, Reduction, VisualItem
 from vtr.methods.vision import VisionMethod
 from vtr.positions import ChunkPositions, PositionScheme
 from vtr.stats import CallStats, ItemStats, SampleStats
@@ -228,7 +228,7 @@ def _reduce_modality(
     for feats, (row, cols), layout, attention, merge, encoder_tokens, projected in zip(
             visual.features, visual.slots, visual.layouts, visual.attention, visual.merges, visual.encoder_tokens,
             visual.projected):
-        if merge is None and chunks is None and isinstance(method, KeepAll):
+        if merge is None and chunks is None and method.keeps_every_token:
             new_features.append(feats)
             reductions.append(_kept_whole(visual.modality, feats, row, cols, layout, items_per_row, roles))
             continue

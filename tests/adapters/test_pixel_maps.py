@@ -145,7 +145,19 @@ def test_a_family_without_a_map_says_so():
     assert pixel_map.panels == () and "no pixel mapping for this family (llava)" in pixel_map.missing
 
 
-@pytest.mark.parametrize("name", MODELS)
+# families whose adapter does not yet describe its token geometry (InternVL's tiles)
+UNMAPPED = ["internvl"]
+
+
+@pytest.mark.parametrize("name", UNMAPPED)
+def test_a_family_without_a_pixel_map_says_so(name):
+    model, processor = built(name)
+    (pixel_map,), _, _ = _maps(model, make_inputs(processor, name))
+    assert pixel_map.panels == () and f"no pixel mapping for this family ({model.config.model_type})" in \
+        pixel_map.missing
+
+
+@pytest.mark.parametrize("name", [m for m in MODELS if m not in UNMAPPED])
 def test_every_supported_family_maps_every_content_token(name):
     model, processor = built(name)
     (pixel_map,), _, (layout,) = _maps(model, make_inputs(processor, name))

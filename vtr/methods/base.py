@@ -233,6 +233,8 @@ class Method:
     name: ClassVar[str]
     stage: ClassVar[Stage]
     budget_required: ClassVar[bool] = False  # registry: building by name needs a budget
+    # the engine skips a whole item's gathers and checks for a method that never drops a token
+    keeps_every_token: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -275,6 +277,7 @@ class KeepAll(Method):
 
     name: ClassVar[str] = "none"
     stage: ClassVar[Stage] = Stage.PRE_LLM
+    keeps_every_token: ClassVar[bool] = True
 
     def reduce(self, item: VisualItem) -> Reduction:
         return Reduction.keep_all(item)
