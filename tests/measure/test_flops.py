@@ -13,9 +13,10 @@ import vtr
 from conftest import MODELS, VIDEO_MODELS, greedy_without_placeholders, make_inputs
 from vtr import testing
 from vtr.layout import Segment
-from vtr.measure.flops import (FlopsBreakdown, VisualInput, _holitom_flops, call_flops, format_breakdown,
+from vtr.measure.flops import (FlopsBreakdown, VisualInput, call_flops, format_breakdown,
                                model_flops, tokens_per_layer, visual_inputs)
 from vtr.methods import HoliTom, VisualItem
+from vtr.methods.holitom import dpc_knn_flops
 from vtr.stats import ItemStats
 
 TOLERANCE = 0.02
@@ -141,7 +142,8 @@ def test_holitom_matches_flop_counter(tiny):
         reduction = method.reduce(item)
     stats = ItemStats("video", 96, reduction.kept.numel(), provenance=tuple(reduction.provenance(96).tolist()))
     assert counter.get_total_flops() == 2 * 45 * 45 * 64 > 0
-    assert _holitom_flops(model.config, stats, VisualInput("video", 2, 16, 12)) == counter.get_total_flops()
+    width = model.config.get_text_config().hidden_size
+    assert dpc_knn_flops(stats, VisualInput("video", 2, 16, 12), width) == counter.get_total_flops()
 
 
 VISION_WRAPS = {

@@ -57,7 +57,6 @@ from vtr.api import _state, is_wrapped
 from vtr.costs.counting import VisualInput
 from vtr.methods import LayerMethod, Method, VisionMethod
 from vtr.methods.cost import SampleWork, tokens_per_layer
-from vtr.methods.holitom import dpc_knn_flops
 from vtr.stats import CallStats, ItemStats, SampleStats
 
 LOGITS = ("last", "all")
@@ -156,12 +155,6 @@ def model_flops(
 
 
 # ---------------------------------------------------------------------- vtr's own work
-def _holitom_flops(config: PreTrainedConfig, stats: ItemStats, item: VisualInput) -> float:
-    """HoliTom's DPC-KNN distance matmuls on one video (``vtr.methods.holitom.dpc_knn_flops``), which the
-    tests compare with FlopCounterMode on the method's own run."""
-    return dpc_knn_flops(stats, item, config.get_text_config().hidden_size)
-
-
 def reduction_flops(
     config: PreTrainedConfig,
     sample: SampleStats,
