@@ -58,12 +58,14 @@ class ItemLayout:
     segments: tuple[Segment, ...]
     structural: Tensor
     closes: Tensor  # (n_structural, 2)
+    # content is every slot in slot order (no structural tokens): the engine then skips its slot gathers
+    plain: bool = False
 
     @classmethod
     def grid_only(cls, grid: tuple[int, int, int], device: torch.device) -> "ItemLayout":
         n = grid[0] * grid[1] * grid[2]
         empty = torch.zeros(0, dtype=torch.long, device=device)
-        return cls(torch.arange(n, device=device), (Segment(0, grid),), empty, empty.view(0, 2))
+        return cls(torch.arange(n, device=device), (Segment(0, grid),), empty, empty.view(0, 2), plain=True)
 
     def structural_kept(self, content_kept: Tensor) -> Tensor:
         """Which structural tokens stay, given a boolean mask over content tokens (vectorised)."""
