@@ -81,9 +81,11 @@ def _reduce_inputs(
         mask = torch.ones_like(ids)
     # encode and locate everything first: a placeholder mismatch must be reported as such, before
     # position computation trips over it with an opaque shape error
+    # the AnyRes crop boxes (the packing replayed: ~75 ops per call) only for a method that reads them
+    crop_boxes = vision is not None or method.reads_crop_boxes()
     encoded = [_encode(adapter, modality, inputs, ids, mask,
                        method.attention_requests(adapter.vision_info()) if method.wants_attention(modality) else {},
-                       vision)
+                       vision, crop_boxes)
                for modality in adapter.present_modalities(inputs)]
     full_positions = adapter.positions({**inputs, "attention_mask": mask}, for_generate)
     chunks = ChunkPositions(adapter.rope_positions(full_positions), scheme) if scheme.ppe else None
@@ -172,7 +174,7 @@ class _EncodedModality:
 
 
 def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor, mask: Tensor,
-            requests: dict[str, AttentionRequest], vision: VisionMethod | None) -> _EncodedModality:
+            requests: dict[str, AttentionRequest], vision: VisionMethod | None, crop_boxes: bool = True) -> _EncodedModality:
     attention: list[dict[str, tuple[Tensor, Tensor]]] = []
     merging = None if vision is None else EncoderMerging(adapter.merge_target(), vision.matcher)
     with contextlib.ExitStack() as stack:
@@ -189,7 +191,7 @@ def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor
         features = adapter.spread_merged(modality, merging, features)
     slots = _checked_slots(adapter, modality, ids, mask, features)
     try:
-        layouts = adapter.item_layouts(modality, inputs, features)
+        layouts = (adapter.item_layouts if crop_boxes else adapter.coarse_item_layouts)(modality, inputs, features)
         for feats, layout in zip(features, layouts):
             layout.check(feats.shape[0])
     except ValueError as error:

@@ -54,3 +54,18 @@ def test_kernel_picks_the_torch_loops_tokens(tmp_path):
     got = json.loads(run.stdout.strip().splitlines()[-1])
     for picks, x, k in zip(got, features, ks):
         assert picks == greedy_maxmin(cosine_distance(x), k).tolist()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_dispatch_takes_the_kernel_and_picks_the_cpu_tokens():
+    """On CUDA ``greedy_maxmin`` is the single launch (no per-pick ops) and picks what the CPU loop picks on
+    the same distances, at the 32-frame video size."""
+    from vtr.measure.overhead import OpCounter
+
+    distance = cosine_distance(_features(6272).cuda())
+    expected = greedy_maxmin(distance.cpu(), 627)  # the same float32 distances, on the CPU loop
+    with OpCounter() as counter:
+        got = greedy_maxmin(distance, 627)
+    assert counter.ops["aten.argmax.default"] == 1  # the first pick only
+    assert torch.equal(got.cpu(), expected)
