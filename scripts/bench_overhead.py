@@ -3,6 +3,7 @@
     python scripts/bench_overhead.py                         # every preset, every method that applies
     python scripts/bench_overhead.py --presets llava-1.5-7b --methods divprune,fastv
     python scripts/bench_overhead.py --json overhead.json --markdown overhead.md
+    python scripts/bench_overhead.py --doc docs/benchmarks.md   # rewrite the tables there in place
 
 A shape proxy keeps the checkpoint's visual geometry and depth with tiny widths (see
 ``vtr.measure.presets.shape_proxy``), so the dispatched-op counts are the real model's and a CPU runs
@@ -53,6 +54,21 @@ def _measure(model, inputs: dict, method: str, budget: int | float, repeats: int
         return measure_overhead(model, inputs, [method], None, repeats=repeats)
 
 
+START, END = "<!-- overhead-table:start", "<!-- overhead-table:end -->"
+
+
+def replace_tables(path: str, text: str) -> None:
+    """Put ``text`` between the start and end markers of the markdown file at ``path`` (markers kept)."""
+    with open(path) as f:
+        doc = f.read()
+    start, end = doc.find(START), doc.find(END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{path} has no {START} ... {END} block to replace")
+    head = doc[:doc.index("\n", start) + 1]
+    with open(path, "w") as f:
+        f.write(f"{head}\n{text}\n\n{doc[end:]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated preset names")
@@ -63,6 +79,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--markdown", help="write the tables here")
+    parser.add_argument("--doc", help="replace the tables between the overhead-table markers of this markdown file")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -94,6 +111,8 @@ def main() -> None:
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(text + "\n")
+    if args.doc:
+        replace_tables(args.doc, text)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device_name, "torch": torch.__version__, "results": results}, f, indent=2)

@@ -44,6 +44,7 @@ EOF
     timeout 150 $bench --model llava-onevision-7b --frames 32 --budgets 1.0,0.25,0.1 \
         --methods divprune,holitom,holitom+holitom_inner,fastv --json "$out/bench_ov32.json" \
         2>&1 | tee "$out/bench_ov32.md" || true
+    timeout 45 python3 scripts/bench_select.py --json "$out/select.json" 2>&1 | tee "$out/select.md" || true
     timeout 90 python3 scripts/bench_overhead.py --presets llava-1.5-7b,qwen2.5-vl-7b,llava-onevision-7b \
         --json "$out/overhead.json" --markdown "$out/overhead.md" 2>&1 | tail -n 60 || true
 }

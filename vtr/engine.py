@@ -81,9 +81,11 @@ def _reduce_inputs(
         mask = torch.ones_like(ids)
     # encode and locate everything first: a placeholder mismatch must be reported as such, before
     # position computation trips over it with an opaque shape error
+    # the AnyRes crop boxes (the packing replayed: ~75 ops per call) only for a method that reads them
+    crop_boxes = vision is not None or method.reads_crop_boxes()
     encoded = [_encode(adapter, modality, inputs, ids, mask,
                        method.attention_requests(adapter.vision_info()) if method.wants_attention(modality) else {},
-                       vision)
+                       vision, crop_boxes)
                for modality in adapter.present_modalities(inputs)]
     full_positions = adapter.positions({**inputs, "attention_mask": mask}, for_generate)
     chunks = ChunkPositions(adapter.rope_positions(full_positions), scheme) if scheme.ppe else None
@@ -172,7 +174,7 @@ class _EncodedModality:
 
 
 def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor, mask: Tensor,
-            requests: dict[str, AttentionRequest], vision: VisionMethod | None) -> _EncodedModality:
+            requests: dict[str, AttentionRequest], vision: VisionMethod | None, crop_boxes: bool = True) -> _EncodedModality:
     attention: list[dict[str, tuple[Tensor, Tensor]]] = []
     merging = None if vision is None else EncoderMerging(adapter.merge_target(), vision.matcher)
     with contextlib.ExitStack() as stack:
@@ -189,7 +191,7 @@ def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor
         features = adapter.spread_merged(modality, merging, features)
     slots = _checked_slots(adapter, modality, ids, mask, features)
     try:
-        layouts = adapter.item_layouts(modality, inputs, features)
+        layouts = (adapter.item_layouts if crop_boxes else adapter.coarse_item_layouts)(modality, inputs, features)
         for feats, layout in zip(features, layouts):
             layout.check(feats.shape[0])
     except ValueError as error:
@@ -232,8 +234,9 @@ def _reduce_modality(
             new_features.append(feats)
             reductions.append(_kept_whole(visual.modality, feats, row, cols, layout, items_per_row, roles))
             continue
-        attention = {name: (scores[layout.content], keys[layout.content]) for name, (scores, keys) in attention.items()}
-        item = VisualItem(feats[layout.content], layout.segments, visual.modality, rank_in_row[row], attention)
+        at_content = (lambda values: values) if layout.plain else (lambda values: values[layout.content])
+        attention = {name: (at_content(scores), at_content(keys)) for name, (scores, keys) in attention.items()}
+        item = VisualItem(at_content(feats), layout.segments, visual.modality, rank_in_row[row], attention)
         rank_in_row[row] += 1
         reduction = merge if merge is not None else method.reduce(item)
         outputs = reduction.output_features(item)  # one gather for a selection, reused below
@@ -246,20 +249,24 @@ def _reduce_modality(
             new_features.append(_expanded_features(method, feats, layout, outputs, provenance))
             structural = layout.structural
             roles.representative[row, cols[layout.content]] = cols[layout.content[reduction.kept[provenance]]]
+        elif layout.plain:  # the kept tokens are the kept slots, already in slot order
+            structural = layout.structural
+            new_features.append(outputs)
+            _keep_only(keep, row, cols, reduction.kept)
         else:
             content_kept = torch.zeros(item.num_tokens, dtype=torch.bool, device=feats.device)
             content_kept[reduction.kept] = True
             structural = layout.structural[layout.structural_kept(content_kept)]
             slots = torch.cat([layout.content[reduction.kept], structural])
             new_features.append(torch.cat([outputs, feats[structural]])[slots.argsort()])
-            dropped = torch.ones(feats.shape[0], dtype=torch.bool, device=cols.device)
-            dropped[slots.to(cols.device)] = False
-            keep[row, cols[dropped]] = False
-        roles.item[row, cols[layout.content[reduction.kept].to(cols.device)]] = roles.count
+            _keep_only(keep, row, cols, slots)
+        # every content column gets the item's id: the dropped ones are never gathered (token_item)
+        roles.item[row, cols if layout.plain else cols[layout.content.to(cols.device)]] = roles.count
         if reduction.origin is not None:
             roles.moved_positions()[row, cols[layout.content[reduction.kept].to(cols.device)]] = cols[
                 layout.content[reduction.origin].to(cols.device)]
-        roles.structural[row, cols[structural.to(cols.device)]] = True
+        if structural.numel():
+            roles.structural[row, cols[structural.to(cols.device)]] = True
         roles.count += 1
         reductions.append(reduction)
         items_per_row[row].append(ItemStats(
@@ -268,6 +275,14 @@ def _reduce_modality(
             vision_per_layer=encoder_tokens, vision_projected=projected, provenance=tuple(provenance.tolist()),
             parts=reduction.parts))
     return adapter.with_features(visual.modality, visual.output, new_features, reductions)
+
+
+def _keep_only(keep: Tensor, row: int, cols: Tensor, slots: Tensor) -> None:
+    """Clear ``keep`` at the item's placeholder columns ``cols`` except at its kept ``slots``: every
+    placeholder column is attended (``_checked_slots``), so the kept-slot mask is the new value."""
+    kept = torch.zeros(cols.shape[0], dtype=torch.bool, device=cols.device)
+    kept[slots.to(cols.device)] = True
+    keep[row, cols] = kept
 
 
 def _kept_whole(modality: str, feats: Tensor, row: int, cols: Tensor, layout: ItemLayout,
@@ -351,13 +366,16 @@ def _checked_slots(
 
 def _check_reduction(method: Method, item: VisualItem, reduction: Reduction, out: Tensor) -> None:
     """Cheap structural checks: a method bug must fail loudly, not scramble the prompt."""
-    kept = reduction.kept
+    kept, origin = reduction.kept, reduction.origin
     ok = kept.dim() == 1 and kept.numel() >= 1 and not kept.is_floating_point()
-    ok = ok and int(kept[0]) >= 0 and int(kept[-1]) < item.num_tokens and bool((kept[1:] > kept[:-1]).all())
     ok = ok and out.shape == (kept.numel(), item.features.shape[-1])
-    origin = reduction.origin
-    ok = ok and (origin is None or (origin.shape == kept.shape and not origin.is_floating_point()
-                                    and bool(((origin >= 0) & (origin < item.num_tokens)).all())))
+    ok = ok and (origin is None or (origin.shape == kept.shape and not origin.is_floating_point()))
+    if ok:  # one host read: the first and last index, ascending (so unique), origins in range
+        flags = [kept[[0, -1]], (kept[1:] > kept[:-1]).all().view(1)]
+        if origin is not None:
+            flags.append(((origin >= 0) & (origin < item.num_tokens)).all().view(1))
+        first, last, *valid = torch.cat(flags).tolist()
+        ok = first >= 0 and last < item.num_tokens and all(valid)
     if not ok:
         raise ReductionError(
             f"{method.describe()} returned an invalid reduction for a {item.modality} of {item.num_tokens} "

@@ -83,6 +83,11 @@ class Adapter:
         """The visual-input description of each item (grids and structural tokens, see ``vtr.layout``)."""
         raise NotImplementedError
 
+    def coarse_item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
+        """``item_layouts`` without ``Segment.crops``, for a method that does not read them
+        (``Method.reads_crop_boxes``): slots, grids and structural tokens exact. Default: the same."""
+        return self.item_layouts(modality, inputs, features)
+
     def with_features(
         self, modality: str, output: ModelOutput, features: list[Tensor], reductions: list[Reduction]
     ) -> ModelOutput:

@@ -262,7 +262,8 @@ class LayerPruner:
     def _expanded(self, values: Tensor, batch: int, length: int, appended) -> Tensor:
         """A prompt-shaped (B0, L0) map for a pass of ``length``: rows repeated for beams, appended columns
         (tokens an uncached generate added after the prompt) set to ``appended``."""
-        values = values.repeat_interleave(batch // values.shape[0], dim=0)
+        if batch != values.shape[0]:  # repeat_interleave dispatches ~5 ops even for one repeat
+            values = values.repeat_interleave(batch // values.shape[0], dim=0)
         extra = length - values.shape[1]
         if extra:
             values = torch.cat([values, values.new_full((batch, extra), appended)], dim=1)

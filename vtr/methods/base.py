@@ -249,6 +249,11 @@ class Method:
     def reduce(self, item: VisualItem) -> Reduction:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def reads_crop_boxes(self) -> bool:
+        """Whether ``reduce`` reads ``Segment.crops`` (the AnyRes crop boxes): finding them costs the engine
+        a replay of the model's packing per call, so it does so only for a method that says it reads them."""
+        return False
+
     def attention_requests(self, info: VisionInfo) -> dict[str, AttentionRequest]:
         """Vision-encoder attention this method needs, by name (default: none)."""
         return {}
@@ -313,6 +318,9 @@ class BudgetedMethod(Method):
 
     budget: Budget | int | float = option(0.25, convert=as_budget)
     allocation: Allocation = "global"
+
+    def reads_crop_boxes(self) -> bool:
+        return self.allocation == THUMBNAIL
 
     def attention_requests(self, info: VisionInfo) -> dict[str, AttentionRequest]:
         if self.allocation != THUMBNAIL:

@@ -1,9 +1,11 @@
 """Greedy max-min (farthest-point) selection, the core of DivPrune.
 
 Cost matters here more than anywhere: the loop over the k picks is inherently sequential, so every op in
-one step is k kernel launches on a GPU. One step is three ops for one item (argmax, one row fetch, running minimum; a fourth, an offset, for a batch),
-which the diagonal trick below makes possible: with the diagonal at ``-inf``, a picked token's running
-minimum becomes ``-inf`` by itself, so it never wins again and needs no masking op.
+one step is k kernel launches on a GPU. One step is three ops for one item (argmax, one row fetch,
+running minimum; a fourth, an offset, for a batch), which the diagonal trick below makes possible: with
+the diagonal at ``-inf``, a picked token's running minimum becomes ``-inf`` by itself, so it never wins
+again and needs no masking op. On CUDA the whole loop is one Triton launch instead
+(``vtr.ops.maxmin_triton``, the same picks); the torch loop is the CPU path.
 
 Ties go to the lowest index, because ``torch.argmax`` returns the first maximal index, as in the
 reference's plain ``argmax`` over the same distances: equal scores only (distances that differ by float
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from vtr.ops import maxmin_triton
 
 
 def first_maxmin_pick(distance: Tensor) -> Tensor:
@@ -45,14 +49,17 @@ def greedy_maxmin(distance: Tensor, k: int) -> Tensor:
         raise ValueError(f"k must lie in [1, {n}], got {k}")
     pick = first_maxmin_pick(distance)
     distance.diagonal(dim1=-2, dim2=-1).fill_(-torch.inf)  # a picked token's own distance: never wins again
+    if maxmin_triton.serves(distance):  # CUDA: all k picks in one launch, the same picks
+        return maxmin_triton.greedy_maxmin_triton(distance, pick, k)
     # rows are fetched with index_select on the flattened matrix: advanced indexing (distance[rows, pick])
     # sweeps all N×N entries on CPU (6.5 ms per step at N=6273, against 13 µs)
     flat = distance.view(batch * n, n)
     offset = None if batch == 1 else torch.arange(batch, device=distance.device) * n
     picks = [pick]
-    min_dist = flat.index_select(0, pick if offset is None else pick + offset)
-    for _ in range(1, k):
+    min_dist = None
+    for _ in range(1, k):  # fold in the last pick's row, then pick the farthest token
+        row = flat.index_select(0, pick if offset is None else pick + offset)
+        min_dist = row if min_dist is None else torch.minimum(min_dist, row)
         pick = min_dist.argmax(dim=-1)
         picks.append(pick)
-        min_dist = torch.minimum(min_dist, flat.index_select(0, pick if offset is None else pick + offset))
     return torch.stack(picks, dim=1)
