@@ -15,7 +15,7 @@ from vtr import testing
 from vtr.llm.cache import cache_keyword
 from vtr.methods import DivPrune, FastV, PDrop
 
-FAMILIES = ["llava", "qwen2_5_vl", "qwen3_vl", "internvl_qwen3"]
+FAMILIES = ["llava", "qwen2_5_vl", "qwen3_vl", "internvl_qwen3", "gemma3"]
 IN_LLM = {
     "fastv": dict(method="fastv", budget=0.5, layer=2),
     "pdrop": dict(method="pdrop"),
