@@ -253,20 +253,24 @@ CHAT_TEMPLATE_INTERNVL = CHAT_TEMPLATE_QWEN.replace("<|vision_start|><|image_pad
     .replace("<|vision_start|><|video_pad|><|vision_end|>", "<video>\n")
 
 
-@functools.lru_cache(maxsize=1)
-def internvl_tokenizer() -> PreTrainedTokenizerFast:
-    """``tokenizer()`` plus InternVL's image tokens, registered under the attribute names its processor reads."""
+def _family_tokenizer(tokens: dict[str, str]) -> PreTrainedTokenizerFast:
+    """``tokenizer()`` plus a family's special tokens, registered under the attribute names its processor reads."""
     vocab = dict(tokenizer().get_vocab())
-    new = [t for t in INTERNVL_TOKENS.values() if t not in vocab]
+    new = [t for t in tokens.values() if t not in vocab]
     vocab.update({t: max(vocab.values()) + 1 + i for i, t in enumerate(new)})
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.decoder = decoders.WordPiece(prefix="##")
     backend.add_special_tokens(SPECIAL_TOKENS + new)  # extra_special_tokens replaces additional_special_tokens
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="[PAD]",
-                                  unk_token="[UNK]", extra_special_tokens=INTERNVL_TOKENS)
+                                  unk_token="[UNK]", extra_special_tokens=tokens)
     tok.padding_side = "left"
     return tok
+
+
+@functools.lru_cache(maxsize=1)
+def internvl_tokenizer() -> PreTrainedTokenizerFast:
+    return _family_tokenizer(INTERNVL_TOKENS)
 
 
 def internvl_processor(max_tiles: int = 4):
@@ -307,21 +311,6 @@ def build_internvl_qwen3(seed: int = 0):
 GEMMA3_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
 GEMMA3_IMAGE, GEMMA3_PATCH, GEMMA3_POOL = 32, 2, 4  # 16x16 patches pooled 4x4: a 4x4 grid of 16 LLM tokens
 CHAT_TEMPLATE_GEMMA3 = CHAT_TEMPLATE_LLAVA.replace("<image>\n", "<start_of_image>\n")
-
-
-def _family_tokenizer(tokens: dict[str, str]) -> PreTrainedTokenizerFast:
-    """``tokenizer()`` plus a family's special tokens, registered under the attribute names its processor reads."""
-    vocab = dict(tokenizer().get_vocab())
-    new = [t for t in tokens.values() if t not in vocab]
-    vocab.update({t: max(vocab.values()) + 1 + i for i, t in enumerate(new)})
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.decoder = decoders.WordPiece(prefix="##")
-    backend.add_special_tokens(SPECIAL_TOKENS + new)  # extra_special_tokens replaces additional_special_tokens
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="[PAD]",
-                                  unk_token="[UNK]", extra_special_tokens=tokens)
-    tok.padding_side = "left"
-    return tok
 
 
 @functools.lru_cache(maxsize=1)
