@@ -34,6 +34,8 @@ FRAME_VIDEO_CASES = [("internvl", "video")]
 # internvl: 64x32 gives 1x2 crops of 32 pixels + a thumbnail (3 tiles of 16 tokens)
 IMAGE_SIZE = {"llava": (32, 32), "llava_next": (40, 32), "llava_onevision": (40, 32), "llava_next_video": (40, 32),
               "internvl": (64, 32)}
+# processors that take a batch's images nested per prompt (one list per prompt)
+NESTED_IMAGES = {"gemma3"}
 GREEDY = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True)
 
 
@@ -52,12 +54,11 @@ def image_for(name: str, seed: int = 0):
 def make_inputs(processor, name: str, kind: str = "image", texts=None, seeds=(0,)):
     """Processor outputs for one prompt per seed; ``kind`` is "image", "video", "two_images" or "text"."""
     texts = texts or ["what is in the image ?"] * len(seeds)
-    if kind == "image":
-        prompts = [testing.prompt(processor, t) for t in texts]
-        return processor(images=[image_for(name, s) for s in seeds], text=prompts, return_tensors="pt", padding=True)
-    if kind == "two_images":
-        prompts = [testing.prompt(processor, t, images=2) for t in texts]
-        images = [image_for(name, s + k) for s in seeds for k in (0, 100)]
+    if kind in ("image", "two_images"):
+        offsets = (0,) if kind == "image" else (0, 100)
+        prompts = [testing.prompt(processor, t, images=len(offsets)) for t in texts]
+        images = [[image_for(name, s + k) for k in offsets] for s in seeds]
+        images = images if name in NESTED_IMAGES else [image for row in images for image in row]
         return processor(images=images, text=prompts, return_tensors="pt", padding=True)
     if kind == "video":
         prompts = [testing.prompt(processor, t, images=0, videos=1) for t in texts]
@@ -85,7 +86,7 @@ def row_alone(inputs, i: int) -> dict:
     """Row ``i`` of a processor batch, alone and without its padding (pixels split per image)."""
     keep = inputs["attention_mask"][i].bool()
     out = {k: v[i:i + 1][:, keep] for k, v in inputs.items() if k in ("input_ids", "attention_mask",
-                                                                      "mm_token_type_ids")}
+                                                                      "mm_token_type_ids", "token_type_ids")}
     if "image_grid_thw" in inputs:
         sizes = inputs["image_grid_thw"].prod(-1).tolist()
         out["pixel_values"] = inputs["pixel_values"].split(sizes)[i]

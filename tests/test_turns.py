@@ -40,10 +40,10 @@ def _whole_conversation(inputs, ids: torch.Tensor, mask: torch.Tensor) -> dict:
     """The processor's pixel inputs with the whole conversation as the prompt (text after the prompt is
     text: token type 0)."""
     whole = {**inputs, "input_ids": ids, "attention_mask": mask}
-    if "mm_token_type_ids" in inputs:
-        types = inputs["mm_token_type_ids"]
-        whole["mm_token_type_ids"] = torch.cat([types, types.new_zeros(ids.shape[0], ids.shape[1] - types.shape[1])],
-                                               1)
+    for key in ("mm_token_type_ids", "token_type_ids"):  # Gemma 3's processor names them token_type_ids
+        if key in inputs:
+            types = inputs[key]
+            whole[key] = torch.cat([types, types.new_zeros(ids.shape[0], ids.shape[1] - types.shape[1])], 1)
     return whole
 
 
@@ -69,7 +69,7 @@ def _assert_same_answer(got, expected) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS + ["gemma3"])
 def test_pre_llm_later_turn_equals_a_fresh_reduced_recompute(tiny, name):
     """DivPrune does not read the prompt: the recompute that keeps turn 1's reduction is the fresh one."""
     model, processor = tiny(name)
@@ -94,7 +94,7 @@ def _replay(chosen: torch.Tensor, **options) -> FastV:
     return Replay(**options)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS + ["gemma3"])
 def test_in_llm_later_turn_keeps_the_first_turns_choice(tiny, name):
     """FastV's choice reads the prompt's last token; the cache keeps turn 1's, and so does the reference."""
     model, processor = tiny(name)

@@ -253,20 +253,24 @@ CHAT_TEMPLATE_INTERNVL = CHAT_TEMPLATE_QWEN.replace("<|vision_start|><|image_pad
     .replace("<|vision_start|><|video_pad|><|vision_end|>", "<video>\n")
 
 
-@functools.lru_cache(maxsize=1)
-def internvl_tokenizer() -> PreTrainedTokenizerFast:
-    """``tokenizer()`` plus InternVL's image tokens, registered under the attribute names its processor reads."""
+def _family_tokenizer(tokens: dict[str, str]) -> PreTrainedTokenizerFast:
+    """``tokenizer()`` plus a family's special tokens, registered under the attribute names its processor reads."""
     vocab = dict(tokenizer().get_vocab())
-    new = [t for t in INTERNVL_TOKENS.values() if t not in vocab]
+    new = [t for t in tokens.values() if t not in vocab]
     vocab.update({t: max(vocab.values()) + 1 + i for i, t in enumerate(new)})
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.decoder = decoders.WordPiece(prefix="##")
     backend.add_special_tokens(SPECIAL_TOKENS + new)  # extra_special_tokens replaces additional_special_tokens
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="[PAD]",
-                                  unk_token="[UNK]", extra_special_tokens=INTERNVL_TOKENS)
+                                  unk_token="[UNK]", extra_special_tokens=tokens)
     tok.padding_side = "left"
     return tok
+
+
+@functools.lru_cache(maxsize=1)
+def internvl_tokenizer() -> PreTrainedTokenizerFast:
+    return _family_tokenizer(INTERNVL_TOKENS)
 
 
 def internvl_processor(max_tiles: int = 4):
@@ -303,6 +307,48 @@ def build_internvl_qwen3(seed: int = 0):
     return _build_internvl(seed, _text_config(model_type="qwen3", head_dim=16))
 
 
+# ---------------------------------------------------------------- Gemma 3 (SigLIP + 4x4 average pool + Gemma 3 text)
+GEMMA3_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+GEMMA3_IMAGE, GEMMA3_PATCH, GEMMA3_POOL = 32, 2, 4  # 16x16 patches pooled 4x4: a 4x4 grid of 16 LLM tokens
+CHAT_TEMPLATE_GEMMA3 = CHAT_TEMPLATE_LLAVA.replace("<image>\n", "<start_of_image>\n")
+
+
+@functools.lru_cache(maxsize=1)
+def gemma3_tokenizer() -> PreTrainedTokenizerFast:
+    return _family_tokenizer(GEMMA3_TOKENS)
+
+
+def gemma3_processor():
+    """Gemma 3's processor at a 32-pixel image (pan-and-scan when a call asks, with its crop options)."""
+    from transformers import Gemma3ImageProcessorPil, Gemma3Processor
+    image_processor = Gemma3ImageProcessorPil(size={"height": GEMMA3_IMAGE, "width": GEMMA3_IMAGE})
+    tokens = (GEMMA3_IMAGE // GEMMA3_PATCH // GEMMA3_POOL) ** 2
+    return Gemma3Processor(image_processor=image_processor, tokenizer=gemma3_tokenizer(), image_seq_length=tokens,
+                           chat_template=CHAT_TEMPLATE_GEMMA3)
+
+
+def build_gemma3(seed: int = 0):
+    """Gemma 3-style, small: a 2-layer SigLIP tower, a text model of sliding-window layers (window 12, shorter
+    than the prompts) interleaved with global ones, four layers so in-LLM methods prune at layers 1 to 3."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+    torch.manual_seed(seed)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=GEMMA3_IMAGE, patch_size=GEMMA3_PATCH, vision_use_head=False)
+    text = dict(model_type="gemma3_text", vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64,
+                num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                query_pre_attn_scalar=16, sliding_window=12, layer_types=["sliding_attention", "full_attention"] * 2,
+                max_position_embeddings=1024, **special_ids())
+    tok = gemma3_tokenizer()
+    config = Gemma3Config(vision_config=vision, text_config=text,
+                          mm_tokens_per_image=(GEMMA3_IMAGE // GEMMA3_PATCH // GEMMA3_POOL) ** 2,
+                          boi_token_index=tok.boi_token_id, eoi_token_index=tok.eoi_token_id,
+                          image_token_index=tok.image_token_id, **special_ids())
+    model = Gemma3ForConditionalGeneration(config)
+    with torch.no_grad():  # transformers initialises the projection to zeros: images would not reach the LLM
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, 0.2)
+    return _finish(model), gemma3_processor()
+
+
 BUILDERS: dict[str, Callable] = {
     "llava": build_llava,
     "llava_next": build_llava_next,
@@ -313,6 +359,7 @@ BUILDERS: dict[str, Callable] = {
     "qwen3_vl": build_qwen3_vl,
     "internvl": build_internvl,
     "internvl_qwen3": build_internvl_qwen3,
+    "gemma3": build_gemma3,
 }
 
 

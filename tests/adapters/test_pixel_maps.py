@@ -183,7 +183,7 @@ def test_internvl_thumbnail_and_crops_in_their_places():
             assert torch.equal(centre, origin.double() + centres[token]), (slot, box)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS + ["gemma3"])
 def test_every_supported_family_maps_every_content_token(name):
     model, processor = built(name)
     (pixel_map,), _, (layout,) = _maps(model, make_inputs(processor, name))

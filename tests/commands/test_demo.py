@@ -70,7 +70,8 @@ def test_the_demo_pictures_what_each_method_kept_of_synthetic_scenes(capsys, tmp
 @pytest.mark.parametrize("name", [n for n in testing.BUILDERS if n != "internvl_qwen3"])  # internvl's tower
 def test_mechanics_table_has_a_row_per_method_on_every_built_in_model(capsys, name):
     """The default method list on every built-in model: exit 0, a row per method and level, and methods
-    the model refuses (ToMe/DyMU on the Qwen ViT and InternViT, at wrap) are 'not run' rows with the reason."""
+    the model refuses (ToMe/DyMU on the Qwen ViT, InternViT and Gemma 3's pooled SigLIP, at wrap) are 'not run'
+    rows with the reason."""
     assert main(["demo", "--model", name, "--budgets", "0.25", "--max-new-tokens", "2", "--repeats", "1",
                  "--picture", "none"]) == 0
     header, *rows = table_rows(capsys.readouterr().out)
@@ -79,9 +80,9 @@ def test_mechanics_table_has_a_row_per_method_on_every_built_in_model(capsys, na
     labels = {r[1] for r in rows if r[0] == "dymu"}
     assert labels == {"r=4", "r=8", "r=16"}
     refused = {r[0] for r in rows if r[-1].startswith("not run:")}
-    if name.startswith(("qwen", "internvl")):
+    if name.startswith(("qwen", "internvl", "gemma")):
         assert {"tome", "dymu"} <= refused
-        reason = "CLIP/SigLIP" if name.startswith("qwen") else "pixel shuffle"
+        reason = {"qwen": "CLIP/SigLIP", "inte": "pixel shuffle", "gemm": "average-pools"}[name[:4]]
         assert all(reason in r[-1] for r in rows if r[0] in ("tome", "dymu"))
     else:
         assert "tome" not in refused  # a budget tome meets on every CLIP/SigLIP tower

@@ -21,6 +21,7 @@ HAS_FLOPS = importlib.util.find_spec("vtr.measure.flops") is not None
 LLAVA_ARGS = "device=cpu,device_map=cpu,dtype=float32"
 QWEN_ARGS = "device=cpu,device_map=cpu,min_pixels=1024,max_pixels=4096,max_num_frames=4"
 INTERNVL_ARGS = "device=cpu,device_map=cpu,dtype=float32,max_patches=4"
+GEMMA3_ARGS = "device=cpu,device_map=cpu,dtype=bfloat16"  # lmms-eval's gemma3 class casts inputs to bfloat16
 
 
 def vtr_sweep(*argv: str) -> subprocess.CompletedProcess:
@@ -162,9 +163,19 @@ def internvl_scenario(out: Path, checkpoint: str) -> None:
     assert rows[1]["visual_tokens"] == {"before": before, "llm_input": 8, "kept": 8}
 
 
-def test_sweeps_end_to_end_on_tiny_llava_qwen_and_internvl(tmp_path, checkpoint, capsys):
+def gemma3_scenario(out: Path, checkpoint: str) -> None:
+    """lmms-eval's gemma3 class (simple, the only one): 16 pooled tokens per image, reduced to the budget."""
+    command = ["--model", "vtr_gemma3", "--pretrained", checkpoint, "--methods", "none,divprune", *GRID,
+               "--tasks", "vtr_colors", "--limit", "2", "--out", str(out), "--model-args", GEMMA3_ARGS]
+    rows = swept(command, out, [("none", None), ("divprune", 8)])
+    check_report(out, rows, ["vtr_colors exact_match"])
+    assert rows[0]["visual_tokens"]["before"] == 16
+    assert rows[1]["visual_tokens"] == {"before": 16, "llm_input": 8, "kept": 8}
+
+
+def test_sweeps_end_to_end_on_tiny_llava_qwen_internvl_and_gemma3(tmp_path, checkpoint, capsys):
     scenarios = {llava_scenario: checkpoint("llava"), qwen_scenario: checkpoint("qwen2_5_vl"),
-                 internvl_scenario: checkpoint("internvl")}
+                 internvl_scenario: checkpoint("internvl"), gemma3_scenario: checkpoint("gemma3")}
     with ThreadPoolExecutor(len(scenarios)) as pool:
         futures = [pool.submit(scenario, tmp_path / scenario.__name__, path) for scenario, path in scenarios.items()]
     for future in futures:

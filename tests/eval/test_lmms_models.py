@@ -61,6 +61,19 @@ def test_internvl_chat_generation_runs_reduced_per_image_over_its_tiles(checkpoi
     assert (record["visual_before"], record["visual_after"]) == (48, 6) and 1 <= record["new_tokens"] <= 3
 
 
+def test_gemma3_generation_runs_reduced_per_image(checkpoint):
+    """lmms-eval's gemma3 class (bfloat16 inputs) reduces the 16 pooled tokens of an image to the budget; vtr's
+    loglikelihood (lmms-eval's gemma3 has none) runs reduced too."""
+    model = get_model("vtr_gemma3")(pretrained=checkpoint("gemma3"), device="cpu", device_map="cpu",
+                                    dtype="bfloat16", method="divprune", budget=6)
+    model.task_dict = {"t": {"test": [{"question": QUESTION}]}}
+    [result] = model.generate_until([request((QUESTION, {"max_new_tokens": 3}, lambda doc: [IMAGE], 0, "t", "test"))])
+    record = result.token_counts.to_dict()["vtr"]
+    assert (record["visual_before"], record["visual_after"]) == (16, 6) and 1 <= record["new_tokens"] <= 3
+    [scored] = model.loglikelihood([request((QUESTION, " red", lambda doc: [IMAGE], 0, "t", "test"))])  # vtr's own
+    assert scored.token_counts.vtr["visual_kept"] == 6 and isinstance(scored.text[0], float)
+
+
 def test_ppe_options_reach_the_wrapped_model(checkpoint):
     model = loaded(VtrLlavaHf, checkpoint("llava"), method="pool", budget=4, positions="ppe", ppe_chunks="4")
     assert model.model._vtr_state.positions == PositionScheme("ppe", 4, "nearest")
@@ -87,7 +100,7 @@ def test_chat_generation_runs_reduced_and_carries_its_record_into_the_results_js
 
 FAMILIES = {"vtr_llava_hf": ("llava", "bfloat16"), "vtr_qwen2_vl": ("qwen2_vl", "float32"),
             "vtr_qwen2_5_vl": ("qwen2_5_vl", "float32"), "vtr_qwen3_vl": ("qwen3_vl", "float32"),
-            "vtr_internvl_hf": ("internvl", "float32")}
+            "vtr_internvl_hf": ("internvl", "float32"), "vtr_gemma3": ("gemma3", "bfloat16")}
 
 
 @pytest.mark.parametrize("model_id", sorted(FAMILIES))

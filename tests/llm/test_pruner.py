@@ -16,15 +16,18 @@ from vtr.llm.cache import cache_keyword
 from vtr.methods import DivPrune, FastV, PDrop
 
 FAMILIES = ["llava", "qwen2_5_vl", "qwen3_vl", "internvl_qwen3"]
+# Gemma 3 (sliding-window and global layers, a bidirectional image block, per-layer-type rotary) costs most per
+# forward: every in-LLM method under SDPA (eager's float masks once, with fastv), keep-all with fastv
+GEMMA = "gemma3"
 IN_LLM = {
     "fastv": dict(method="fastv", budget=0.5, layer=2),
     "pdrop": dict(method="pdrop"),
     "holitom_inner": dict(method="holitom_inner"),
     "fastv_in_deepstack": dict(method="fastv", budget=5, layer=1, query="text"),
 }
-@pytest.mark.parametrize("name", FAMILIES)
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-@pytest.mark.parametrize("config", list(IN_LLM))
+@pytest.mark.parametrize("name, attention, config",
+                         [(n, a, c) for c in IN_LLM for a in ("sdpa", "eager") for n in FAMILIES]
+                         + [(GEMMA, "sdpa", c) for c in IN_LLM] + [(GEMMA, "eager", "fastv")])
 def test_cached_generate_equals_uncached_recompute(tiny, name, attention, config):
     model, processor = tiny(name)
     model.set_attn_implementation(attention)
@@ -40,8 +43,8 @@ def test_cached_generate_equals_uncached_recompute(tiny, name, attention, config
     assert all(p[-1] < p[0] for p in per_layer)  # the stage did drop tokens
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-@pytest.mark.parametrize("config", ["fastv", "pdrop", "holitom_inner"])
+@pytest.mark.parametrize("name, config", [(n, c) for c in ("fastv", "pdrop", "holitom_inner") for n in FAMILIES]
+                         + [(GEMMA, "fastv"), (GEMMA, "pdrop"), (GEMMA, "holitom_inner")])
 def test_padded_batch_equals_rows_alone(tiny, name, config):
     model, processor = tiny(name)
     inputs = padded_inputs(processor, name)
@@ -94,7 +97,7 @@ def test_multi_stage_padding_when_the_unpadded_row_becomes_the_shorter_one(tiny,
             assert torch.allclose(step_batch[row], step_alone[0], atol=1e-5), row
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", FAMILIES + [GEMMA])
 def test_cache_holds_the_reduced_length_from_layer_k_on(tiny, name):
     model, processor = tiny(name)
     inputs = padded_inputs(processor, name)
@@ -111,8 +114,8 @@ def test_cache_holds_the_reduced_length_from_layer_k_on(tiny, name):
     assert cache.get_seq_length(1) > cache.get_seq_length(3)
 
 
-@pytest.mark.parametrize("name", FAMILIES + ["llava_next"])
-@pytest.mark.parametrize("method", ["fastv", "holitom_inner", "pdrop"])
+@pytest.mark.parametrize("name, method", [(n, m) for m in ("fastv", "holitom_inner", "pdrop")
+                                          for n in FAMILIES + ["llava_next"]] + [(GEMMA, "fastv")])
 def test_keep_all_at_layer_k_is_identical_to_unwrapped(tiny, name, method):
     model, processor = tiny(name)
     inputs = padded_inputs(processor, name)
@@ -149,7 +152,7 @@ def _masked_keys_reference(model, inputs, first_layer: int, dropped: torch.Tenso
             handle.remove()
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", FAMILIES + [GEMMA])
 @pytest.mark.parametrize("layer", [1, 2])
 def test_prefill_logits_equal_dropped_tokens_masked_as_keys(tiny, name, layer):
     model, processor = tiny(name)

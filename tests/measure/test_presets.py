@@ -16,11 +16,14 @@ PUBLISHED_PARAMS = {
     "qwen2.5-vl-7b": 8_292_166_656,
     "qwen3-vl-8b": 8_767_123_696,
     "internvl3.5-8b": 8_528_318_464,  # InternViT 304,012,288 + projector 33,570,816 + Qwen3-8B 8,190,735,360
+    "gemma-3-4b": 4_300_079_472,
+    "gemma-3-12b": 12_187_325_040,
 }
 # visual tokens of the preset's synthetic input, as the real processor + model produce them
 VISUAL_TOKENS = {"llava-1.5-7b": 576, "llava-next-7b": 2928, "llava-onevision-7b": 4 * 196 + 1,
                  "qwen2.5-vl-7b": 256, "qwen3-vl-8b": 196,
-                 "internvl3.5-8b": 5 * 256}  # 896x896: 2x2 crops + a thumbnail, 256 tokens each
+                 "internvl3.5-8b": 5 * 256,  # 896x896: 2x2 crops + a thumbnail, 256 tokens each
+                 "gemma-3-4b": 256, "gemma-3-12b": 256}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -59,7 +62,7 @@ def test_unknown_preset_is_named():
         build_preset("llava-13b")
 
 
-@pytest.mark.parametrize("name", ["llava_next", "qwen2_5_vl", "qwen3_vl", "internvl"])
+@pytest.mark.parametrize("name", ["llava_next", "qwen2_5_vl", "qwen3_vl", "internvl", "gemma3"])
 def test_shape_proxy_gives_the_real_models_flops(tiny, name):
     """Token counts do not depend on widths: a weight-independent method on the proxy costs the same."""
     import vtr

@@ -10,6 +10,8 @@ from transformers import PreTrainedConfig
 
 from vtr.adapters.base import Adapter
 from vtr.adapters.costs import FamilyCosts
+from vtr.adapters.gemma3 import Gemma3Adapter
+from vtr.adapters.gemma3_costs import Gemma3Costs
 from vtr.adapters.internvl import InternVLAdapter
 from vtr.adapters.internvl_costs import InternVLCosts
 from vtr.adapters.llava import LlavaAdapter, LlavaNextAdapter
@@ -20,13 +22,13 @@ from vtr.errors import UnsupportedModelError
 
 ADAPTERS: dict[str, type[Adapter]] = {
     model_type: cls
-    for cls in (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, InternVLAdapter)
+    for cls in (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, InternVLAdapter, Gemma3Adapter)
     for model_type in cls.model_types
 }
 COSTS: dict[str, type[FamilyCosts]] = {
     model_type: cls
     for cls in (LlavaCosts, LlavaNextCosts, LlavaOneVisionCosts, LlavaNextVideoCosts, Qwen2VLCosts, Qwen25VLCosts,
-                QwenVLCosts, InternVLCosts)
+                QwenVLCosts, InternVLCosts, Gemma3Costs)
     for model_type in cls.model_types
 }
 

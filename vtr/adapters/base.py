@@ -169,6 +169,20 @@ class Adapter:
     def text_attn_implementation(self) -> str:
         return str(self.config.get_text_config()._attn_implementation)
 
+    def sliding_windows(self) -> tuple[int | None, ...]:
+        """Per decoder layer, its sliding attention window (keys less than that many positions back), or
+        ``None`` for a global layer: read from the text config's ``layer_types`` and ``sliding_window``, as
+        transformers builds each layer's mask and cache from them (Gemma 3 interleaves both kinds)."""
+        text = self.config.get_text_config()
+        layer_types = getattr(text, "layer_types", None) or ("full_attention",) * text.num_hidden_layers
+        window = getattr(text, "sliding_window", None)
+        return tuple(int(window) if kind == "sliding_attention" and window else None for kind in layer_types)
+
+    def rotary_kinds(self) -> tuple[str | None, ...]:
+        """Per decoder layer, the extra argument the text model passes its rotary module for that layer, or
+        ``None`` where it passes none (default: one rotary for every layer)."""
+        return ()
+
     def patch_decoder(self, pruner: Any) -> Callable[[], None]:
         """Adapt what the text model does between layers to a shorter sequence; returns the undo.
 

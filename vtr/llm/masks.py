@@ -79,6 +79,27 @@ def decode_mask(mask: Tensor | None, key_index: Tensor, key_valid: Tensor, queri
     return _mask_slots(_gather_keys(mask, key_index), key_valid, None)
 
 
+def window_decode_mask(key_columns: Tensor, key_valid: Tensor, query_columns: Tensor, window: int | None,
+                       like: Tensor | None) -> Tensor:
+    """The mask of a cached step at a sliding-window layer after a prune, built from columns alone.
+
+    The model sized its sliding mask for its first sliding layer's cache (the last ``window - 1`` positions),
+    not for this layer's, which holds the last ``window - 1`` *kept* columns. The window stays in original
+    positions (``vtr.llm.pruner``): a new token at column q attends the held keys k with q - window < k <= q
+    that are real (``key_valid``: not pad slots, not padding); ``window=None``: a global layer, every held
+    key up to q. ``key_columns`` (B, K) and ``query_columns`` (Q,) are full-pass columns; ``like`` gives the
+    kind (float additive for eager, else bool).
+    """
+    keys, queries = key_columns.view(key_columns.shape[0], 1, 1, -1), query_columns.view(1, 1, -1, 1)
+    allowed = key_valid.view_as(keys) & (keys <= queries)
+    if window is not None:
+        allowed = allowed & (keys > queries - window)
+    if like is not None and like.dtype != torch.bool:
+        return torch.zeros(allowed.shape, dtype=like.dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(like.dtype).min)
+    return allowed
+
+
 def bidirectional_mask(mask: Tensor | None, key_valid: Tensor, flash: bool) -> Tensor | None:
     """A non-causal mask over the same keys: what the HoliTom reference's layer K-1 ran with under SDPA.
 

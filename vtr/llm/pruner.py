@@ -28,6 +28,13 @@ layer different inputs (a sliding-window mask, a new decode step): they are gath
 and reused by the following layers (``_LayerInputs``), so a pass costs a few gathers per stage, not per
 layer.
 
+Sliding-window layers (Gemma 3's local layers; ``Adapter.sliding_windows``) keep their window in *original*
+positions after a prune: a kept token attends the kept tokens less than ``window`` original positions back,
+exactly what it attended unpruned minus the dropped keys (and kept image tokens of one image still attend
+each other where the model's bidirectional block let them). A full pass gets that by gathering the model's
+own sliding mask; a cached step builds it (``vtr.llm.masks.window_decode_mask``), because the layer's
+sliding cache holds its last ``window - 1`` kept columns, not the positions the model sized its mask for.
+
 Only the prompt's columns are candidates; tokens after the prompt (those an uncached generate appends)
 are always kept and the scores come from the prompt alone, so an uncached recompute makes the same
 choice as the cached prefill.
@@ -45,7 +52,7 @@ from transformers import DynamicCache
 
 from vtr.errors import ReductionError
 from vtr.llm.cache import fixed_length_cache_error, passed_cache
-from vtr.llm.masks import bidirectional_mask, decode_mask, full_pass_mask
+from vtr.llm.masks import bidirectional_mask, decode_mask, full_pass_mask, window_decode_mask
 from vtr.llm.scores import attention_to_keys
 from vtr.measure.timing import section
 from vtr.ops.packing import left_packed_index
@@ -124,7 +131,8 @@ class LayerRun:
     current_layer: int = -1  # the decoder layer running now (for injections between layers)
     gathered: _LayerInputs = field(default_factory=_LayerInputs)
     rope_positions: Tensor | None = None  # what the model's rotary module got in the current pass or step
-    renumbered: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # range start -> cos/sin
+    # (range start, rotary kind) -> cos/sin
+    renumbered: dict[tuple[int, str | None], tuple[Tensor, Tensor]] = field(default_factory=dict)
 
     def range_start(self, layer: int) -> int | None:
         """The pruning layer that set the columns ``layer`` sees (``None`` before the first)."""
@@ -146,12 +154,19 @@ class LayerRun:
 class LayerPruner:
     """Hooks of one in-LLM method on one model's decoder layers."""
 
-    def __init__(self, decoder: nn.Module, method: LayerMethod, attn_implementation: str) -> None:
+    def __init__(self, decoder: nn.Module, method: LayerMethod, attn_implementation: str,
+                 sliding_windows: tuple[int | None, ...] = (), rotary_kinds: tuple[str | None, ...] = ()) -> None:
         self.layers = decoder.layers
         self.method = method
         self.num_layers = len(self.layers)
         self.prune_at = method.check_layers(self.num_layers)
         self.flash = str(attn_implementation).startswith("flash")
+        self.windows = tuple(sliding_windows) + (None,) * (self.num_layers - len(sliding_windows))
+        # the extra argument the text model's rotary module takes per layer (Gemma 3: the layer type), if any
+        self.rotary_kinds = tuple(rotary_kinds) + (None,) * (self.num_layers - len(rotary_kinds))
+        if self.flash and any(w is not None for w in self.windows[self.prune_at[0]:]):
+            raise ValueError(f"{method.describe()} on sliding-window layers builds their masks itself, which flash "
+                             f"attention cannot take; load the model with attn_implementation='sdpa' or 'eager'")
         self.quirks = bool(getattr(method, "reference_quirks", False))
         self.own_scores = method.scores_own_layer
         self.renumber = method.renumbers_positions
@@ -347,20 +362,22 @@ class LayerPruner:
         if not kept.moved:
             return _gather_tokens(cos, kept.index), _gather_tokens(sin, kept.index)
         start = self.run.range_start(layer)
-        if start not in self.run.renumbered:
+        kind = self.rotary_kinds[layer]
+        if (start, kind) not in self.run.renumbered:
             positions = self.run.rope_positions
             if positions is None or positions.shape[-1] != self.run.full_len:
                 raise ReductionError(f"{self.method.describe()} renumbers positions, but the text model's rotary "
                                      f"module did not see this pass's {self.run.full_len} positions")
-            self.run.renumbered[start] = self._rotary(like, _gather_last(positions, kept.index) - kept.shift)
-        return self.run.renumbered[start]
+            self.run.renumbered[start, kind] = self._rotary(like, _gather_last(positions, kept.index) - kept.shift,
+                                                            kind)
+        return self.run.renumbered[start, kind]
 
-    def _rotary(self, like: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+    def _rotary(self, like: Tensor, positions: Tensor, kind: str | None) -> tuple[Tensor, Tensor]:
         """The model's rotary module on ``positions`` (not recorded as the model's own positions)."""
         self._rotary_busy = True
         try:
             with torch.no_grad():
-                return self.rotary(like, positions)
+                return self.rotary(like, positions) if kind is None else self.rotary(like, positions, kind)
         finally:
             self._rotary_busy = False
 
@@ -405,29 +422,43 @@ class LayerPruner:
         keys = cache.get_seq_length(0)  # layer 0 already holds this step's tokens: the mask's key count
         mask = kwargs.get("attention_mask")
 
+        window = self.windows[layer]
+
         def gather() -> Tensor:
             new = torch.arange(run.full_len, keys, device=kept.index.device).expand(kept.index.shape[0], -1)
             key_index = torch.cat([kept.index, new], dim=1)
             key_valid = torch.cat([kept.valid, torch.ones_like(new, dtype=torch.bool)], dim=1)
-            return decode_mask(mask, key_index, key_valid, queries, self.flash)
+            if window is None and not (isinstance(mask, Tensor) and mask.dim() == 4 and mask.shape[-1] != keys):
+                return decode_mask(mask, key_index, key_valid, queries, self.flash)
+            # built from columns: a sliding cache holds only its last columns (then this step's tokens), and a
+            # model that sizes its global mask for its first global layer's cache (Gemma 3) sized it for a
+            # shorter layer when that layer was pruned
+            held = cache.layers[layer].keys.shape[-2] if cache.layers[layer].is_initialized else 0
+            attended = self._expanded(run.roles.attended, kept.index.shape[0], run.full_len, True)
+            key_valid[:, :kept.index.shape[1]] &= attended.to(kept.index.device).gather(1, kept.index)
+            key_index, key_valid = key_index[:, key_index.shape[1] - queries - held:], \
+                key_valid[:, key_valid.shape[1] - queries - held:]
+            return window_decode_mask(key_index, key_valid, new[0, new.shape[1] - queries:], window, mask)
 
-        kwargs = {**kwargs, "attention_mask": run.gathered.get(keys, (kept, mask, queries), gather)}
+        kwargs = {**kwargs, "attention_mask": run.gathered.get(keys, (kept, mask, queries, window), gather)}
         return self._renumbered_step(layer, kwargs, kept) if kept.moved else kwargs
 
     def _renumbered_step(self, layer: int, kwargs: dict[str, Any], kept: _Kept) -> dict[str, Any]:
         """A cached step's new tokens moved down by everything their row dropped up to this layer."""
         run = self.run
         start = run.range_start(layer)
-        if start not in run.renumbered:
+        kind = self.rotary_kinds[layer]
+        if (start, kind) not in run.renumbered:
             if run.rope_positions is None:
                 raise ReductionError(f"{self.method.describe()} renumbers positions, but the text model's rotary "
                                      f"module saw no positions for this step")
             shift = kept.dropped.view(-1, 1)
-            run.renumbered[start] = self._rotary(kwargs["position_embeddings"][0], run.rope_positions - shift)
+            run.renumbered[start, kind] = self._rotary(kwargs["position_embeddings"][0], run.rope_positions - shift,
+                                                       kind)
         position_ids = kwargs.get("position_ids")
         if isinstance(position_ids, Tensor):
             kwargs["position_ids"] = position_ids - kept.dropped.view(-1, 1)
-        return {**kwargs, "position_embeddings": run.renumbered[start]}
+        return {**kwargs, "position_embeddings": run.renumbered[start, kind]}
 
 
 def _gather_tokens(values: Tensor, index: Tensor) -> Tensor:

@@ -158,6 +158,32 @@ def _internvl3_5_8b():
         image_seq_length=256, chat_template=testing.CHAT_TEMPLATE_INTERNVL)
     return config, processor
 
+# Gemma 3 (google/gemma-3-4b-it, google/gemma-3-12b-it): SigLIP-So400m at 896 pixels, 4x4-pooled into 256 tokens;
+# five sliding-window layers (1024) per global one; global rotary linearly scaled by 8 at base 1e6, local at 1e4
+SIGLIP_SO400M_896 = dict(SIGLIP_SO400M_384, num_hidden_layers=27, image_size=896)
+GEMMA3_ROPE = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+
+
+def _gemma3(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int):
+    def build():
+        from transformers import Gemma3Config, Gemma3ImageProcessorPil, Gemma3Processor
+        tokenizer = testing.gemma3_tokenizer()
+        text = dict(model_type="gemma3_text", hidden_size=hidden, intermediate_size=intermediate,
+                    num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=256,
+                    vocab_size=262208, sliding_window=1024, query_pre_attn_scalar=256, max_position_embeddings=131072,
+                    rope_parameters=GEMMA3_ROPE, **testing.special_ids())
+        config = Gemma3Config(vision_config=SIGLIP_SO400M_896, text_config=text, mm_tokens_per_image=256,
+                              boi_token_index=tokenizer.boi_token_id, eoi_token_index=tokenizer.eoi_token_id,
+                              image_token_index=tokenizer.image_token_id, **testing.special_ids())
+        processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 896, "width": 896}),
+                                    tokenizer=tokenizer, image_seq_length=256,
+                                    chat_template=testing.CHAT_TEMPLATE_GEMMA3)
+        return config, processor
+
+    return build
+
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", _llava_15_7b, "image"),
     Preset("llava-next-7b", "llava-hf/llava-v1.6-vicuna-7b-hf", _llava_next_7b, "image", image_size=(672, 672)),
@@ -166,6 +192,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", _qwen2_5_vl_7b, "image", image_size=(448, 448)),
     Preset("qwen3-vl-8b", "Qwen/Qwen3-VL-8B-Instruct", _qwen3_vl_8b, "image", image_size=(448, 448)),
     Preset("internvl3.5-8b", "OpenGVLab/InternVL3_5-8B-HF", _internvl3_5_8b, "image", image_size=(896, 896)),
+    Preset("gemma-3-4b", "google/gemma-3-4b-it", _gemma3(2560, 10240, 34, 8, 4), "image", image_size=(896, 896)),
+    Preset("gemma-3-12b", "google/gemma-3-12b-it", _gemma3(3840, 15360, 48, 16, 8), "image", image_size=(896, 896)),
 )}
 
 
