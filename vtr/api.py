@@ -198,7 +198,8 @@ def _pipeline(adapter: Adapter, methods: list[Method], scheme: PositionScheme) -
             pipeline.ppe = PositionPreservation(adapter.decoder(), adapter.rope_rows, scheme.chunks)
         if in_llm is not None:
             assert isinstance(in_llm, LayerMethod)
-            pipeline.in_llm = LayerPruner(adapter.decoder(), in_llm, adapter.text_attn_implementation())
+            pipeline.in_llm = LayerPruner(adapter.decoder(), in_llm, adapter.text_attn_implementation(),
+                                          adapter.recurrent_layers(), adapter.gated_queries())
             pipeline.in_llm.remove = _chained(pipeline.in_llm.remove, adapter.patch_decoder(pipeline.in_llm))
     except BaseException:
         pipeline.close()

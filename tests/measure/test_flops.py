@@ -21,6 +21,8 @@ from vtr.stats import ItemStats
 
 TOLERANCE = 0.02
 CASES = [(name, "image") for name in MODELS] + [(name, "video") for name in VIDEO_MODELS]
+# the families not in MODELS (see tests/adapters/test_qwen_vl.py): hybrid and MoE decoders, images and one video
+NEW_CASES = [("qwen3_5", "image"), ("qwen3_5", "video"), ("qwen3_5_moe", "image"), ("qwen3_vl_moe", "image")]
 WRAPS = {
     "plain": None,
     "divprune": dict(method="divprune", budget=0.5),
@@ -64,7 +66,7 @@ def _wrap(model, config: str):
     return model if WRAPS[config] is None else vtr.wrap(model, **WRAPS[config])
 
 
-@pytest.mark.parametrize("name, kind", CASES)
+@pytest.mark.parametrize("name, kind", CASES + NEW_CASES)
 def test_forward_prefill_matches_flop_counter(tiny, name, kind):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, kind)
@@ -203,7 +205,7 @@ def test_divprune_allocations_match_flop_counter(tiny, name, kind, allocation):
     _assert_close(measured, _modelled(breakdown))
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS + ["qwen3_5"])  # MoE decoding: tests/costs/test_decoder.py
 @pytest.mark.parametrize("config", ["plain", "fastv"])
 def test_generate_and_decode_step_match_flop_counter(tiny, name, config):
     model, processor = tiny(name)
