@@ -4,7 +4,8 @@ Qwen3.5-MoE and Qwen3-VL-MoE, and the re-wrap of a model whose decoder vtr patch
 Adding these types to conftest's MODELS would run every invariant test of the suite on three more models;
 instead each invariant runs here once per type with one representative method per group: a pre-LLM
 selection (divprune), a merge with PPE positions (pool), an attention-guided selection (hiprune), HoliTom on
-video, and an in-LLM method (fastv) at a layer whose scores come from a full-attention layer.
+video, and an in-LLM method (fastv) at a layer whose scores come from a full-attention layer; the in-LLM and
+video cases run on one stack of each kind (``STACKS``).
 """
 
 from __future__ import annotations
@@ -96,8 +97,11 @@ def test_pruning_equals_a_hand_written_pre_llm_prune(built, name, kind):
     torch.testing.assert_close(out.logits, reference, rtol=1e-5, atol=1e-5)
 
 
-CACHED_CASES = [(n, "image", "pool_ppe") for n in NEW] + [(n, "image", "fastv") for n in NEW] + \
-    [(n, "video", "holitom") for n in NEW] + [("qwen3_5", "image", "hiprune")]
+# the in-LLM and video cases on one hybrid and one deepstack stack: qwen3_5_moe's layers are qwen3_5's with
+# another feed-forward (it still runs the pre-LLM cases, keep-all, exact pruning and a padded batch)
+STACKS = ["qwen3_5", "qwen3_vl_moe"]
+CACHED_CASES = [(n, "image", "pool_ppe") for n in NEW] + [(n, "image", "fastv") for n in STACKS] + \
+    [(n, "video", "holitom") for n in STACKS] + [("qwen3_5", "image", "hiprune")]
 CONFIGS = {"pool_ppe": dict(method="pool", budget=4, positions="ppe"), "fastv": FASTV,
            "holitom": dict(method="holitom", budget=0.3), "hiprune": dict(method="hiprune", budget=0.3)}
 
@@ -121,7 +125,8 @@ def test_cached_generate_equals_uncached_recompute(built, name, kind, config):
         assert all(a < b for a, b in zip(after, before))
 
 
-@pytest.mark.parametrize("name,config", [(n, c) for n in NEW for c in ("divprune", "fastv")])
+@pytest.mark.parametrize("name,config", [(n, c) for n in STACKS for c in ("divprune", "fastv")] +
+                         [("qwen3_5_moe", "divprune")])
 def test_padded_batch_equals_rows_alone(built, name, config):
     """Linear-attention states are per row: left padding and pad slots must never reach them."""
     model, processor = built(name)
@@ -137,7 +142,7 @@ def test_padded_batch_equals_rows_alone(built, name, config):
                 torch.testing.assert_close(step_batch[i], step_alone[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["qwen3_vl"] + NEW)
+@pytest.mark.parametrize("name", ["qwen3_vl"] + STACKS)
 def test_rewrap_and_unwrap_restore_exactly(built, name):
     """A re-wrap installs its decoder patch before the replaced wrap's undo runs: that undo must not take the
     new patch along (Qwen3-VL's deepstack injection then met a shortened sequence and crashed)."""
