@@ -8,9 +8,18 @@ import os
 for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_name, "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# pytest-xdist workers share the cores: each gets its share of torch threads (by default every worker takes
+# them all, and on tiny models the oversubscribed, spinning OpenMP threads make the suite several times slower)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // _WORKERS)))  # also for subprocesses
 
 import pytest
 import torch
+
+if _WORKERS > 1:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from vtr import testing
 

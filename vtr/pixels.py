@@ -59,3 +59,11 @@ def centred_boxes(panel: int, centres: Tensor, cell: tuple[float, float], scale:
     return torch.stack([torch.full((centres.shape[0],), float(panel), dtype=torch.float64),
                         top_left[:, 0] * scale[0], bottom_right[:, 0] * scale[0],
                         top_left[:, 1] * scale[1], bottom_right[:, 1] * scale[1]], dim=1)
+
+
+def stitch_tiles(tiles: Tensor, rows: int, columns: int) -> Tensor:
+    """(channels, rows * H, columns * W): ``tiles`` (rows * columns, channels, H, W), cut row-major out of one
+    picture, put back where they were cut (LLaVA-NeXT's AnyRes crops, InternVL's tiles)."""
+    channels, height, width = tiles.shape[1:]
+    grid = tiles.reshape(rows, columns, channels, height, width).permute(2, 0, 3, 1, 4)
+    return grid.reshape(channels, rows * height, columns * width)

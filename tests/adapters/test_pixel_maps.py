@@ -2,7 +2,7 @@
 
 Each family is checked against something the map does not compute itself: the processor's own pixels
 (without normalisation), the model's own per-sequence encoder features (AnyRes), the processor's grid
-(Qwen), the video pooling's output grid (OneVision, NeXT-Video).
+(Qwen), the video pooling's output grid (OneVision, NeXT-Video), the model's own pixel shuffle (InternVL).
 """
 
 from __future__ import annotations
@@ -145,19 +145,45 @@ def test_a_family_without_a_map_says_so():
     assert pixel_map.panels == () and "no pixel mapping for this family (llava)" in pixel_map.missing
 
 
-# families whose adapter does not yet describe its token geometry (InternVL's tiles)
-UNMAPPED = ["internvl"]
+def test_internvl_thumbnail_and_crops_in_their_places():
+    """A 96x64 image (3 x 2 crops of 32 pixels and a thumbnail) and a 32x32 one (a single tile) in one
+    prompt: every token's box is where the model's feature in its slot came from: its tile cut row-major
+    out of the resized canvas, its 2x2 patch block as the model's own pixel shuffle groups the patches."""
+    model, _ = built("internvl")
+    processor = testing.internvl_processor(max_tiles=6)
+    images = [testing.random_image(96, 64, seed=2), testing.random_image(32, 32, seed=3)]
+    inputs = processor(images=images, text=[testing.prompt(processor, images=2)], return_tensors="pt")
+    maps, _, layouts = _maps(model, inputs)
+    tile, patch = model.config.vision_config.image_size[0], model.config.vision_config.patch_size[0]
+    side = tile // patch  # 8x8 patches, 4x4 tokens per tile
+    coordinates = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1)
+    shuffled = model.model.pixel_shuffle(coordinates[None].double() + 0.5, model.config.downsample_ratio)
+    centres = shuffled.reshape(-1, 4, 2).mean(1) * patch  # (tokens, 2): each token's block centre in its tile
+    columns = 3
+    for image, pixel_map, layout, tiles in zip(images, maps, layouts, (7, 1)):
+        names = [panel.name for panel in pixel_map.panels]
+        assert names == (["thumbnail", "crops"] if tiles > 1 else ["image"])
+        canvas = (64, 96) if tiles > 1 else (32, 32)  # the crops put back are the image resized to the canvas
+        resized = np.asarray(image.resize(canvas[::-1], resample=3), dtype=np.float64) / 255
+        assert np.allclose(_rgb(processor, pixel_map.panels[-1]), resized, atol=1.5 / 255)
+        if tiles > 1:
+            thumbnail = np.asarray(image.resize((tile, tile), resample=3), dtype=np.float64) / 255
+            assert np.allclose(_rgb(processor, pixel_map.panels[0]), thumbnail, atol=1.5 / 255)
+        boxes = pixel_map.boxes
+        assert boxes.shape == (tiles * 16, 5) and (boxes[:, 2] - boxes[:, 1] == 2 * patch).all()
+        assert (boxes[:, 4] - boxes[:, 3] == 2 * patch).all()
+        for index, panel in enumerate(pixel_map.panels):
+            assert _boxes_tile(boxes.numpy(), index, *panel.pixels.shape[-2:])
+        for box, slot in zip(boxes, layout.content.tolist()):
+            crop, token = divmod(slot, 16)  # the model's order: tile after tile, the thumbnail last
+            on_thumbnail = tiles > 1 and crop == tiles - 1
+            origin = torch.zeros(2) if on_thumbnail or tiles == 1 else torch.tensor(divmod(crop, columns)) * tile
+            assert box[0] == (0 if on_thumbnail or tiles == 1 else 1)
+            centre = torch.stack([box[1] + box[2], box[3] + box[4]]) / 2
+            assert torch.equal(centre, origin.double() + centres[token]), (slot, box)
 
 
-@pytest.mark.parametrize("name", UNMAPPED)
-def test_a_family_without_a_pixel_map_says_so(name):
-    model, processor = built(name)
-    (pixel_map,), _, _ = _maps(model, make_inputs(processor, name))
-    assert pixel_map.panels == () and f"no pixel mapping for this family ({model.config.model_type})" in \
-        pixel_map.missing
-
-
-@pytest.mark.parametrize("name", [m for m in MODELS if m not in UNMAPPED])
+@pytest.mark.parametrize("name", MODELS)
 def test_every_supported_family_maps_every_content_token(name):
     model, processor = built(name)
     (pixel_map,), _, (layout,) = _maps(model, make_inputs(processor, name))

@@ -1,7 +1,9 @@
 """``vtr sweep`` end to end: real lmms-eval subprocesses on tiny checkpoints saved with save_pretrained.
 
-Each scenario is a chain of steps on one sweep directory. Both run at once from one test: their time
-goes into lmms-eval subprocesses, and pytest-xdist would otherwise likely give both to one worker.
+Each scenario is a chain of steps on one sweep directory. They run at once from one test: their time
+goes into lmms-eval subprocesses (each mostly the start of a fresh interpreter), and pytest-xdist would
+otherwise likely give them to one worker. Steps that start no lmms-eval run (a resume with nothing left, a
+refusal before anything runs) call the sweep's ``main`` in this process instead.
 """
 
 from __future__ import annotations
@@ -64,14 +66,23 @@ def check_flops(rows: list[dict]) -> None:
     assert all(0 < value < reference for value in flops.values())
 
 
-def llava_scenario(out: Path, checkpoint: str) -> None:
-    """Image + multiple-choice tasks; resume does nothing; failures before and during a run."""
-    common = ["--model", "vtr_llava_hf", "--pretrained", checkpoint, "--tasks", "vtr_colors,vtr_colors_mc",
-              "--limit", "2", "--out", str(out), "--force-simple"]
-    command = [*common, "--model-args", LLAVA_ARGS, "--methods", "none,divprune,fastv", *GRID]
+def llava_command(out: Path, checkpoint: str, methods: str, model_args: str = LLAVA_ARGS,
+                  grid: tuple[str, ...] = tuple(GRID)) -> list[str]:
+    return ["--model", "vtr_llava_hf", "--pretrained", checkpoint, "--tasks", "vtr_colors,vtr_colors_mc",
+            "--limit", "2", "--out", str(out), "--force-simple", "--model-args", model_args, "--methods", methods,
+            *grid]
 
-    first = vtr_sweep(*command)
-    assert first.returncode == 0, first.stderr
+
+def llava_scenario(out: Path, checkpoint: str) -> None:
+    """Image + multiple-choice tasks; a config failing during its run (the last) ends the sweep, the finished
+    ones kept."""
+    # pdrop cannot average 8 tokens over 4 layers: the model raises at generate time, which lmms-eval's class
+    # would turn into an empty answer; vtr's class aborts the run (exit 1), the sweep names the config and keeps
+    # what is done
+    first = vtr_sweep(*llava_command(out, checkpoint, "none,divprune,fastv,pdrop"))
+    assert first.returncode == 1, first.stderr
+    assert "pdrop budget=8 failed: vtr: VtrLlavaHf on vtr_colors" in first.stderr
+    assert "cannot average 8 visual tokens" in first.stderr and "lmms-eval exit code 1," in first.stderr
     rows = rows_of(out)
     assert [(row["method"], row["budget"]) for row in rows] == [("none", None), ("divprune", 8), ("fastv", 8)]
     for row in rows:
@@ -87,25 +98,24 @@ def llava_scenario(out: Path, checkpoint: str) -> None:
     choices = logged_samples(keyed(rows)[("divprune", 8)], "vtr_colors_mc")
     assert [len(sample["token_counts"]) for sample in choices] == [6, 6]
     assert {entry["vtr"]["visual_kept"] for sample in choices for entry in sample["token_counts"]} == {8}
-    assert "[3/3] fastv budget=8: done" in first.stdout
+    assert "[3/4] fastv budget=8: done" in first.stdout
+
+
+def llava_resume_and_refusal(out: Path, checkpoint: str, capsys) -> None:
+    """On the finished llava sweep, in this process (neither starts lmms-eval): the same sweep without the
+    failed config does nothing; an option divprune does not have fails before anything runs, naming it."""
+    from vtr.eval.sweep import main
 
     results = (out / "results.jsonl").read_text()
-    again = vtr_sweep(*command)
-    assert again.returncode == 0 and "3 config(s), 3 done earlier, 0 to run" in again.stdout
-    assert "running" not in again.stdout and (out / "results.jsonl").read_text() == results
-
-    # an option divprune does not have fails before anything runs, naming the config
-    unknown = vtr_sweep(*common, "--model-args", LLAVA_ARGS + ",layer=2", "--methods", "fastv,divprune",
-                        "--budgets", "4")
-    assert unknown.returncode == 1 and "running" not in unknown.stdout
-    assert "divprune budget=4: method 'divprune' has no option(s) ['layer']" in unknown.stderr
-    # pdrop cannot average 8 tokens over 4 layers: the model raises at generate time, which lmms-eval's class
-    # would turn into an empty answer; vtr's class aborts the run (exit 1), the sweep names the config and keeps
-    # what is done
-    failing = vtr_sweep(*common, "--model-args", LLAVA_ARGS, "--methods", "pdrop", "--budgets", "8")
-    assert failing.returncode == 1
-    assert "pdrop budget=8 failed: vtr: VtrLlavaHf on vtr_colors" in failing.stderr
-    assert "cannot average 8 visual tokens" in failing.stderr and "lmms-eval exit code 1," in failing.stderr
+    capsys.readouterr()
+    assert main(llava_command(out, checkpoint, "none,divprune,fastv")) == 0
+    again = capsys.readouterr().out
+    assert "3 config(s), 3 done earlier, 0 to run" in again and "running" not in again
+    assert (out / "results.jsonl").read_text() == results
+    assert main(llava_command(out, checkpoint, "fastv,divprune", LLAVA_ARGS + ",layer=2", ("--budgets", "4"))) == 1
+    unknown = capsys.readouterr()
+    assert "running" not in unknown.out
+    assert "divprune budget=4: method 'divprune' has no option(s) ['layer']" in unknown.err
     assert (out / "results.jsonl").read_text() == results
 
 
@@ -163,10 +173,11 @@ def qwen3_5_scenario(out: Path, checkpoint: str) -> None:
     assert rows[2]["visual_tokens"] == {"before": before, "llm_input": before, "kept": 8}
 
 
-def test_sweeps_end_to_end_on_tiny_llava_qwen_and_internvl(tmp_path, checkpoint):
+def test_sweeps_end_to_end_on_tiny_llava_qwen_and_internvl(tmp_path, checkpoint, capsys):
     scenarios = {llava_scenario: checkpoint("llava"), qwen_scenario: checkpoint("qwen2_5_vl"),
                  internvl_scenario: checkpoint("internvl"), qwen3_5_scenario: checkpoint("qwen3_5")}
     with ThreadPoolExecutor(len(scenarios)) as pool:
         futures = [pool.submit(scenario, tmp_path / scenario.__name__, path) for scenario, path in scenarios.items()]
     for future in futures:
         future.result()
+    llava_resume_and_refusal(tmp_path / llava_scenario.__name__, checkpoint("llava"), capsys)

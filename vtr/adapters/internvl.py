@@ -27,9 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from vtr.adapters.base import Adapter
+from vtr.adapters.internvl_pixels import tiled_pixel_maps
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout, Segment
 from vtr.methods.base import AttentionRequest, VisionInfo
+from vtr.pixels import PixelMap, stitch_tiles
 from vtr.vision.attention import AttentionCapture, internvit_attention
 from vtr.vision.merging import MergeTarget
 
@@ -64,13 +66,12 @@ def tile_arrangement(tiles: Tensor) -> tuple[int, int]:
     difference wins (ties, e.g. a blank image: the widest, as landscape images are the most common).
     """
     crops, thumbnail = tiles[:-1].float(), tiles[-1].float()
-    n, channels, height, width = crops.shape
+    n, height, width = crops.shape[0], crops.shape[-2], crops.shape[-1]
     candidates = [(rows, n // rows) for rows in range(1, n + 1) if n % rows == 0]
     errors = []
     for rows, columns in candidates:  # the divisors of the crop count: a handful
-        stitched = crops.view(rows, columns, channels, height, width).permute(2, 0, 3, 1, 4)
-        stitched = stitched.reshape(1, channels, rows * height, columns * width)
-        shrunk = torch.nn.functional.adaptive_avg_pool2d(stitched, (height, width))[0]
+        stitched = stitch_tiles(crops, rows, columns)
+        shrunk = torch.nn.functional.adaptive_avg_pool2d(stitched[None], (height, width))[0]
         errors.append((shrunk - thumbnail).square().mean())
     return candidates[int(torch.stack(errors).argmin())]
 
@@ -130,6 +131,9 @@ class InternVLAdapter(Adapter):
         pixels = inputs["pixel_values"].split(self._tiles)
         return [tiled_layout(n, tile_arrangement(p) if n > 1 else (1, 1), side, f.device)
                 for n, p, f in zip(self._tiles, pixels, features)]
+
+    def pixel_maps(self, modality: str, inputs: dict[str, Any], layouts: list[ItemLayout]) -> list[PixelMap]:
+        return tiled_pixel_maps(inputs["pixel_values"], self._tiles, layouts)
 
     # ------------------------------------------------------------------ vision attention
     def vision_info(self) -> VisionInfo:

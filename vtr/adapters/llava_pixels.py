@@ -18,7 +18,7 @@ from torch import Tensor
 
 from vtr.adapters.llava_attention import Packing
 from vtr.layout import ItemLayout
-from vtr.pixels import Panel, PixelMap, centred_boxes, grid_boxes
+from vtr.pixels import Panel, PixelMap, centred_boxes, grid_boxes, stitch_tiles
 
 
 def square_image_maps(pixel_values: Tensor, layouts: list[ItemLayout], patch_size: int) -> list[PixelMap]:
@@ -71,10 +71,7 @@ def anyres_image_maps(model: torch.nn.Module, pixel_values: Tensor, layouts: lis
         boxes = [centred_boxes(0, content[base.start:base.stop], (1.0, 1.0), (crop_size / side,) * 2)]
         if len(layout.segments) == 2:
             crops = layout.segments[1]
-            stitched = image[1:sequences].view(crops_high, crops_wide, *image.shape[1:])
-            stitched = stitched.permute(2, 0, 3, 1, 4).reshape(image.shape[1], crops_high * image.shape[-2],
-                                                               crops_wide * image.shape[-1])
-            panels.append(Panel("crops", stitched))
+            panels.append(Panel("crops", stitch_tiles(image[1:sequences], crops_high, crops_wide)))
             grid_centres = content[crops.start:crops.stop]
             boxes.append(centred_boxes(1, grid_centres, _cell(grid_centres, crops.grid[1:]), (crop_size / side,) * 2))
         maps.append(PixelMap(tuple(panels), torch.cat(boxes)))
