@@ -199,7 +199,8 @@ def _pipeline(adapter: Adapter, methods: list[Method], scheme: PositionScheme) -
         if in_llm is not None:
             assert isinstance(in_llm, LayerMethod)
             pipeline.in_llm = LayerPruner(adapter.decoder(), in_llm, adapter.text_attn_implementation(),
-                                          adapter.sliding_windows(), adapter.rotary_kinds())
+                                          adapter.sliding_windows(), adapter.rotary_kinds(),
+                                          adapter.recurrent_layers(), adapter.gated_queries())
             pipeline.in_llm.remove = _chained(pipeline.in_llm.remove, adapter.patch_decoder(pipeline.in_llm))
     except BaseException:
         pipeline.close()

@@ -212,9 +212,9 @@ def _mrope(**extra) -> dict:
     return {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], **extra}
 
 
-def _build_qwen(config_cls, model_cls, processor_cls, seed: int, vision: dict, text: dict):
+def _build_qwen(config_cls, model_cls, processor_cls, seed: int, vision: dict, text: dict, **extra):
     torch.manual_seed(seed)
-    config = config_cls(vision_config=vision, text_config=text, **qwen_ids())
+    config = config_cls(vision_config=vision, text_config=text, **qwen_ids(), **extra)
     return _finish(model_cls(config)), _qwen_processor(processor_cls)
 
 
@@ -244,6 +244,51 @@ def build_qwen3_vl(seed: int = 0):
     text = _text_config(head_dim=16, rope_parameters=_mrope(mrope_interleaved=True))
     return _build_qwen(Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, seed, vision, text)
 
+
+
+# experts as a loop of linears: FlopCounterMode counts nothing for the default kernel (``torch._grouped_mm``)
+EAGER_EXPERTS = dict(experts_implementation="eager")
+
+
+def build_qwen3_vl_moe(seed: int = 0):
+    """Qwen3-VL-MoE: Qwen3-VL's ViT and deepstack with a sparse MoE text model (4 tiny experts, top-2)."""
+    from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration, Qwen3VLProcessor
+    vision = _qwen_vision(depth=3, num_position_embeddings=64, deepstack_visual_indexes=[0, 1])
+    text = _text_config(head_dim=16, rope_parameters=_mrope(mrope_interleaved=True), num_experts=4,
+                        num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+    return _build_qwen(Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration, Qwen3VLProcessor, seed, vision, text,
+                       **EAGER_EXPERTS)
+
+
+# Qwen3.5 / 3.6: a hybrid text model, GatedDeltaNet (linear attention) and gated full attention layers; K=2
+# (linear) and K=3 (full) both follow a full-attention layer
+QWEN3_5_LAYERS = ["linear_attention", "full_attention", "linear_attention", "full_attention"]
+
+
+def _qwen3_5_text(**extra) -> dict:
+    # partial rotary as the real models (a quarter there; half here so mrope_section [2, 1, 1] fits head_dim 16)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1], "mrope_interleaved": True,
+            "partial_rotary_factor": 0.5}
+    return _text_config(head_dim=16, rope_parameters=rope, layer_types=QWEN3_5_LAYERS, linear_conv_kernel_dim=4,
+                        linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                        linear_num_value_heads=4, **extra)
+
+
+def build_qwen3_5(seed: int = 0):
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3VLProcessor
+    vision = _qwen_vision(depth=2, num_position_embeddings=64)
+    return _build_qwen(Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3VLProcessor, seed, vision,
+                       _qwen3_5_text())
+
+
+def build_qwen3_5_moe(seed: int = 0):
+    """Qwen3.5-MoE: the hybrid stack with a routed MoE (4 tiny experts, top-2) plus a shared expert."""
+    from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration, Qwen3VLProcessor
+    vision = _qwen_vision(depth=2, num_position_embeddings=64)
+    text = _qwen3_5_text(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                         shared_expert_intermediate_size=32)
+    return _build_qwen(Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration, Qwen3VLProcessor, seed, vision, text,
+                       **EAGER_EXPERTS)
 
 # ---------------------------------------------------------------- InternVL (InternViT + pixel shuffle + Qwen2/Qwen3)
 INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
@@ -357,6 +402,9 @@ BUILDERS: dict[str, Callable] = {
     "qwen2_vl": build_qwen2_vl,
     "qwen2_5_vl": build_qwen2_5_vl,
     "qwen3_vl": build_qwen3_vl,
+    "qwen3_vl_moe": build_qwen3_vl_moe,
+    "qwen3_5": build_qwen3_5,
+    "qwen3_5_moe": build_qwen3_5_moe,
     "internvl": build_internvl,
     "internvl_qwen3": build_internvl_qwen3,
     "gemma3": build_gemma3,

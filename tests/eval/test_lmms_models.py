@@ -100,6 +100,7 @@ def test_chat_generation_runs_reduced_and_carries_its_record_into_the_results_js
 
 FAMILIES = {"vtr_llava_hf": ("llava", "bfloat16"), "vtr_qwen2_vl": ("qwen2_vl", "float32"),
             "vtr_qwen2_5_vl": ("qwen2_5_vl", "float32"), "vtr_qwen3_vl": ("qwen3_vl", "float32"),
+            "vtr_qwen3_5": ("qwen3_5", "float32"),
             "vtr_internvl_hf": ("internvl", "float32"), "vtr_gemma3": ("gemma3", "bfloat16")}
 
 

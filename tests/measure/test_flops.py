@@ -22,6 +22,8 @@ from vtr.stats import ItemStats
 TOLERANCE = 0.02
 # Gemma 3 (not in MODELS: its forwards are costly) on images; its pdrop below
 CASES = [(name, "image") for name in MODELS + ["gemma3"]] + [(name, "video") for name in VIDEO_MODELS]
+# the Qwen families not in MODELS (see tests/adapters/test_qwen_vl.py): hybrid and MoE decoders, images and one video
+NEW_CASES = [("qwen3_5", "image"), ("qwen3_5", "video"), ("qwen3_5_moe", "image"), ("qwen3_vl_moe", "image")]
 WRAPS = {
     "plain": None,
     "divprune": dict(method="divprune", budget=0.5),
@@ -65,7 +67,7 @@ def _wrap(model, config: str):
     return model if WRAPS[config] is None else vtr.wrap(model, **WRAPS[config])
 
 
-@pytest.mark.parametrize("name, kind", CASES)
+@pytest.mark.parametrize("name, kind", CASES + NEW_CASES)
 def test_forward_prefill_matches_flop_counter(tiny, name, kind):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, kind)
@@ -204,7 +206,8 @@ def test_divprune_allocations_match_flop_counter(tiny, name, kind, allocation):
     _assert_close(measured, _modelled(breakdown))
 
 
-@pytest.mark.parametrize("name", MODELS + ["gemma3"])  # gemma3: decode steps past its sliding window
+# gemma3: decode steps past its sliding window; qwen3_5: recurrent layers (MoE decoding: tests/costs/test_decoder.py)
+@pytest.mark.parametrize("name", MODELS + ["gemma3", "qwen3_5"])
 @pytest.mark.parametrize("config", ["plain", "fastv"])
 def test_generate_and_decode_step_match_flop_counter(tiny, name, config):
     model, processor = tiny(name)

@@ -18,10 +18,13 @@ PUBLISHED_PARAMS = {
     "internvl3.5-8b": 8_528_318_464,  # InternViT 304,012,288 + projector 33,570,816 + Qwen3-8B 8,190,735,360
     "gemma-3-4b": 4_300_079_472,
     "gemma-3-12b": 12_187_325_040,
+    # from the model card's architecture (vision 460,730,096 + LLM 26,895,998,464); the card says 27B; the
+    # checkpoint's MTP layer is not part of transformers' model. Not checked against a safetensors index
+    "qwen3.5-27b": 27_356_728_560,
 }
 # visual tokens of the preset's synthetic input, as the real processor + model produce them
 VISUAL_TOKENS = {"llava-1.5-7b": 576, "llava-next-7b": 2928, "llava-onevision-7b": 4 * 196 + 1,
-                 "qwen2.5-vl-7b": 256, "qwen3-vl-8b": 196,
+                 "qwen2.5-vl-7b": 256, "qwen3-vl-8b": 196, "qwen3.5-27b": 196,
                  "internvl3.5-8b": 5 * 256,  # 896x896: 2x2 crops + a thumbnail, 256 tokens each
                  "gemma-3-4b": 256, "gemma-3-12b": 256}
 

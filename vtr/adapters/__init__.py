@@ -17,7 +17,7 @@ from vtr.adapters.internvl_costs import InternVLCosts
 from vtr.adapters.llava import LlavaAdapter, LlavaNextAdapter
 from vtr.adapters.llava_costs import LlavaCosts, LlavaNextCosts, LlavaNextVideoCosts, LlavaOneVisionCosts
 from vtr.adapters.qwen_vl import QwenVLAdapter
-from vtr.adapters.qwen_vl_costs import Qwen2VLCosts, Qwen25VLCosts, QwenVLCosts
+from vtr.adapters.qwen_vl_costs import Qwen2VLCosts, Qwen25VLCosts, Qwen35Costs, QwenVLCosts
 from vtr.errors import UnsupportedModelError
 
 ADAPTERS: dict[str, type[Adapter]] = {
@@ -28,7 +28,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
 COSTS: dict[str, type[FamilyCosts]] = {
     model_type: cls
     for cls in (LlavaCosts, LlavaNextCosts, LlavaOneVisionCosts, LlavaNextVideoCosts, Qwen2VLCosts, Qwen25VLCosts,
-                QwenVLCosts, InternVLCosts, Gemma3Costs)
+                QwenVLCosts, Qwen35Costs, InternVLCosts, Gemma3Costs)
     for model_type in cls.model_types
 }
 

@@ -26,6 +26,7 @@ from vtr.vision.merging import EncoderMerging, MergeTarget
 
 MODALITIES = ("image", "video")
 PIXEL_KEYS = ("pixel_values", "pixel_values_videos", "pixel_values_images")
+RECURRENT_LAYER_TYPES = ("linear_attention",)  # ``layer_types`` entries without attention keys
 
 
 class Adapter:
@@ -165,6 +166,16 @@ class Adapter:
     def decoder(self) -> torch.nn.Module:
         """The text model whose ``layers`` the in-LLM stage hooks."""
         return self.model.model.language_model
+
+    def recurrent_layers(self) -> frozenset[int]:
+        """Decoder layers that keep a recurrent state instead of attention keys (the text config's
+        ``layer_types``: Qwen3.5's ``linear_attention`` layers); the in-LLM stage scores at the others."""
+        types = getattr(self.config.get_text_config(), "layer_types", None) or ()
+        return frozenset(i for i, kind in enumerate(types) if kind in RECURRENT_LAYER_TYPES)
+
+    def gated_queries(self) -> bool:
+        """Whether the text attention's q projection also carries a per-head output gate (default: no)."""
+        return False
 
     def text_attn_implementation(self) -> str:
         return str(self.config.get_text_config()._attn_implementation)

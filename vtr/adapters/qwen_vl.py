@@ -1,4 +1,5 @@
-"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL: native-resolution grids, 2x2 patch merging, M-RoPE (text row + t/h/w rows)."""
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL (+MoE), Qwen3.5/3.6 (+MoE): native-resolution grids, 2x2 patch merging,
+M-RoPE (text row + t/h/w rows)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from vtr.pixels import PixelMap
 from vtr.vision.attention import AttentionCapture, qwen_vit_attention
 
 MM_TOKEN_TYPE = {"image": 1, "video": 2}
+# Qwen3.5 / 3.6: q_proj yields each head's query and its output gate (and the text stack is hybrid)
+GATED_QUERY_TYPES = ("qwen3_5", "qwen3_5_moe")
 
 
 def qwen_vision_info(config) -> VisionInfo:
@@ -26,9 +29,11 @@ def qwen_vision_info(config) -> VisionInfo:
 
 
 class QwenVLAdapter(Adapter):
-    """Qwen2-VL, Qwen2.5-VL and Qwen3-VL (whose deepstack features are reduced like the main ones)."""
+    """Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE (whose deepstack features are reduced like the main
+    ones), and Qwen3.5 / 3.6 (dense and MoE): the same ViT without deepstack and a hybrid text stack of
+    GatedDeltaNet and gated full-attention layers (``recurrent_layers``, ``gated_queries``)."""
 
-    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
     rope_rows = 3  # t/h/w (the text row of generate's 4-row position ids only builds the mask)
     demo_image_size = (64, 48)  # read at native resolution: a non-square image exercises its grid
 
@@ -45,11 +50,19 @@ class QwenVLAdapter(Adapter):
 
     def patch_decoder(self, pruner: Any) -> Callable[[], None]:
         """Qwen3-VL adds deepstack features to the visual tokens after its first decoder layers: once the
-        in-LLM stage shortened the sequence, add them at the kept visual tokens only."""
+        in-LLM stage shortened the sequence, add them at the kept visual tokens only.
+
+        A re-wrap installs its patch before the previous wrap's is undone (a failed wrap leaves the model as it
+        was), so each patch wraps what was there before vtr (never another vtr patch) and its undo removes only
+        itself.
+        """
         decoder = self.decoder()
         if not hasattr(decoder, "_deepstack_process"):
             return lambda: None
-        original = decoder._deepstack_process
+        before = decoder.__dict__.get("_deepstack_process")
+        if getattr(before, "vtr_patch", False):  # the wrap being replaced: wrap what it wrapped
+            before = before.vtr_before
+        original = before if before is not None else decoder._deepstack_process
 
         def deepstack_process(hidden_states: Tensor, visual_pos_masks: Tensor, visual_embeds: Tensor) -> Tensor:
             if pruner.run is None or hidden_states.shape[1] == visual_pos_masks.shape[-1]:
@@ -57,8 +70,21 @@ class QwenVLAdapter(Adapter):
             positions, rows = pruner.injection_rows(visual_pos_masks.to(hidden_states.device))
             return original(hidden_states, positions, visual_embeds[rows.to(visual_embeds.device)])
 
+        deepstack_process.vtr_patch, deepstack_process.vtr_before = True, before
         decoder.__dict__["_deepstack_process"] = deepstack_process
-        return lambda: decoder.__dict__.pop("_deepstack_process", None)
+
+        def undo() -> None:
+            if decoder.__dict__.get("_deepstack_process") is not deepstack_process:
+                return  # a later wrap replaced it (and restores what was there before vtr)
+            if before is None:
+                del decoder.__dict__["_deepstack_process"]
+            else:
+                decoder.__dict__["_deepstack_process"] = before
+
+        return undo
+
+    def gated_queries(self) -> bool:
+        return self.config.model_type in GATED_QUERY_TYPES
 
     def vision_info(self) -> VisionInfo:
         return qwen_vision_info(self.config)

@@ -4,10 +4,17 @@ Assumptions, each the behaviour of transformers 5.x: vision attention runs per f
 Qwen2.5-VL's windowed blocks per window of ``window_size`` pixels (``fullatt_block_indexes`` per frame).
 Qwen2-VL and Qwen3-VL vision MLPs have two matmuls, Qwen2.5-VL's three (gated). The patch merger (two
 linears on ``merge**2`` patches) counts as projector, once more per Qwen3-VL deepstack layer.
+
+Qwen3.5 / 3.6 decoders: gated full attention (q_proj twice as wide) and GatedDeltaNet layers
+(``GatedDeltaNet``), counted as transformers' torch reference runs them; MoE layers as ``vtr.costs.decoder``
+counts them (router, active experts, shared expert).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -15,6 +22,7 @@ from torch import Tensor
 from vtr.adapters.costs import FamilyCosts
 from vtr.adapters.qwen_vl import qwen_vision_info
 from vtr.costs.counting import VisualInput, block, linear, scores
+from vtr.costs.decoder import Decoder, attention_from_config, decoder_from_config
 from vtr.methods.base import AttentionRequest, VisionInfo
 
 
@@ -22,7 +30,7 @@ class QwenVLCosts(FamilyCosts):
     """Qwen3-VL (and what the other Qwen-VL generations share): full attention in every block, a
     two-matmul MLP, deepstack mergers."""
 
-    model_types = ("qwen3_vl",)
+    model_types = ("qwen3_vl", "qwen3_vl_moe")
 
     # ------------------------------------------------------------------ visual inputs
     def items(self, modality: str, inputs: dict[str, Any]) -> list[VisualInput]:
@@ -129,3 +137,63 @@ class Qwen25VLCosts(QwenVLCosts):
         rows, cols = height // merge, width // merge
         return [min(side, rows - i) * min(side, cols - j) * merge * merge
                 for i in range(0, rows, side) for j in range(0, cols, side)]
+
+
+@dataclass(frozen=True)
+class GatedDeltaNet:
+    """Qwen3.5's linear attention, as transformers' torch reference computes it: input projections (q/k/v,
+    the output gate z, the beta and decay rates a/b) and the output projection; a depthwise causal conv over
+    q/k/v (prefill: ``tokens + kernel - 1`` outputs, the padded conv; a cached step: 2, over the kept state
+    and the new token); the chunked delta rule over ``chunk``-token chunks (the sequence padded to whole
+    chunks): per chunk and value head, two chunk x chunk products over the key dim, two reads of the state,
+    the intra-chunk product with the corrected values and the state update. A cached step's recurrent
+    update is elementwise (not counted, as softmax is not); its cost does not grow with the cache."""
+
+    key_heads: int
+    value_heads: int
+    key_dim: int
+    value_dim: int
+    kernel: int
+    chunk: int = 64
+
+    @property
+    def conv_width(self) -> int:
+        return 2 * self.key_heads * self.key_dim + self.value_heads * self.value_dim
+
+    def projections(self, hidden: int, rows: float) -> float:
+        values = self.value_heads * self.value_dim
+        return (linear(rows, hidden, self.conv_width) + linear(rows, hidden, values)
+                + 2 * linear(rows, hidden, self.value_heads) + linear(rows, values, hidden))
+
+    def conv(self, outputs: float) -> float:
+        return 2.0 * outputs * self.conv_width * self.kernel
+
+    def flops(self, hidden: int, queries: float, keys: float) -> float:
+        c, dk, dv = self.chunk, self.key_dim, self.value_dim
+        chunks = math.ceil(queries / c)
+        rule = self.value_heads * chunks * (4 * c * c * dk + 2 * c * c * dv + 6 * c * dk * dv)
+        return self.projections(hidden, queries) + self.conv(queries + self.kernel - 1) + rule
+
+    def decode_flops(self, hidden: int, cached: int, steps: int) -> float:
+        return steps * (self.projections(hidden, 1) + self.conv(2))
+
+
+def gated_delta_net_from_config(text_config: Any) -> GatedDeltaNet:
+    tc = text_config
+    return GatedDeltaNet(tc.linear_num_key_heads, tc.linear_num_value_heads, tc.linear_key_head_dim,
+                         tc.linear_value_head_dim, tc.linear_conv_kernel_dim)
+
+
+# Qwen3.5's layer kinds (``layer_types``): its full attention has the q gate
+QWEN3_5_MIXERS = {"linear_attention": gated_delta_net_from_config,
+                  "full_attention": lambda tc: dataclasses.replace(attention_from_config(tc), gate=True)}
+
+
+class Qwen35Costs(QwenVLCosts):
+    """Qwen3.5 / 3.6 (dense and MoE): the Qwen3-VL ViT without deepstack and a hybrid decoder of gated full
+    attention and GatedDeltaNet layers (``layer_types``)."""
+
+    model_types = ("qwen3_5", "qwen3_5_moe")
+
+    def decoder(self) -> Decoder:
+        return decoder_from_config(self.config.get_text_config(), mixers=QWEN3_5_MIXERS)

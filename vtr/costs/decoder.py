@@ -40,16 +40,23 @@ class FeedForward(Protocol):
 @dataclass(frozen=True)
 class Attention:
     """Softmax attention: q/o projections of ``heads * head_dim``, k/v of ``kv_heads * head_dim``, and the
-    score and weighted-sum matmuls of every query head; ``window``: a sliding window (decoding only)."""
+    score and weighted-sum matmuls of every query head; ``window``: a sliding window (decoding only);
+    ``gate``: the q projection also yields a per-head output gate (Qwen3.5), twice as wide."""
 
     heads: int
     kv_heads: int
     head_dim: int
     window: int | None = None
+    gate: bool = False
+
+    @property
+    def query_width(self) -> int:
+        """Output width of the q projection (queries, and their gates where the attention has them)."""
+        return self.heads * self.head_dim * (2 if self.gate else 1)
 
     def projections(self, hidden: int, rows: float) -> float:
-        return 2 * linear(rows, hidden, self.heads * self.head_dim) + 2 * linear(rows, hidden,
-                                                                                   self.kv_heads * self.head_dim)
+        return (linear(rows, hidden, self.query_width) + linear(rows, self.heads * self.head_dim, hidden)
+                + 2 * linear(rows, hidden, self.kv_heads * self.head_dim))
 
     def flops(self, hidden: int, queries: float, keys: float) -> float:
         return self.projections(hidden, queries) + 2 * scores(self.heads, self.head_dim, queries, keys)
@@ -121,6 +128,15 @@ class Decoder:
         layers = sum(layer.mixer.decode_flops(self.hidden, n, steps) + steps * layer.mlp.flops(self.hidden, 1)
                      for layer, n in zip(self.layers, cached))
         return layers + steps * self.lm_head(1)
+
+    def scoring_attention(self, k: int, own_layer: bool) -> Attention:
+        """The softmax attention that scores visual tokens for pruning layer ``k`` (``vtr.llm.pruner``): the
+        last attention layer before ``k`` (at or before it with ``own_layer``), skipping recurrent layers."""
+        last = k if own_layer else k - 1
+        for index in range(last, -1, -1):
+            if isinstance(self.layers[index].mixer, Attention):
+                return self.layers[index].mixer
+        return self.attention(last)  # none: says which layer has no attention
 
     def attention(self, index: int) -> Attention:
         """Layer ``index``'s softmax attention (what an in-LLM method recomputes scores with)."""

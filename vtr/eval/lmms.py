@@ -17,6 +17,7 @@ CLASS_PATHS: dict[str, tuple[str | None, str | None]] = {
     "vtr_qwen2_vl": (f"{_PACKAGE}.qwen2_vl.VtrQwen2VL", None),
     "vtr_qwen2_5_vl": (f"{_PACKAGE}.qwen2_5_vl.VtrQwen2_5_VL", f"{_PACKAGE}.qwen2_5_vl.VtrQwen2_5_VLChat"),
     "vtr_qwen3_vl": (f"{_PACKAGE}.qwen3_vl.VtrQwen3VL", f"{_PACKAGE}.qwen3_vl.VtrQwen3VLChat"),
+    "vtr_qwen3_5": (f"{_PACKAGE}.qwen3_5.VtrQwen3_5", f"{_PACKAGE}.qwen3_5.VtrQwen3_5Chat"),
     "vtr_internvl_hf": (None, f"{_PACKAGE}.internvl_hf.VtrInternVLHfChat"),
     "vtr_gemma3": (f"{_PACKAGE}.gemma3.VtrGemma3", None),
 }

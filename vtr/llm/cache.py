@@ -8,6 +8,7 @@ import inspect
 from typing import Any
 
 from transformers import DynamicCache
+from transformers.cache_utils import LinearAttentionCacheLayerMixin
 from transformers.generation.configuration_utils import ALL_STATIC_CACHE_IMPLEMENTATIONS
 
 from vtr.errors import ReductionError
@@ -24,6 +25,16 @@ def passed_cache(kwargs: dict[str, Any]) -> Any:
         if kwargs.get(name) is not None:
             return kwargs[name]
     return None
+
+
+def holds_nothing(cache: Any, layer: int) -> bool:
+    """Whether ``cache`` holds nothing yet for decoder ``layer`` (a full pass fills it). A linear-attention
+    layer (Qwen3.5's GatedDeltaNet) keeps a recurrent state, not per-token keys: empty until its first pass."""
+    layers = getattr(cache, "layers", ())
+    entry = layers[layer] if layer < len(layers) else None
+    if isinstance(entry, LinearAttentionCacheLayerMixin):
+        return not any(entry.has_previous_state.values())
+    return cache.get_seq_length(layer) == 0
 
 
 @functools.cache

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from vtr.errors import ReductionError
-from vtr.llm.cache import passed_cache
+from vtr.llm.cache import holds_nothing, passed_cache
 
 SEQUENCE_DEPENDENT_ROPE = ("dynamic", "longrope")
 
@@ -125,7 +125,7 @@ class PositionPreservation:
             if self.run is None:
                 return None
             cache = passed_cache(kwargs)
-            if cache is not None and cache.get_seq_length(layer) > 0:
+            if cache is not None and not holds_nothing(cache, layer):
                 return None  # a cached step: its new tokens have their own single positions
             cos, sin = kwargs["position_embeddings"]
             if self._last is None or self._last[0] is not cos:  # every layer of a pass gets the same tensors

@@ -35,6 +35,14 @@ each other where the model's bidirectional block let them). A full pass gets tha
 own sliding mask; a cached step builds it (``vtr.llm.masks.window_decode_mask``), because the layer's
 sliding cache holds its last ``window - 1`` kept columns, not the positions the model sized its mask for.
 
+On a hybrid stack (recurrent layers such as Qwen3.5's GatedDeltaNet between full-attention layers) only
+full-attention layers can score: a pruning layer K takes its scores from the last full-attention layer
+before it (at or before K for a method that ``scores_own_layer``), and a K without one, or whose scoring
+layer sits before an earlier stage, is refused at wrap time. Recurrent layers from K on run on the
+shortened sequence: their padding mask is gathered at the kept columns (pad slots masked, so the state
+never sees them) and their recurrent state is built from the kept tokens only; on a cached step they
+hold no per-token keys and run as the model runs them.
+
 Only the prompt's columns are candidates; tokens after the prompt (those an uncached generate appends)
 are always kept and the scores come from the prompt alone, so an uncached recompute makes the same
 choice as the cached prefill.
@@ -51,7 +59,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from vtr.errors import ReductionError
-from vtr.llm.cache import fixed_length_cache_error, passed_cache
+from vtr.llm.cache import fixed_length_cache_error, holds_nothing, passed_cache
 from vtr.llm.masks import bidirectional_mask, decode_mask, full_pass_mask, window_decode_mask
 from vtr.llm.scores import attention_to_keys
 from vtr.measure.timing import section
@@ -155,7 +163,12 @@ class LayerPruner:
     """Hooks of one in-LLM method on one model's decoder layers."""
 
     def __init__(self, decoder: nn.Module, method: LayerMethod, attn_implementation: str,
-                 sliding_windows: tuple[int | None, ...] = (), rotary_kinds: tuple[str | None, ...] = ()) -> None:
+                 sliding_windows: tuple[int | None, ...] = (), rotary_kinds: tuple[str | None, ...] = (),
+                 recurrent: frozenset[int] = frozenset(), gated_queries: bool = False) -> None:
+        """``sliding_windows``: per layer, its window (``None`` for global attention); ``rotary_kinds``: the
+        extra argument the text model's rotary module takes per layer; ``recurrent``: the decoder layers
+        without attention (linear attention, which keeps a state instead of keys); ``gated_queries``: the
+        attention's q projection also carries an output gate (Qwen3.5)."""
         self.layers = decoder.layers
         self.method = method
         self.num_layers = len(self.layers)
@@ -169,6 +182,9 @@ class LayerPruner:
                              f"attention cannot take; load the model with attn_implementation='sdpa' or 'eager'")
         self.quirks = bool(getattr(method, "reference_quirks", False))
         self.own_scores = method.scores_own_layer
+        self.recurrent = recurrent
+        self.gated_queries = gated_queries
+        self.score_layer = {k: self._score_layer(k) for k in self.prune_at}
         self.renumber = method.renumbers_positions
         self.rotary = getattr(decoder, "rotary_emb", None)
         if self.renumber and self.rotary is None:
@@ -183,11 +199,30 @@ class LayerPruner:
             self._handles.append(self.rotary.register_forward_pre_hook(self._rotary_hook, with_kwargs=True))
         for k in self.prune_at:
             if not self.own_scores:
-                attention = self.layers[k - 1].self_attn
+                attention = self.layers[self.score_layer[k]].self_attn
                 self._handles.append(attention.register_forward_pre_hook(self._capture_hook(k), with_kwargs=True))
             if self.quirks:
                 self._handles.append(self.layers[k - 1].register_forward_pre_hook(self._quirk_hook(k - 1),
                                                                                   with_kwargs=True))
+
+    def _score_layer(self, k: int) -> int:
+        """The full-attention layer whose attention scores the candidates at pruning layer ``k``."""
+        last = k if self.own_scores else k - 1
+        full = [j for j in range(last + 1) if j not in self.recurrent]
+        where = f"{self.method.describe()} prunes at layer {k}"
+        if not full:
+            raise ValueError(f"{where}, but layers 0..{last} are all recurrent (linear attention) and have no "
+                             f"attention to score tokens with; prune after the first full-attention layer (layers "
+                             f"{sorted(set(range(self.num_layers)) - self.recurrent)})")
+        j = full[-1]
+        if self.quirks and k - 1 in self.recurrent:
+            raise ValueError(f"{where}: reference_quirks change layer {k - 1}'s attention mask, which a recurrent "
+                             f"layer has not; pass reference_quirks=False or prune after a full-attention layer")
+        earlier = [s for s in self.prune_at if j < s < k]
+        if earlier and not self.own_scores:
+            raise ValueError(f"{where} with scores from layer {j} (the last full-attention layer before it), but "
+                             f"layer {earlier[-1]} prunes in between; put a full-attention layer between the stages")
+        return j
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -200,11 +235,11 @@ class LayerPruner:
         if run is None or not run.accepts_full_passes:
             return False
         cache = passed_cache(kwargs)
-        return cache is None or cache.get_seq_length(layer) == 0
+        return cache is None or holds_nothing(cache, layer)
 
     def _capture_hook(self, k: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
-            if self.run is not None and self._full_pass(kwargs, k - 1):
+            if self.run is not None and self._full_pass(kwargs, self.score_layer[k]):
                 states = args[0] if args else kwargs["hidden_states"]
                 self.run.captured[k] = (states, kwargs["position_embeddings"])
             return None
@@ -249,7 +284,8 @@ class LayerPruner:
             if layer in self.prune_at:
                 states = self._prune(layer, states, kwargs)
             kwargs = self._full_pass_kwargs(layer, kwargs)
-        elif cache is not None and run.cache is not None and run.cache() is cache and run.kept:
+        elif cache is not None and run.cache is not None and run.cache() is cache and run.kept \
+                and layer not in self.recurrent:  # a recurrent layer's cached step holds no per-token keys
             kwargs = self._decode_kwargs(layer, kwargs, cache, states.shape[1])
         else:
             return None
@@ -329,15 +365,17 @@ class LayerPruner:
     def _scores(self, layer: int, states: Tensor, kwargs: dict[str, Any], group: Tensor, attended: Tensor,
                 prompt_cols: int) -> Tensor:
         if self.own_scores:  # layer K's own norm and projections of what enters it, at layer K-1's positions
-            attention = self.layers[layer].self_attn
+            scorer = self.layers[self.score_layer[layer]]
+            attention = scorer.self_attn
             position_embeddings = self._position_embeddings(layer - 1, kwargs, states)
             with torch.no_grad():
-                states = self.layers[layer].input_layernorm(states)
+                states = scorer.input_layernorm(states)
         else:
             captured = self.run.captured.pop(layer, None)
             if captured is None:
-                raise ReductionError(f"no layer {layer - 1} attention input was captured for {self.method.describe()}")
-            attention = self.layers[layer - 1].self_attn
+                raise ReductionError(f"no layer {self.score_layer[layer]} attention input was captured for "
+                                     f"{self.method.describe()}")
+            attention = self.layers[self.score_layer[layer]].self_attn
             states, position_embeddings = captured
         batch = states.shape[0]
         if self.method.query == "last":
@@ -351,7 +389,8 @@ class LayerPruner:
             queries, weight = packed.clamp_min(0), (packed >= 0).float()
             weight = weight / weight.sum(1, keepdim=True).clamp_min(1)
         with torch.no_grad():
-            return attention_to_keys(attention, states, position_embeddings, queries, weight, attended)
+            return attention_to_keys(attention, states, position_embeddings, queries, weight, attended,
+                                     self.gated_queries)
 
     def _position_embeddings(self, layer: int, kwargs: dict[str, Any], like: Tensor) -> tuple[Tensor, Tensor]:
         """The rotary cos/sin of the columns layer ``layer`` sees in this full pass (``kwargs``: any layer's)."""
@@ -399,6 +438,9 @@ class LayerPruner:
             run.visual_per_layer.append(run.gathered.get(
                 "full", ("visual", kept), lambda: self._current(run.roles.visual, False, False, layer,
                                                                 kept.index.shape[0]).sum(1)))
+        if layer in self.recurrent:  # only the padding mask: the state must not see padding or pad slots
+            return {**kwargs, "attention_mask": run.gathered.get("full", ("recurrent", kept, mask),
+                                                                 lambda: _recurrent_mask(mask, kept))}
         return {**kwargs, **run.gathered.get("full", (kept, embeddings, position_ids, mask), gather)}
 
     def injection_rows(self, positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -459,6 +501,15 @@ class LayerPruner:
         if isinstance(position_ids, Tensor):
             kwargs["position_ids"] = position_ids - kept.dropped.view(-1, 1)
         return {**kwargs, "position_embeddings": run.renumbered[start, kind]}
+
+
+def _recurrent_mask(mask: Tensor | None, kept: _Kept) -> Tensor:
+    """A recurrent layer's (B, N) padding mask at the kept columns: the model's 2-D mask (``None`` when it has
+    no padding) gathered, pad slots 0."""
+    valid = kept.valid
+    if mask is None:
+        return valid.long()
+    return mask.expand(valid.shape[0], -1).gather(1, kept.index.to(mask.device)) * valid.to(mask.device)
 
 
 def _gather_tokens(values: Tensor, index: Tensor) -> Tensor:

@@ -13,9 +13,14 @@ import torch
 from torch import Tensor, nn
 
 
-def _heads(attention: nn.Module, projection: str, norm: str, x: Tensor) -> Tensor:
-    """(B, H, L, head_dim) from one projection of ``x`` (B, L, D), with the family's per-head norm."""
-    states = getattr(attention, projection)(x).view(*x.shape[:-1], -1, attention.head_dim)
+def _heads(attention: nn.Module, projection: str, norm: str, x: Tensor, gated: bool = False) -> Tensor:
+    """(B, H, L, head_dim) from one projection of ``x`` (B, L, D), with the family's per-head norm.
+
+    ``gated``: each head's projection is followed by as many output-gate channels (Qwen3.5's q_proj), dropped."""
+    states = getattr(attention, projection)(x)
+    if gated:
+        states = states.view(*x.shape[:-1], -1, 2 * attention.head_dim)[..., :attention.head_dim]
+    states = states.reshape(*x.shape[:-1], -1, attention.head_dim)
     head_norm = getattr(attention, norm, None)
     if head_norm is not None:
         states = head_norm(states)
@@ -23,7 +28,11 @@ def _heads(attention: nn.Module, projection: str, norm: str, x: Tensor) -> Tenso
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding as every supported family applies it (rotate-half; M-RoPE is folded into cos/sin)."""
+    """Rotary embedding as every supported family applies it (rotate-half; M-RoPE is folded into cos/sin), on
+    the first ``cos.shape[-1]`` channels of each head (partial rotary, as Qwen3.5: the rest pass unrotated)."""
+    if cos.shape[-1] < x.shape[-1]:
+        rotary = cos.shape[-1]
+        return torch.cat((_rotate(x[..., :rotary], cos, sin), x[..., rotary:]), dim=-1)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
@@ -36,20 +45,22 @@ def attention_to_keys(
     queries: Tensor,
     query_weight: Tensor,
     key_valid: Tensor,
+    gated_queries: bool = False,
 ) -> Tensor:
     """Head-averaged attention of the ``queries`` rows, averaged with ``query_weight``: (B, L) float32.
 
     ``layer_input``: (B, L, D) the normalised hidden states the attention module receives.
     ``queries``: (B, Q) column of each query row; ``query_weight``: (B, Q) weights summing to 1 per row
     (0 for padding entries). ``key_valid``: (B, L) False on padding keys. Keys after a query are masked
-    (causal), as the model's own attention does.
+    (causal), as the model's own attention does. ``gated_queries``: the q projection carries an output gate
+    per head (Qwen3.5), which weights the attention output, not the attention itself.
     """
     cos, sin = position_embeddings
     batch = layer_input.shape[0]
     cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
     gather = queries.unsqueeze(-1).expand(-1, -1, layer_input.shape[-1])
     q = _rotate(
-        _heads(attention, "q_proj", "q_norm", layer_input.gather(1, gather)),
+        _heads(attention, "q_proj", "q_norm", layer_input.gather(1, gather), gated_queries),
         cos.gather(1, queries.unsqueeze(-1).expand(-1, -1, cos.shape[-1])),
         sin.gather(1, queries.unsqueeze(-1).expand(-1, -1, sin.shape[-1])),
     )

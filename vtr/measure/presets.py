@@ -134,6 +134,22 @@ def _qwen3_vl_8b():
     return config, _qwen_processor(Qwen3VLProcessor, 16)
 
 
+def _qwen3_5_27b():
+    """Qwen/Qwen3.5-27B (Qwen3.6-27B shares it): 16 x (3 GatedDeltaNet + 1 gated attention) layers."""
+    from transformers import Qwen3_5Config, Qwen3VLProcessor
+    vision = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=5120,
+                  patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+                  hidden_act="gelu_pytorch_tanh")
+    text = dict(hidden_size=5120, intermediate_size=17408, num_hidden_layers=64, num_attention_heads=24,
+                num_key_value_heads=4, head_dim=256, vocab_size=248320, max_position_embeddings=262144,
+                linear_conv_kernel_dim=4, linear_key_head_dim=128, linear_value_head_dim=128,
+                linear_num_key_heads=16, linear_num_value_heads=48, full_attention_interval=4,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e7, "mrope_section": [11, 11, 10],
+                                 "mrope_interleaved": True, "partial_rotary_factor": 0.25})
+    config = Qwen3_5Config(vision_config=vision, text_config=text, tie_word_embeddings=False, **testing.qwen_ids())
+    return config, _qwen_processor(Qwen3VLProcessor, 16)
+
+
 # InternViT-300M-448px-V2.5 (qkv bias, no q/k norm, layer scale) and Qwen3-8B, as OpenGVLab/InternVL3_5-8B-HF
 INTERNVIT_300M = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                       image_size=448, patch_size=14, attention_bias=True, use_qk_norm=False, norm_type="layer_norm",
@@ -191,6 +207,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            image_size=(384, 384), frames=32),
     Preset("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", _qwen2_5_vl_7b, "image", image_size=(448, 448)),
     Preset("qwen3-vl-8b", "Qwen/Qwen3-VL-8B-Instruct", _qwen3_vl_8b, "image", image_size=(448, 448)),
+    Preset("qwen3.5-27b", "Qwen/Qwen3.5-27B", _qwen3_5_27b, "image", image_size=(448, 448)),
     Preset("internvl3.5-8b", "OpenGVLab/InternVL3_5-8B-HF", _internvl3_5_8b, "image", image_size=(896, 896)),
     Preset("gemma-3-4b", "google/gemma-3-4b-it", _gemma3(2560, 10240, 34, 8, 4), "image", image_size=(896, 896)),
     Preset("gemma-3-12b", "google/gemma-3-12b-it", _gemma3(3840, 15360, 48, 16, 8), "image", image_size=(896, 896)),
@@ -233,6 +250,8 @@ def _truncate(config, layers: int | None, vision_layers: int | None) -> None:
 
 PROXY_TEXT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
 PROXY_VISION = dict(hidden_size=32, intermediate_size=64)
+PROXY_LINEAR_ATTENTION = dict(linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                              linear_num_value_heads=4)
 
 
 def shape_proxy(config):
@@ -250,8 +269,12 @@ def shape_proxy(config):
     if getattr(text, "head_dim", None):
         text.head_dim = PROXY_TEXT["hidden_size"] // PROXY_TEXT["num_attention_heads"]
     rope = getattr(text, "rope_parameters", None) or {}
-    if "mrope_section" in rope:  # t/h/w sections must fill half the (new) head dim
-        text.rope_parameters = {**rope, "mrope_section": [2, 3, 3]}
+    if "mrope_section" in rope:  # t/h/w sections must fill half the (new) head dim, all of it rotary
+        text.rope_parameters = {**rope, "mrope_section": [2, 3, 3],
+                                **({"partial_rotary_factor": 1.0} if "partial_rotary_factor" in rope else {})}
+    for key, value in PROXY_LINEAR_ATTENTION.items():  # Qwen3.5's GatedDeltaNet layers
+        if hasattr(text, key):
+            setattr(text, key, value)
     vision = proxy.vision_config
     for key, value in PROXY_VISION.items():
         setattr(vision, key, value)

@@ -93,16 +93,17 @@ class LayerMethod(Method):
 
     def own_flops(self, work: SampleWork) -> float:
         """The score recompute (``vtr.llm.scores``) for every pruning layer K: k_proj of the tokens layer K-1
-        saw, q_proj of the query rows, q k^T per head. Scoring with layer K-1's projections or (PDrop's
-        reference) layer K's costs the same; PDrop's renumbered rotary positions are elementwise."""
+        saw, q_proj of the query rows, q k^T per head, at the attention layer that scores for K (the last before
+        it on a hybrid stack). Scoring with layer K-1's projections or (PDrop's reference) layer K's costs the
+        same; PDrop's renumbered rotary positions are elementwise."""
         visual = work.sample.visual_per_layer
         if not visual:  # no visual tokens: the in-LLM stage did not run
             return 0.0
         tokens, d, total = work.tokens_per_layer(), work.decoder.hidden, 0.0
         for k in self.check_layers(len(work.decoder.layers)):
-            attention, n = work.decoder.attention(k - 1), tokens[k - 1]
+            attention, n = work.decoder.scoring_attention(k, self.scores_own_layer), tokens[k - 1]
             queries = 1 if self.query == "last" else n - visual[k - 1]
-            total += (linear(queries, d, attention.heads * attention.head_dim)
+            total += (linear(queries, d, attention.query_width)
                       + linear(n, d, attention.kv_heads * attention.head_dim)
                       + scores(attention.heads, attention.head_dim, queries, n))
         return total

@@ -71,7 +71,7 @@ class Reduced:
     def _load_reduced(self, method: str | None, budget: int | float | None, positions: str,
                       ppe_chunks: int | str | None, ppe_members: str | None, kwargs: dict[str, Any]) -> None:
         """Check everything that needs no checkpoint first (fail in seconds), then load and wrap."""
-        accepted = _named_parameters(super().__init__)
+        accepted = _accepted_keys(type(self))
         rank, world_size = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         loading = Loading.resolve({key: kwargs.pop(key) for key in LOADING_KEYS if key in kwargs}, rank, world_size)
         if world_size > 1 and self.gpu_only_data_parallel and not loading.device.startswith("cuda"):
@@ -240,9 +240,18 @@ def method_options(kwargs: dict[str, Any], accepted: set[str], model_class: str)
     return options
 
 
-def _named_parameters(function: Callable) -> set[str]:
-    return {name for name, parameter in inspect.signature(function).parameters.items()
-            if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)}
+def _accepted_keys(cls: type) -> set[str]:
+    """The keyword arguments the lmms-eval classes behind ``Reduced`` in ``cls``'s MRO take: a class whose
+    ``__init__`` forwards ``**kwargs`` (lmms-eval's qwen3_5 over qwen3_vl) also takes its parent's."""
+    accepted: set[str] = set()
+    for base in cls.__mro__[cls.__mro__.index(Reduced) + 1:]:
+        if "__init__" not in base.__dict__:
+            continue
+        parameters = inspect.signature(base.__dict__["__init__"]).parameters.values()
+        accepted |= {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return accepted
 
 
 def configure(method: str | None, budget: int | float | None, options: dict[str, Any]) -> list[Method]:
