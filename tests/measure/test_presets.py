@@ -18,15 +18,37 @@ PUBLISHED_PARAMS = {
     "internvl3.5-8b": 8_528_318_464,  # InternViT 304,012,288 + projector 33,570,816 + Qwen3-8B 8,190,735,360
     "gemma-3-4b": 4_300_079_472,
     "gemma-3-12b": 12_187_325_040,
-    # from the model card's architecture (vision 460,730,096 + LLM 26,895,998,464); the card says 27B; the
-    # checkpoint's MTP layer is not part of transformers' model. Not checked against a safetensors index
-    "qwen3.5-27b": 27_356_728_560,
+    # Sources for the three Qwen MoE / hybrid rows: public notes found through the code index that quote the
+    # Hugging Face safetensors metadata of the official repos (huggingface.co/Qwen/<id>); not read from the Hub here.
+    # Qwen/Qwen3-VL-30B-A3B-Instruct: a model-inspection report of the downloaded checkpoint (its config.json
+    # printed in full, 882 tensors in 13 shards summing to 31,070,754,032); no MTP head, transformers builds it all
+    "qwen3-vl-30b-a3b": 31_070_754_032,
+    # Qwen/Qwen3.5-27B (= Qwen/Qwen3.6-27B) safetensors metadata: 27,781,427,952 over 1,199 tensors, of which 15
+    # ``mtp.*`` tensors (424,699,392) are the multi-token-prediction head that transformers' Qwen3_5 classes drop
+    # on load (``_keys_to_ignore_on_load_unexpected = [r"^mtp.*"]``); transformers builds 27,356,728,560
+    "qwen3.5-27b": 27_781_427_952,
+    # Qwen/Qwen3.5-35B-A3B and Qwen/Qwen3.6-35B-A3B safetensors metadata (index total_size / 2, bf16): 35,951,822,704
+    # over 1,811 tensors; transformers builds 35,107,181,936 (what a loaded Qwen3_5MoeForConditionalGeneration
+    # reports), the rest (844,640,768) is the ``mtp.*`` head, whose decoder layer is a MoE one with 256 experts
+    "qwen3.5-35b-a3b": 35_951_822_704,
 }
+# checkpoints that ship a multi-token-prediction head transformers does not build: its number of layers
+MTP_LAYERS = {"qwen3.5-27b": 1, "qwen3.5-35b-a3b": 1}
 # visual tokens of the preset's synthetic input, as the real processor + model produce them
 VISUAL_TOKENS = {"llava-1.5-7b": 576, "llava-next-7b": 2928, "llava-onevision-7b": 4 * 196 + 1,
-                 "qwen2.5-vl-7b": 256, "qwen3-vl-8b": 196, "qwen3.5-27b": 196,
+                 "qwen2.5-vl-7b": 256, "qwen3-vl-8b": 196, "qwen3-vl-30b-a3b": 196, "qwen3.5-27b": 196,
+                 "qwen3.5-35b-a3b": 196,
                  "internvl3.5-8b": 5 * 256,  # 896x896: 2x2 crops + a thumbnail, 256 tokens each
                  "gemma-3-4b": 256, "gemma-3-12b": 256}
+
+
+def _mtp_params(model, layers: int) -> int:
+    """Qwen3.5's multi-token-prediction head as the checkpoint stores it: ``fc`` (2h -> h), two input norms and a
+    final norm of width h, and ``layers`` decoder layers shaped like the model's full-attention ones."""
+    text = model.config.get_text_config()
+    full = text.layer_types.index("full_attention")
+    layer = sum(p.numel() for p in model.model.language_model.layers[full].parameters())
+    return 2 * text.hidden_size * text.hidden_size + 3 * text.hidden_size + layers * layer
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -35,7 +57,9 @@ def test_preset_has_the_published_size_and_token_count(name):
     config, processor = preset.build()
     with torch.device("meta"):  # no memory, no weights: only the shapes
         model = AutoModelForImageTextToText.from_config(config)
-    assert sum(p.numel() for p in model.parameters()) == PUBLISHED_PARAMS[name]
+    built = sum(p.numel() for p in model.parameters())
+    mtp = _mtp_params(model, MTP_LAYERS[name]) if name in MTP_LAYERS else 0
+    assert built + mtp == PUBLISHED_PARAMS[name]
     inputs = preset.inputs(processor, frames=4)
     placeholders = {config.image_token_id, getattr(config, "video_token_id", None)}
     assert int(sum((inputs["input_ids"] == t).sum() for t in placeholders if t is not None)) == VISUAL_TOKENS[name]
@@ -65,7 +89,7 @@ def test_unknown_preset_is_named():
         build_preset("llava-13b")
 
 
-@pytest.mark.parametrize("name", ["llava_next", "qwen2_5_vl", "qwen3_vl", "internvl", "gemma3"])
+@pytest.mark.parametrize("name", ["llava_next", "qwen2_5_vl", "qwen3_vl", "qwen3_5_moe", "internvl", "gemma3"])
 def test_shape_proxy_gives_the_real_models_flops(tiny, name):
     """Token counts do not depend on widths: a weight-independent method on the proxy costs the same."""
     import vtr
@@ -83,3 +107,10 @@ def test_shape_proxy_gives_the_real_models_flops(tiny, name):
             m.generate(**inputs, max_new_tokens=1, do_sample=False)
         results.append(call_flops(m, inputs, new_tokens=4, config=model.config)[0])
     assert results[0] == results[1]
+
+
+def test_cli_help_names_every_preset():
+    """The CLI lists presets without importing torch; the list must follow the registry."""
+    from vtr.commands.bench import PRESET_NAMES
+
+    assert PRESET_NAMES == ", ".join(PRESETS)

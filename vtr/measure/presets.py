@@ -121,32 +121,62 @@ def _qwen2_5_vl_7b():
     return config, _qwen_processor(Qwen2_5_VLProcessor, 14)
 
 
+# Qwen3-VL's SigLIP-2-derived ViT, shared by Qwen3-VL and Qwen3.5/3.6 (which has no deepstack taps)
+QWEN3_VIT = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, patch_size=16, spatial_merge_size=2,
+                 temporal_patch_size=2, num_position_embeddings=2304, hidden_act="gelu_pytorch_tanh")
+QWEN3_VL_ROPE = {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20], "mrope_interleaved": True}
+QWEN3_5_ROPE = {"rope_type": "default", "rope_theta": 1e7, "mrope_section": [11, 11, 10], "mrope_interleaved": True,
+                "partial_rotary_factor": 0.25}
+
+
 def _qwen3_vl_8b():
     from transformers import Qwen3VLConfig, Qwen3VLProcessor
-    vision = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
-                  patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
-                  deepstack_visual_indexes=[8, 16, 24], hidden_act="gelu_pytorch_tanh")
+    vision = dict(QWEN3_VIT, out_hidden_size=4096, deepstack_visual_indexes=[8, 16, 24])
     text = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
                 num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=262144,
-                rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
-                                 "mrope_interleaved": True})
+                rope_parameters=QWEN3_VL_ROPE)
     config = Qwen3VLConfig(vision_config=vision, text_config=text, **testing.qwen_ids())
+    return config, _qwen_processor(Qwen3VLProcessor, 16)
+
+
+# The MoE presets copy their checkpoints' config.json (text_config / vision_config values; token ids are the
+# offline tokenizer's), as printed in public model-inspection reports; tests/measure/test_presets.py has the totals.
+def _qwen3_vl_30b_a3b():
+    """Qwen/Qwen3-VL-30B-A3B-Instruct: 48 MoE layers, 128 experts of width 768, 8 routed per token, no shared expert."""
+    from transformers import Qwen3VLMoeConfig, Qwen3VLProcessor
+    vision = dict(QWEN3_VIT, out_hidden_size=2048, deepstack_visual_indexes=[8, 16, 24])
+    text = dict(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_experts=128,
+                num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+                num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4, head_dim=128, vocab_size=151936,
+                max_position_embeddings=262144, rope_parameters=QWEN3_VL_ROPE)
+    config = Qwen3VLMoeConfig(vision_config=vision, text_config=text, tie_word_embeddings=False, **testing.qwen_ids())
     return config, _qwen_processor(Qwen3VLProcessor, 16)
 
 
 def _qwen3_5_27b():
     """Qwen/Qwen3.5-27B (Qwen3.6-27B shares it): 16 x (3 GatedDeltaNet + 1 gated attention) layers."""
     from transformers import Qwen3_5Config, Qwen3VLProcessor
-    vision = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=5120,
-                  patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
-                  hidden_act="gelu_pytorch_tanh")
     text = dict(hidden_size=5120, intermediate_size=17408, num_hidden_layers=64, num_attention_heads=24,
                 num_key_value_heads=4, head_dim=256, vocab_size=248320, max_position_embeddings=262144,
                 linear_conv_kernel_dim=4, linear_key_head_dim=128, linear_value_head_dim=128,
                 linear_num_key_heads=16, linear_num_value_heads=48, full_attention_interval=4,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e7, "mrope_section": [11, 11, 10],
-                                 "mrope_interleaved": True, "partial_rotary_factor": 0.25})
-    config = Qwen3_5Config(vision_config=vision, text_config=text, tie_word_embeddings=False, **testing.qwen_ids())
+                rope_parameters=QWEN3_5_ROPE)
+    config = Qwen3_5Config(vision_config=dict(QWEN3_VIT, out_hidden_size=5120), text_config=text,
+                           tie_word_embeddings=False, **testing.qwen_ids())
+    return config, _qwen_processor(Qwen3VLProcessor, 16)
+
+
+def _qwen3_5_35b_a3b():
+    """Qwen/Qwen3.5-35B-A3B (Qwen3.6-35B-A3B shares it): 10 x (3 GatedDeltaNet + 1 gated attention) MoE layers,
+    256 experts of width 512, 8 routed per token plus one shared expert of width 512."""
+    from transformers import Qwen3_5MoeConfig, Qwen3VLProcessor
+    text = dict(hidden_size=2048, moe_intermediate_size=512, shared_expert_intermediate_size=512, num_experts=256,
+                num_experts_per_tok=8, num_hidden_layers=40, num_attention_heads=16, num_key_value_heads=2,
+                head_dim=256, vocab_size=248320, max_position_embeddings=262144, linear_conv_kernel_dim=4,
+                linear_key_head_dim=128, linear_value_head_dim=128, linear_num_key_heads=16,
+                linear_num_value_heads=32, full_attention_interval=4, rope_parameters=QWEN3_5_ROPE)
+    config = Qwen3_5MoeConfig(vision_config=dict(QWEN3_VIT, out_hidden_size=2048), text_config=text,
+                              tie_word_embeddings=False, **testing.qwen_ids())
     return config, _qwen_processor(Qwen3VLProcessor, 16)
 
 
@@ -207,7 +237,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            image_size=(384, 384), frames=32),
     Preset("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", _qwen2_5_vl_7b, "image", image_size=(448, 448)),
     Preset("qwen3-vl-8b", "Qwen/Qwen3-VL-8B-Instruct", _qwen3_vl_8b, "image", image_size=(448, 448)),
+    Preset("qwen3-vl-30b-a3b", "Qwen/Qwen3-VL-30B-A3B-Instruct", _qwen3_vl_30b_a3b, "image", image_size=(448, 448)),
     Preset("qwen3.5-27b", "Qwen/Qwen3.5-27B", _qwen3_5_27b, "image", image_size=(448, 448)),
+    Preset("qwen3.5-35b-a3b", "Qwen/Qwen3.5-35B-A3B", _qwen3_5_35b_a3b, "image", image_size=(448, 448)),
     Preset("internvl3.5-8b", "OpenGVLab/InternVL3_5-8B-HF", _internvl3_5_8b, "image", image_size=(896, 896)),
     Preset("gemma-3-4b", "google/gemma-3-4b-it", _gemma3(2560, 10240, 34, 8, 4), "image", image_size=(896, 896)),
     Preset("gemma-3-12b", "google/gemma-3-12b-it", _gemma3(3840, 15360, 48, 16, 8), "image", image_size=(896, 896)),
@@ -252,6 +284,7 @@ PROXY_TEXT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, 
 PROXY_VISION = dict(hidden_size=32, intermediate_size=64)
 PROXY_LINEAR_ATTENTION = dict(linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
                               linear_num_value_heads=4)
+PROXY_EXPERTS = dict(moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2)
 
 
 def shape_proxy(config):
@@ -272,7 +305,8 @@ def shape_proxy(config):
     if "mrope_section" in rope:  # t/h/w sections must fill half the (new) head dim, all of it rotary
         text.rope_parameters = {**rope, "mrope_section": [2, 3, 3],
                                 **({"partial_rotary_factor": 1.0} if "partial_rotary_factor" in rope else {})}
-    for key, value in PROXY_LINEAR_ATTENTION.items():  # Qwen3.5's GatedDeltaNet layers
+    # Qwen3.5's GatedDeltaNet layers; mixtures of experts (which experts a token picks moves no visual token)
+    for key, value in {**PROXY_LINEAR_ATTENTION, **PROXY_EXPERTS}.items():
         if hasattr(text, key):
             setattr(text, key, value)
     vision = proxy.vision_config
