@@ -101,9 +101,15 @@ def test_pruning_equals_a_hand_written_pre_llm_prune(built, name, kind):
 # another feed-forward (it still runs the pre-LLM cases, keep-all, exact pruning and a padded batch)
 STACKS = ["qwen3_5", "qwen3_vl_moe"]
 CACHED_CASES = [(n, "image", "pool_ppe") for n in NEW] + [(n, "image", "fastv") for n in STACKS] + \
-    [(n, "video", "holitom") for n in STACKS] + [("qwen3_5", "image", "hiprune")]
+    [(n, "video", "holitom") for n in STACKS] + \
+    [("qwen3_5", "image", c) for c in ("hiprune", "random", "divprune", "visionzip", "pdrop", "holitom_inner")] + \
+    [("qwen3_5", "video", "divprune")]
+# pdrop's stages at layers 2 (scored at full-attention layer 1) and 3 (a full-attention layer, its own scores)
 CONFIGS = {"pool_ppe": dict(method="pool", budget=4, positions="ppe"), "fastv": FASTV,
-           "holitom": dict(method="holitom", budget=0.3), "hiprune": dict(method="hiprune", budget=0.3)}
+           "holitom": dict(method="holitom", budget=0.3), "hiprune": dict(method="hiprune", budget=0.3),
+           "random": dict(method="random", budget=0.3), "divprune": dict(method="divprune", budget=0.3),
+           "visionzip": dict(method="visionzip", budget=0.3), "pdrop": dict(method="pdrop", layers=(2, 3), ratio=0.5),
+           "holitom_inner": dict(method="holitom_inner", budget=0.5, layer=2)}
 
 
 @pytest.mark.parametrize("name,kind,config", CACHED_CASES)
@@ -119,7 +125,7 @@ def test_cached_generate_equals_uncached_recompute(built, name, kind, config):
     assert torch.equal(cached.sequences, uncached.sequences)
     for a, b in zip(cached.scores, uncached.scores):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    if config == "fastv":
+    if config in ("fastv", "pdrop", "holitom_inner"):
         assert all(p[-1] < p[0] for p in per_layer)
     else:
         assert all(a < b for a, b in zip(after, before))
