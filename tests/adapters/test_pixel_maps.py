@@ -183,7 +183,8 @@ def test_internvl_thumbnail_and_crops_in_their_places():
             assert torch.equal(centre, origin.double() + centres[token]), (slot, box)
 
 
-@pytest.mark.parametrize("name", MODELS + ["gemma3"])
+# the families outside conftest's MODELS too (see tests/adapters/test_gemma3.py, test_qwen_vl.py)
+@pytest.mark.parametrize("name", MODELS + ["gemma3", "qwen3_5", "qwen3_5_moe", "qwen3_vl_moe"])
 def test_every_supported_family_maps_every_content_token(name):
     model, processor = built(name)
     (pixel_map,), _, (layout,) = _maps(model, make_inputs(processor, name))
