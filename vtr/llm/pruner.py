@@ -93,7 +93,7 @@ class _Kept:
     valid: Tensor  # (B, N)
     shift: Tensor | None = None  # (B, N) real tokens dropped before each column (0 on pad slots)
     dropped: Tensor | None = None  # (B,) real tokens each row dropped in all, so far
-    moved: bool = False  # whether any position moves (a host flag, read once per stage)
+    moved: bool = False  # whether positions are renumbered (then every stage's rotary is recomputed)
 
 
 class _LayerInputs:
@@ -355,12 +355,15 @@ class LayerPruner:
         """The kept columns with how far each one's position moves: the real tokens (not padding, not pad
         slots) of its row that no longer appear, before it. Counted over the full pass, so stages add up."""
         real = self._expanded(self.run.roles.attended, index.shape[0], self.run.full_len, True).to(index.device)
-        present = torch.zeros_like(real)
-        rows, cols = valid.nonzero(as_tuple=True)
-        present[rows, index[rows, cols]] = True
+        # pad slots scatter into a spare last column: no nonzero(), which would read the device's count
+        length = real.shape[1]
+        present = real.new_zeros(real.shape[0], length + 1)
+        present = present.scatter_(1, index.masked_fill(~valid, length), True)[:, :length]
         before = (real & ~present).long().cumsum(1)
         dropped = before[:, -1]
-        return _Kept(index, valid, before.gather(1, index).masked_fill(~valid, 0), dropped, bool(dropped.any()))
+        # always "moved": a row that dropped nothing gets its own positions back from the rotary module,
+        # the same values (cheaper than a host read of whether any row moved)
+        return _Kept(index, valid, before.gather(1, index).masked_fill(~valid, 0), dropped, True)
 
     def _scores(self, layer: int, states: Tensor, kwargs: dict[str, Any], group: Tensor, attended: Tensor,
                 prompt_cols: int) -> Tensor:
