@@ -58,17 +58,20 @@ def attention_to_keys(
     cos, sin = position_embeddings
     batch = layer_input.shape[0]
     cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
-    gather = queries.unsqueeze(-1).expand(-1, -1, layer_input.shape[-1])
+    query_rows = queries.unsqueeze(-1)
+    rotary_rows = query_rows.expand(-1, -1, cos.shape[-1])  # cos and sin share their width
     q = _rotate(
-        _heads(attention, "q_proj", "q_norm", layer_input.gather(1, gather), gated_queries),
-        cos.gather(1, queries.unsqueeze(-1).expand(-1, -1, cos.shape[-1])),
-        sin.gather(1, queries.unsqueeze(-1).expand(-1, -1, sin.shape[-1])),
+        _heads(attention, "q_proj", "q_norm", layer_input.gather(1, query_rows.expand(-1, -1, layer_input.shape[-1])),
+               gated_queries),
+        cos.gather(1, rotary_rows),
+        sin.gather(1, rotary_rows),
     )
     k = _rotate(_heads(attention, "k_proj", "k_norm", layer_input), cos, sin)
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    if q.shape[1] != k.shape[1]:  # grouped-query attention (repeat_interleave dispatches ops even for one repeat)
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
     logits = (q @ k.transpose(-1, -2)).float() * attention.scaling  # (B, H, Q, L)
     columns = torch.arange(layer_input.shape[1], device=layer_input.device)
-    allowed = key_valid.unsqueeze(1) & (columns.view(1, 1, -1) <= queries.unsqueeze(-1))  # (B, Q, L)
+    allowed = key_valid.unsqueeze(1) & (columns.view(1, 1, -1) <= query_rows)  # (B, Q, L)
     logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
     probabilities = torch.softmax(logits, dim=-1).nan_to_num(0.0).mean(1)  # (B, Q, L)
     return (probabilities * query_weight.unsqueeze(-1).float()).sum(1)
