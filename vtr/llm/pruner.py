@@ -93,7 +93,6 @@ class _Kept:
     valid: Tensor  # (B, N)
     shift: Tensor | None = None  # (B, N) real tokens dropped before each column (0 on pad slots)
     dropped: Tensor | None = None  # (B,) real tokens each row dropped in all, so far
-    moved: bool = False  # whether positions are renumbered (then every stage's rotary is recomputed)
 
 
 class _LayerInputs:
@@ -175,7 +174,6 @@ class LayerPruner:
         self.prune_at = method.check_layers(self.num_layers)
         self.flash = str(attn_implementation).startswith("flash")
         self.windows = tuple(sliding_windows) + (None,) * (self.num_layers - len(sliding_windows))
-        # the extra argument the text model's rotary module takes per layer (Gemma 3: the layer type), if any
         self.rotary_kinds = tuple(rotary_kinds) + (None,) * (self.num_layers - len(rotary_kinds))
         if self.flash and any(w is not None for w in self.windows[self.prune_at[0]:]):
             raise ValueError(f"{method.describe()} on sliding-window layers builds their masks itself, which flash "
@@ -361,9 +359,9 @@ class LayerPruner:
         present = present.scatter_(1, index.masked_fill(~valid, length), True)[:, :length]
         before = (real & ~present).long().cumsum(1)
         dropped = before[:, -1]
-        # always "moved": a row that dropped nothing gets its own positions back from the rotary module,
-        # the same values (cheaper than a host read of whether any row moved)
-        return _Kept(index, valid, before.gather(1, index).masked_fill(~valid, 0), dropped, True)
+        # every stage recomputes the rotary: a row that dropped nothing gets its own positions back, the same
+        # values (cheaper than a host read of whether any row moved)
+        return _Kept(index, valid, before.gather(1, index).masked_fill(~valid, 0), dropped)
 
     def _scores(self, layer: int, states: Tensor, kwargs: dict[str, Any], group: Tensor, attended: Tensor,
                 prompt_cols: int) -> Tensor:
@@ -401,7 +399,7 @@ class LayerPruner:
         cos, sin = kwargs["position_embeddings"]
         if kept is None:
             return cos, sin
-        if not kept.moved:
+        if not self.renumber:
             return _gather_tokens(cos, kept.index), _gather_tokens(sin, kept.index)
         start = self.run.range_start(layer)
         kind = self.rotary_kinds[layer]
@@ -434,7 +432,7 @@ class LayerPruner:
                       "attention_mask": full_pass_mask(mask, kept.index, kept.valid, self.flash)}
             if isinstance(position_ids, Tensor) and position_ids.shape[-1] == run.full_len:
                 gathered = _gather_last(position_ids, kept.index)
-                inputs["position_ids"] = gathered - kept.shift if kept.moved else gathered
+                inputs["position_ids"] = gathered - kept.shift if self.renumber else gathered
             return inputs
 
         if len(run.visual_per_layer) == layer - self.prune_at[0]:
@@ -486,7 +484,7 @@ class LayerPruner:
             return window_decode_mask(key_index, key_valid, new[0, new.shape[1] - queries:], window, mask)
 
         kwargs = {**kwargs, "attention_mask": run.gathered.get(keys, (kept, mask, queries, window), gather)}
-        return self._renumbered_step(layer, kwargs, kept) if kept.moved else kwargs
+        return self._renumbered_step(layer, kwargs, kept) if self.renumber else kwargs
 
     def _renumbered_step(self, layer: int, kwargs: dict[str, Any], kept: _Kept) -> dict[str, Any]:
         """A cached step's new tokens moved down by everything their row dropped up to this layer."""
