@@ -26,11 +26,12 @@ import torch
 from torch import Tensor, nn
 
 from vtr.adapters.base import Adapter
+from vtr.adapters.llava_attention import encoder_attention
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
 from vtr.methods.base import AttentionRequest, VisionInfo
 from vtr.pixels import Panel, PixelMap, grid_boxes
-from vtr.vision.attention import AttentionCapture, clip_like_attention
+from vtr.vision.attention import AttentionCapture
 from vtr.vision.merging import MergeTarget
 
 
@@ -83,11 +84,8 @@ class Gemma3Adapter(Adapter):
         side = patches_side(self.config)
         per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in range(inputs["pixel_values"].shape[0])]
         for name, request in requests.items():
-            args, kwargs = capture.inputs[request.layer]
-            hidden = args[0] if args else kwargs["hidden_states"]
-            with torch.no_grad():
-                attention = clip_like_attention(self.vision_attention_module(request.layer), hidden, request.query)
-            values = torch.cat([torch.stack(attention.scores).unsqueeze(-1), torch.stack(attention.keys)], -1)
+            scores, keys = encoder_attention(self.vision_attention_module, capture, request, drop_cls=0)
+            values = torch.cat([scores.unsqueeze(-1), keys], -1)
             images, _, channels = values.shape
             grid = values.transpose(1, 2).reshape(images, channels, side, side)
             pooled = pool(grid).flatten(2).transpose(1, 2)  # (images, tokens, 1 + d)
