@@ -174,7 +174,8 @@ class _EncodedModality:
 
 
 def _encode(adapter: Adapter, modality: str, inputs: dict[str, Any], ids: Tensor, mask: Tensor,
-            requests: dict[str, AttentionRequest], vision: VisionMethod | None, crop_boxes: bool = True) -> _EncodedModality:
+            requests: dict[str, AttentionRequest], vision: VisionMethod | None,
+            crop_boxes: bool = True) -> _EncodedModality:
     attention: list[dict[str, tuple[Tensor, Tensor]]] = []
     merging = None if vision is None else EncoderMerging(adapter.merge_target(), vision.matcher)
     with contextlib.ExitStack() as stack:
