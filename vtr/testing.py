@@ -245,7 +245,6 @@ def build_qwen3_vl(seed: int = 0):
     return _build_qwen(Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, seed, vision, text)
 
 
-
 # experts as a loop of linears: FlopCounterMode counts nothing for the default kernel (``torch._grouped_mm``)
 EAGER_EXPERTS = dict(experts_implementation="eager")
 
@@ -289,6 +288,7 @@ def build_qwen3_5_moe(seed: int = 0):
                          shared_expert_intermediate_size=32)
     return _build_qwen(Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration, Qwen3VLProcessor, seed, vision, text,
                        **EAGER_EXPERTS)
+
 
 # ---------------------------------------------------------------- InternVL (InternViT + pixel shuffle + Qwen2/Qwen3)
 INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
@@ -355,6 +355,7 @@ def build_internvl_qwen3(seed: int = 0):
 # ---------------------------------------------------------------- Gemma 3 (SigLIP + 4x4 average pool + Gemma 3 text)
 GEMMA3_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
 GEMMA3_IMAGE, GEMMA3_PATCH, GEMMA3_POOL = 32, 2, 4  # 16x16 patches pooled 4x4: a 4x4 grid of 16 LLM tokens
+GEMMA3_IMAGE_TOKENS = (GEMMA3_IMAGE // GEMMA3_PATCH // GEMMA3_POOL) ** 2
 CHAT_TEMPLATE_GEMMA3 = CHAT_TEMPLATE_LLAVA.replace("<image>\n", "<start_of_image>\n")
 
 
@@ -367,8 +368,8 @@ def gemma3_processor():
     """Gemma 3's processor at a 32-pixel image (pan-and-scan when a call asks, with its crop options)."""
     from transformers import Gemma3ImageProcessorPil, Gemma3Processor
     image_processor = Gemma3ImageProcessorPil(size={"height": GEMMA3_IMAGE, "width": GEMMA3_IMAGE})
-    tokens = (GEMMA3_IMAGE // GEMMA3_PATCH // GEMMA3_POOL) ** 2
-    return Gemma3Processor(image_processor=image_processor, tokenizer=gemma3_tokenizer(), image_seq_length=tokens,
+    return Gemma3Processor(image_processor=image_processor, tokenizer=gemma3_tokenizer(),
+                           image_seq_length=GEMMA3_IMAGE_TOKENS,
                            chat_template=CHAT_TEMPLATE_GEMMA3)
 
 
@@ -385,7 +386,7 @@ def build_gemma3(seed: int = 0):
                 max_position_embeddings=1024, **special_ids())
     tok = gemma3_tokenizer()
     config = Gemma3Config(vision_config=vision, text_config=text,
-                          mm_tokens_per_image=(GEMMA3_IMAGE // GEMMA3_PATCH // GEMMA3_POOL) ** 2,
+                          mm_tokens_per_image=GEMMA3_IMAGE_TOKENS,
                           boi_token_index=tok.boi_token_id, eoi_token_index=tok.eoi_token_id,
                           image_token_index=tok.image_token_id, **special_ids())
     model = Gemma3ForConditionalGeneration(config)
