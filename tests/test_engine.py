@@ -64,6 +64,37 @@ def test_keep_all_padded_batch_is_bit_identical(tiny, name, kind):
 
 
 @pytest.mark.parametrize("name,kind", CASES)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_method_none_passes_the_callers_inputs_through_when_already_packed(tiny, name, kind, side):
+    """``none`` on a left-padded batch hands the model the caller's own tensors (nothing to pack or gather);
+    a right-padded one is repacked to the left, as every reduced batch is (the outputs come in that layout), and
+    gives the same logits at its tokens."""
+    model, processor = tiny(name)
+    inputs = make_inputs(processor, name, kind, texts=["what ?", "describe this picture please , what is in it ?"],
+                         seeds=(0, 1))
+    if side == "right":  # the same rows, their padding moved to the right
+        order = inputs["attention_mask"].argsort(dim=1, descending=True, stable=True)
+        inputs = {k: v.gather(1, order) if torch.is_tensor(v) and v.shape == order.shape else v
+                  for k, v in inputs.items()}
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    vtr.wrap(model, "none")
+    state = model._vtr_state
+    call = reduce_inputs(state.adapter, state.pipeline.pre_llm, "original", dict(inputs), for_generate=False)
+    real = inputs["attention_mask"].bool()
+    assert (call.kwargs["input_ids"] is inputs["input_ids"]) == (side == "left")
+    assert torch.equal(call.kept_index >= 0, call.kwargs["attention_mask"].bool())
+    assert torch.equal(call.kwargs["attention_mask"][:, -1], torch.ones_like(real[:, -1]))  # left-padded
+    with torch.no_grad():
+        got = model(**inputs).logits
+    got, expected = got[call.kwargs["attention_mask"].bool()], expected[real]  # each layout's own real columns
+    if side == "left":
+        assert torch.equal(got, expected)
+    else:  # the same tokens, their padding on the other side: equal up to the kernels' summation order
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,kind", CASES)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("budget", [9, 0.5])
 def test_stats_report_the_budget_and_prompt_is_returned(tiny, name, kind, method, budget):

@@ -102,6 +102,11 @@ def _reduce_inputs(
         for visual in encoded
     }
 
+    whole = vision is None and chunks is None and method.keeps_every_token
+    unchanged = _unchanged_rows(keep, mask) if whole else None
+    if unchanged is not None:  # every column kept, rows already left-padded: the caller's inputs as they are
+        return _unchanged_call(adapter, method, scheme, inputs, mask, keep, full_positions, mm_encoder_outputs,
+                               items_per_row, roles, unchanged)
     kept_index = left_packed_index(keep)
     valid = kept_index >= 0
     new_mask = valid.to(mask.dtype)
@@ -137,6 +142,37 @@ def _reduce_inputs(
         token_structural=at_kept(roles.structural, pad=False),
         token_representative=representative,
         chunk_positions=None if chunks is None else chunks.gathered(kept_index),
+    )
+
+
+def _unchanged_rows(keep: Tensor, mask: Tensor) -> list[int] | None:
+    """Each row's length, when a call that kept every column already has the packed layout (rows
+    left-padded, as ``generate`` wants them); ``None`` when it must be repacked. One host read."""
+    left_padded = (keep[:, 1:] >= keep[:, :-1]).all().view(1)
+    *lengths, packed = torch.cat([mask.sum(1), left_padded]).tolist()
+    return lengths if packed else None
+
+
+def _unchanged_call(adapter: Adapter, method: Method, scheme: PositionScheme, inputs: dict[str, Any],
+                    mask: Tensor, keep: Tensor, full_positions: Tensor, mm_encoder_outputs: dict[str, Any],
+                    items_per_row: list[list[ItemStats]], roles: _TokenRoles, lengths: list[int]) -> ReducedCall:
+    """The call for a prompt that keeps its every column in place: packing, gathering and checking would
+    reproduce the caller's tensors, so they are passed on as given (what ``vtr.reduced(model, "none")``
+    costs is only the encoder hand-off and the bookkeeping here)."""
+    padding = ~keep
+    kwargs = {k: v for k, v in inputs.items() if k not in adapter.consumed_keys(inputs)}
+    kwargs["attention_mask"] = mask
+    kwargs["position_ids"] = adapter.finish_positions(full_positions.masked_fill(padding, 0), mask,
+                                                      scheme.mode == "compact")
+    kwargs["mm_encoder_outputs"] = mm_encoder_outputs
+    samples = tuple(SampleStats(tuple(items), n, n) for items, n in zip(items_per_row, lengths))
+    return ReducedCall(
+        kwargs=kwargs,
+        kept_index=roles.columns.masked_fill(padding, -1),
+        stats=CallStats(method=method.describe(), positions=scheme.mode, samples=samples),
+        gapped_positions=False,
+        token_item=roles.item,  # -1 on padding already: placeholders never sit under it (_checked_slots)
+        token_structural=roles.structural,
     )
 
 
