@@ -3,7 +3,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from vtr.budget import Budget
 
@@ -20,14 +19,6 @@ def test_tokens_for(value, n, expected):
                                               (0.5, 7, 4), (0.75, 10, 8), (0.25, 10, 2), (0.5, 5, 2), (0.9, 1, 1)])
 def test_fractions_round_to_the_nearest_count(value, n, expected):
     assert Budget(value).tokens_for(n) == expected
-    assert Budget(value).tokens_for_counts(torch.tensor([n])).tolist() == [expected]
-
-
-@pytest.mark.parametrize("value", [0.1, 0.15, 0.25, 0.3, 1 / 3, 0.5, 2 / 3, 0.7, 0.75, 0.9, 0.999, 1.0, 0.001, 1, 7, 600])
-def test_tokens_for_counts_is_tokens_for_entry_by_entry(value):
-    counts = torch.arange(0, 1200)
-    budget = Budget(value)
-    assert budget.tokens_for_counts(counts).tolist() == [budget.tokens_for(n) for n in counts.tolist()]
 
 
 @pytest.mark.parametrize("bad", [0, -3, 0.0, -0.5, 1.5, math.nan, "64", None, True])

@@ -64,10 +64,21 @@ class WrapState:
     pipeline: Pipeline
     positions: PositionScheme
     saved: dict[str, Any]  # attribute name -> previous instance-dict entry (or _MISSING)
-    last_stats: CallStats | None = None
+    # the last call's stats, or what makes them when first asked for (an in-LLM stage's per-layer counts)
+    recorded: CallStats | Callable[[], CallStats] | None = None
     generating: ReducedCall | None = field(default=None, repr=False)
     # the KV caches reduced generate() calls filled -> what they hold (a later turn maps onto it)
     turns: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)
+
+    @property
+    def last_stats(self) -> CallStats | None:
+        if callable(self.recorded):
+            self.recorded = self.recorded()
+        return self.recorded
+
+    @last_stats.setter
+    def last_stats(self, stats: CallStats | Callable[[], CallStats] | None) -> None:
+        self.recorded = stats
 
 
 def wrap(
@@ -286,8 +297,8 @@ def _start(state: WrapState, kwargs: dict[str, Any], for_generate: bool,
     pruner = pipeline.in_llm
     if pruner is None:
         return call, None
-    pruner.run = LayerRun(PromptRoles.from_columns(call.token_item, call.token_structural,
-                                                   call.kwargs["attention_mask"]))
+    pruner.run = LayerRun(PromptRoles(call.token_item, call.token_structural, call.kwargs["attention_mask"],
+                                      call.item_sizes, call.padded))
     return call, pruner.run
 
 
@@ -302,22 +313,24 @@ def _finish(state: WrapState, run: LayerRun | None, call: ReducedCall) -> None:
         return
     run.accepts_full_passes = False
     run.captured.clear()
-    pruner = state.pipeline.in_llm
-    if not run.visual_per_layer or state.last_stats is None:
-        return
-    per_layer = torch.stack(run.visual_per_layer, dim=1).cpu()  # (rows of the pass, layers from K on)
-    step = per_layer.shape[0] // len(state.last_stats.samples)  # beams / num_return_sequences repeat rows
-    final = run.final_index()
-    reached = reached_last_layer(final, call.token_item, step) if final is not None else None
+    if run.kept and state.last_stats is not None:  # counted when vtr.stats asks, off the hot path
+        state.last_stats = functools.partial(_with_layer_stats, state.last_stats, run, call.token_item,
+                                             state.pipeline.in_llm)
+
+
+def _with_layer_stats(stats: CallStats, run: LayerRun, token_item: Tensor, pruner: LayerPruner) -> CallStats:
+    """``stats`` with the visual tokens each decoder layer saw and those that reached the last layer."""
+    per_layer = run.visual_per_layer(pruner.num_layers)  # (rows of the pass, layers from K on)
+    step = per_layer.shape[0] // len(stats.samples)  # beams / num_return_sequences repeat rows
+    reached = reached_last_layer(run.final_index(), token_item, step)
     samples = tuple(
         dataclasses.replace(sample, visual_per_layer=(sample.visual_after,) * pruner.prune_at[0]
                             + tuple(per_layer[i * step].tolist()),
-                            items=sample.items if reached is None else tuple(
-                                dataclasses.replace(item, last_layer=last) for item, last in zip(sample.items,
-                                                                                                reached[i])))
-        for i, sample in enumerate(state.last_stats.samples)
+                            items=tuple(dataclasses.replace(item, last_layer=last)
+                                        for item, last in zip(sample.items, reached[i])))
+        for i, sample in enumerate(stats.samples)
     )
-    state.last_stats = dataclasses.replace(state.last_stats, samples=samples)
+    return dataclasses.replace(stats, samples=samples)
 
 
 def _with_explicit_mask(call: ReducedCall | None, kwargs: dict[str, Any]) -> dict[str, Any]:

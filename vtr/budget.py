@@ -5,9 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
-
 
 @dataclass(frozen=True)
 class Budget:
@@ -44,12 +41,6 @@ class Budget:
         if isinstance(self.value, float):
             return min(n_tokens, max(1, round(self.value * n_tokens)))
         return min(n_tokens, self.value)
-
-    def tokens_for_counts(self, counts: Tensor) -> Tensor:
-        """``tokens_for`` of every entry of an integer tensor (rounding half to even, like ``round``)."""
-        if isinstance(self.value, float):
-            return torch.round(self.value * counts.double()).long().clamp(min=1).minimum(counts)
-        return counts.clamp(max=self.value)
 
     def __str__(self) -> str:
         return str(self.value)  # "1.0" (fraction) and "1" (one token) must not look alike

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from vtr.adapters.base import Adapter
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
 from vtr.measure.timing import ENCODER_SECTION, section
-from vtr.ops.packing import left_packed_index
+from vtr.ops.packing import left_packed
 from vtr.methods.base import AttentionRequest, Method, Reduction, VisualItem
 from vtr.methods.vision import VisionMethod
 from vtr.positions import ChunkPositions, PositionScheme
@@ -49,6 +49,8 @@ class ReducedCall:
     gapped_positions: bool  # 1-D positions with gaps: uncached passes need an explicit mask
     token_item: Tensor  # (B, L'): item id (unique in the batch) of each content column, -1 elsewhere
     token_structural: Tensor  # (B, L'): True on kept structural (newline) columns
+    item_sizes: tuple[int, ...]  # content columns of each item (by id) in the reduced prompt
+    padded: bool  # some row of the reduced prompt is shorter than L' (its mask has zeros)
     # (B, L') with virtual unmerging: the column whose token stands for each column (itself unless merged)
     token_representative: Tensor | None = None
     # (R, B, L', C) with positions="ppe": the rotary positions of every chunk of every column (vtr.positions)
@@ -107,8 +109,7 @@ def _reduce_inputs(
     if unchanged is not None:  # every column kept, rows already left-padded: the caller's inputs as they are
         return _unchanged_call(adapter, method, scheme, inputs, mask, keep, full_positions, mm_encoder_outputs,
                                items_per_row, roles, unchanged)
-    kept_index = left_packed_index(keep)
-    valid = kept_index >= 0
+    kept_index, valid, lengths = left_packed(keep)
     new_mask = valid.to(mask.dtype)
     compact = scheme.mode == "compact"
     kwargs = {k: v for k, v in inputs.items() if k not in adapter.consumed_keys(inputs)}
@@ -125,10 +126,11 @@ def _reduce_inputs(
     kwargs["mm_encoder_outputs"] = mm_encoder_outputs
 
     representative = _reduced_representatives(roles.representative, kept_index, at_kept) if expand else None
-    n_after = valid.sum(1)
-    if representative is not None:  # copies of a merged token only widen the attention, not the prompt
-        n_after = n_after - (representative != torch.arange(kept_index.shape[1], device=ids.device)).sum(1)
-    prompt_before, prompt_after = torch.stack([mask.sum(1), n_after]).tolist()  # one host read for all rows
+    if representative is None:
+        prompt_before, prompt_after = mask.sum(1).tolist(), lengths
+    else:  # copies of a merged token only widen the attention, not the prompt
+        copies = (representative != torch.arange(kept_index.shape[1], device=ids.device)).sum(1)
+        prompt_before, prompt_after = torch.stack([mask.sum(1), valid.sum(1) - copies]).tolist()
     samples = tuple(SampleStats(tuple(items), n_before, n_kept)
                     for items, n_before, n_kept in zip(items_per_row, prompt_before, prompt_after))
     # keep only ever loses attended columns, and virtual unmerging keeps every slot
@@ -140,6 +142,8 @@ def _reduce_inputs(
         gapped_positions=dropped_any and not compact and full_positions.shape[0] == 1,
         token_item=at_kept(roles.item, pad=-1),
         token_structural=at_kept(roles.structural, pad=False),
+        item_sizes=tuple(roles.sizes),
+        padded=min(lengths) < kept_index.shape[1],
         token_representative=representative,
         chunk_positions=None if chunks is None else chunks.gathered(kept_index),
     )
@@ -147,10 +151,12 @@ def _reduce_inputs(
 
 def _unchanged_rows(keep: Tensor, mask: Tensor) -> list[int] | None:
     """Each row's length, when a call that kept every column already has the packed layout (rows
-    left-padded, as ``generate`` wants them); ``None`` when it must be repacked. One host read."""
-    left_padded = (keep[:, 1:] >= keep[:, :-1]).all().view(1)
-    *lengths, packed = torch.cat([mask.sum(1), left_padded]).tolist()
-    return lengths if packed else None
+    left-padded, as ``generate`` wants them); ``None`` when it must be repacked. One host read, and one
+    more where some row is padded."""
+    lengths = mask.sum(1).tolist()
+    if min(lengths) == keep.shape[1] or bool((keep[:, 1:] >= keep[:, :-1]).all()):
+        return lengths
+    return None
 
 
 def _unchanged_call(adapter: Adapter, method: Method, scheme: PositionScheme, inputs: dict[str, Any],
@@ -159,20 +165,23 @@ def _unchanged_call(adapter: Adapter, method: Method, scheme: PositionScheme, in
     """The call for a prompt that keeps its every column in place: packing, gathering and checking would
     reproduce the caller's tensors, so they are passed on as given (what ``vtr.reduced(model, "none")``
     costs is only the encoder hand-off and the bookkeeping here)."""
-    padding = ~keep
+    padded = min(lengths) < keep.shape[1]
+    padding = ~keep if padded else None
     kwargs = {k: v for k, v in inputs.items() if k not in adapter.consumed_keys(inputs)}
     kwargs["attention_mask"] = mask
-    kwargs["position_ids"] = adapter.finish_positions(full_positions.masked_fill(padding, 0), mask,
-                                                      scheme.mode == "compact")
+    kwargs["position_ids"] = adapter.finish_positions(
+        full_positions.masked_fill(padding, 0) if padded else full_positions, mask, scheme.mode == "compact")
     kwargs["mm_encoder_outputs"] = mm_encoder_outputs
     samples = tuple(SampleStats(tuple(items), n, n) for items, n in zip(items_per_row, lengths))
     return ReducedCall(
         kwargs=kwargs,
-        kept_index=roles.columns.masked_fill(padding, -1),
+        kept_index=roles.columns.masked_fill(padding, -1) if padded else roles.columns,
         stats=CallStats(method=method.describe(), positions=scheme.mode, samples=samples),
         gapped_positions=False,
         token_item=roles.item,  # -1 on padding already: placeholders never sit under it (_checked_slots)
         token_structural=roles.structural,
+        item_sizes=tuple(roles.sizes),
+        padded=padded,
     )
 
 
@@ -188,7 +197,12 @@ class _TokenRoles:
     columns: Tensor  # (B, L) each column's own index (read-only, expanded)
     representative: Tensor | None = None
     position: Tensor | None = None
-    count: int = 0
+    sizes: list[int] = field(default_factory=list)  # content columns each item keeps, by item id
+
+    @property
+    def count(self) -> int:
+        """Items recorded so far: the id the next one gets."""
+        return len(self.sizes)
 
     def moved_positions(self) -> Tensor:
         if self.position is None:
@@ -304,7 +318,7 @@ def _reduce_modality(
                 layout.content[reduction.origin].to(cols.device)]
         if structural.numel():
             roles.structural[row, cols[structural.to(cols.device)]] = True
-        roles.count += 1
+        roles.sizes.append(item.num_tokens if expand else reduction.kept.numel())
         reductions.append(reduction)
         items_per_row[row].append(ItemStats(
             visual.modality, feats.shape[0], reduction.kept.numel() + structural.numel(), layout.structural.numel(),
@@ -330,7 +344,7 @@ def _kept_whole(modality: str, feats: Tensor, row: int, cols: Tensor, layout: It
     roles.item[row, cols[layout.content.to(cols.device)]] = roles.count
     if n_structural:
         roles.structural[row, cols[layout.structural.to(cols.device)]] = True
-    roles.count += 1
+    roles.sizes.append(n_content)
     items_per_row[row].append(ItemStats(modality, feats.shape[0], feats.shape[0], n_structural, n_structural,
                                         provenance=tuple(range(n_content))))
     return Reduction(kept=torch.arange(n_content, device=feats.device))

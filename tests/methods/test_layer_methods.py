@@ -14,7 +14,8 @@ def step(group: torch.Tensor, entry: list[int], stage: int = 0, num_layers: int 
     generator = torch.Generator().manual_seed(0)
     hidden = hidden if hidden is not None else torch.randn(*group.shape, 8, generator=generator)
     scores = scores if scores is not None else torch.rand(group.shape, generator=generator)
-    return LayerInput(hidden, scores, group, stage, torch.tensor(entry), num_layers)
+    current = torch.bincount(group[group >= 0], minlength=len(entry)).tolist()
+    return LayerInput(hidden, scores, group, stage, tuple(entry), tuple(current), num_layers)
 
 
 def test_default_layers_follow_the_papers_and_scale_with_depth():
@@ -39,7 +40,7 @@ def test_fastv_keeps_the_budget_of_every_visual_input_by_score():
 def test_pdrop_keeps_ratio_powers_of_the_entry_count():
     group = torch.zeros(1, 40, dtype=torch.long)
     method = PDrop(ratio=0.5)
-    counts = [int(method.keep_counts(step(group[:, :n], [40], stage=s)).item()) for s, n in ((0, 40), (1, 20), (2, 10))]
+    counts = [method.keep_counts(step(group[:, :n], [40], stage=s))[0] for s, n in ((0, 40), (1, 20), (2, 10))]
     assert counts == [20, 10, 5]
 
 
@@ -49,7 +50,7 @@ def test_pdrop_budget_sets_the_layer_averaged_token_count(budget, stages):
     method = PDrop(budget=budget, layers=stages)
     kept, current = [], n
     for stage in range(3):
-        current = int(method.keep_counts(step(torch.zeros(1, current, dtype=torch.long), [n], stage=stage)).item())
+        current = method.keep_counts(step(torch.zeros(1, current, dtype=torch.long), [n], stage=stage))[0]
         kept.append(current)
     spans = [b - a for a, b in zip((0, *stages), (*stages, layers))]
     average = (spans[0] * n + sum(s * k for s, k in zip(spans[1:], kept))) / layers

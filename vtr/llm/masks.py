@@ -36,13 +36,14 @@ def _mask_slots(mask: Tensor, key_valid: Tensor, query_valid: Tensor | None) -> 
     return mask.masked_fill(blocked, _masked_value(mask))
 
 
-def full_pass_mask(mask: Tensor | None, index: Tensor, valid: Tensor, flash: bool) -> Tensor | None:
+def full_pass_mask(mask: Tensor | None, index: Tensor, valid: Tensor, all_valid: bool,
+                   flash: bool) -> Tensor | None:
     """The mask of a full pass (prefill, or an uncached step) restricted to columns ``index`` (B, N).
 
-    ``valid`` (B, N) is False on pad slots. With no pad slots a ``None`` mask stays ``None``: the kept
-    columns keep their order, so causal attention over the shorter sequence is the same attention.
+    ``valid`` (B, N) is False on pad slots; ``all_valid``: there are none (known from the packing, so no
+    host read here). With no pad slots a ``None`` mask stays ``None``: the kept columns keep their order,
+    so causal attention over the shorter sequence is the same attention.
     """
-    all_valid = bool(valid.all())
     if mask is not None:  # the index may come from another device of a split model
         index, valid = index.to(mask.device), valid.to(mask.device)
     if mask is None:
@@ -60,16 +61,18 @@ def full_pass_mask(mask: Tensor | None, index: Tensor, valid: Tensor, flash: boo
     return _mask_slots(_gather_keys(rows, index), valid, None if all_valid else valid)
 
 
-def decode_mask(mask: Tensor | None, key_index: Tensor, key_valid: Tensor, queries: int, flash: bool) -> Tensor | None:
+def decode_mask(mask: Tensor | None, key_index: Tensor, key_valid: Tensor, all_valid: bool, queries: int,
+                flash: bool) -> Tensor | None:
     """The mask of a cached step at a layer whose cache holds the columns ``key_index`` (B, K).
 
     ``key_index`` indexes the full-length key axis the model built the mask for (its layer 0 cache plus
-    the new tokens). A ``None`` mask (nothing to mask) only needs building when pad slots exist.
+    the new tokens); ``all_valid``: ``key_valid`` has no pad slot. A ``None`` mask (nothing to mask) only
+    needs building when pad slots exist.
     """
     if mask is not None:  # the index may come from another device of a split model
         key_index, key_valid = key_index.to(mask.device), key_valid.to(mask.device)
     if mask is None:
-        if bool(key_valid.all()):
+        if all_valid:
             return None
         if flash:
             return key_valid.long()

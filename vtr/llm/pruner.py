@@ -50,6 +50,8 @@ choice as the cached prefill.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,24 +65,31 @@ from vtr.llm.cache import fixed_length_cache_error, holds_nothing, passed_cache
 from vtr.llm.masks import bidirectional_mask, decode_mask, full_pass_mask, window_decode_mask
 from vtr.llm.scores import attention_to_keys
 from vtr.measure.timing import section
-from vtr.ops.packing import left_packed_index
+from vtr.ops.packing import left_packed
 from vtr.methods.layer import LayerInput, LayerMethod
 
 
 @dataclass
 class PromptRoles:
-    """Per column of the prompt the model receives: what each token is, for the in-LLM stage."""
+    """Per column of the prompt the model receives: what each token is, for the in-LLM stage.
+
+    The maps a stage may not need (every visual token, the attention mask as bools) are made on first use."""
 
     group: Tensor  # (B, L) visual input (unique in the batch) of each content token, -1 elsewhere
-    visual: Tensor  # (B, L) content or structural visual token
-    attended: Tensor  # (B, L) the attention mask (False on padding)
-    entry_counts: Tensor  # (G,) content tokens of each visual input
+    structural: Tensor  # (B, L) structural visual token (LLaVA-NeXT/OneVision newlines)
+    attention_mask: Tensor  # (B, L) as the model receives it
+    entry_counts: tuple[int, ...]  # (G,) content tokens of each visual input, as the engine recorded them
+    padded: bool  # some column is padding (the mask has a zero), as the engine recorded it
 
-    @classmethod
-    def from_columns(cls, group: Tensor, structural: Tensor, attention_mask: Tensor) -> "PromptRoles":
-        groups = int(group.max()) + 1 if group.numel() else 0
-        counts = torch.bincount(group[group >= 0], minlength=groups)
-        return cls(group, (group >= 0) | structural, attention_mask.bool(), counts)
+    @functools.cached_property
+    def visual(self) -> Tensor:
+        """(B, L) content or structural visual token."""
+        return (self.group >= 0) | self.structural
+
+    @functools.cached_property
+    def attended(self) -> Tensor:
+        """(B, L) the attention mask as bools (False on padding)."""
+        return self.attention_mask.bool()
 
 
 @dataclass
@@ -91,8 +100,13 @@ class _Kept:
 
     index: Tensor  # (B, N)
     valid: Tensor  # (B, N)
+    full: bool  # no pad slots: every row kept N columns
     shift: Tensor | None = None  # (B, N) real tokens dropped before each column (0 on pad slots)
-    dropped: Tensor | None = None  # (B,) real tokens each row dropped in all, so far
+    dropped: Tensor | int | None = None  # (B,) real tokens each row dropped in all, so far (int: every row alike)
+
+    def drops_per_row(self) -> Tensor | int:
+        """``dropped`` shaped to move a (..., B, Q) block of positions."""
+        return self.dropped if isinstance(self.dropped, int) else self.dropped.view(-1, 1)
 
 
 class _LayerInputs:
@@ -133,7 +147,7 @@ class LayerRun:
     cache: weakref.ref | None = None  # the cache the prefill filled: its later steps are ours
     full_len: int = 0
     kept: dict[int, _Kept] = field(default_factory=dict)  # first layer of a range -> its columns
-    visual_per_layer: list[Tensor] = field(default_factory=list)  # (B,) visual tokens seen by each layer
+    counts: tuple[int, ...] = ()  # candidates each visual input has in the current range
     captured: dict[int, tuple[Tensor, tuple[Tensor, Tensor]]] = field(default_factory=dict)
     current_layer: int = -1  # the decoder layer running now (for injections between layers)
     gathered: _LayerInputs = field(default_factory=_LayerInputs)
@@ -149,6 +163,16 @@ class LayerRun:
     def kept_at(self, layer: int) -> _Kept | None:
         start = self.range_start(layer)
         return None if start is None else self.kept[start]
+
+    def visual_per_layer(self, num_layers: int) -> Tensor:
+        """(rows of the pass, layers from the first pruning layer on) visual tokens each layer saw in the last
+        full pass. Counted on request (``vtr.stats``), not on the hot path."""
+        starts = sorted(self.kept)
+        per_range = torch.stack([
+            (_prompt_map(self.roles.visual, kept.index.shape[0], self.full_len, False).to(kept.index.device)
+             .gather(1, kept.index) & kept.valid).sum(1).cpu() for kept in map(self.kept.get, starts)], dim=1)
+        ranges = [max(k for k in starts if k <= layer) for layer in range(starts[0], num_layers)]
+        return per_range[:, [starts.index(k) for k in ranges]]
 
     def final_index(self) -> Tensor | None:
         """(B, N) full-pass column of every output column of the last full pass, -1 on pad slots."""
@@ -255,7 +279,7 @@ class LayerPruner:
             if not self._full_pass(kwargs, layer):
                 return None
             states = args[0] if args else kwargs["hidden_states"]  # layer K-1 < K: still full length
-            valid = self._expanded(self.run.roles.attended, states.shape[0], states.shape[1], True)
+            valid = _prompt_map(self.run.roles.attended, states.shape[0], states.shape[1], True)
             return args, {**kwargs, "attention_mask": bidirectional_mask(kwargs.get("attention_mask"), valid,
                                                                          self.flash)}
 
@@ -303,28 +327,18 @@ class LayerPruner:
             )
         if cache is not None and not isinstance(cache, DynamicCache):  # wrap refuses them at the call already
             raise fixed_length_cache_error(f"a {type(cache).__name__}")
-        run.full_len, run.kept = length, {}
+        run.full_len, run.kept, run.counts = length, {}, run.roles.entry_counts
         run.cache = None if cache is None else weakref.ref(cache)  # never keep a finished KV cache alive
-        run.visual_per_layer = []
         run.gathered.clear()
-
-    def _expanded(self, values: Tensor, batch: int, length: int, appended) -> Tensor:
-        """A prompt-shaped (B0, L0) map for a pass of ``length``: rows repeated for beams, appended columns
-        (tokens an uncached generate added after the prompt) set to ``appended``."""
-        if batch != values.shape[0]:  # repeat_interleave dispatches ~5 ops even for one repeat
-            values = values.repeat_interleave(batch // values.shape[0], dim=0)
-        extra = length - values.shape[1]
-        if extra:
-            values = torch.cat([values, values.new_full((batch, extra), appended)], dim=1)
-        return values
 
     def _current(self, values: Tensor, appended, pad_slot, layer: int, batch: int) -> Tensor:
         """A prompt map in the columns layer ``layer`` sees during this full pass."""
-        full = self._expanded(values, batch, self.run.full_len, appended)
+        full = _prompt_map(values, batch, self.run.full_len, appended)
         kept = self.run.kept_at(layer)
         if kept is None:
             return full
-        return full.gather(1, kept.index.to(full.device)).masked_fill(~kept.valid.to(full.device), pad_slot)
+        gathered = full.gather(1, kept.index.to(full.device))
+        return gathered if kept.full else gathered.masked_fill(~kept.valid.to(full.device), pad_slot)
 
     def _prune(self, layer: int, states: Tensor, kwargs: dict[str, Any]) -> Tensor:
         run, roles = self.run, self.run.roles
@@ -333,38 +347,47 @@ class LayerPruner:
         # decided where the hidden states are (a model split over devices moves them from layer to layer)
         device = states.device
         group = self._current(roles.group, -1, -1, layer - 1, batch).to(device)
-        attended = self._current(roles.attended, True, False, layer - 1, batch).to(device)
-        scores = self._scores(layer, states, kwargs, group, attended, prompt_cols)
-        step = LayerInput(hidden=states, scores=scores, group=group, stage=self.prune_at.index(layer),
-                          entry_counts=roles.entry_counts.to(device), num_layers=self.num_layers)
-        decision = self.method.select(step)
         previous = run.kept_at(layer - 1)
-        slot_valid = previous.valid.to(device) if previous is not None else torch.ones_like(attended)
-        keep = slot_valid & ((group < 0) | decision.keep)
-        local = left_packed_index(keep)
+        every_key = not roles.padded and (previous is None or previous.full)  # no padding, no pad slots
+        attended = None if every_key else self._current(roles.attended, True, False, layer - 1, batch).to(device)
+        scores = self._scores(layer, states, kwargs, group, attended, prompt_cols)
+        stage = self.prune_at.index(layer)
+        step = LayerInput(hidden=states, scores=scores, group=group, stage=stage, entry_counts=roles.entry_counts,
+                          counts=run.counts, num_layers=self.num_layers)
+        decision = self.method.select(step)
+        keep = decision.keep if decision.others_kept else (group < 0) | decision.keep
+        if previous is not None and not previous.full:
+            keep = keep & previous.valid.to(device)
+        packed = left_packed(keep)
+        if stage + 1 < len(self.prune_at):  # the next stage's candidates
+            run.counts = decision.counts if decision.counts is not None else _group_sizes(group, keep, run.counts)
+        source = packed.index if packed.full else packed.index.clamp_min(0)
         hidden = decision.hidden if decision.hidden is not None else states
-        gathered = hidden.gather(1, local.clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        base = torch.arange(length, device=device).expand(batch, -1) if previous is None else previous.index.to(device)
-        index, valid = base.gather(1, local.clamp_min(0)), local >= 0
-        run.kept[layer] = self._renumbered(index, valid) if self.renumber else _Kept(index, valid)
+        gathered = hidden.gather(1, source.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        index = source if previous is None else previous.index.to(device).gather(1, source)
+        kept = _Kept(index, packed.valid, packed.full)
+        run.kept[layer] = self._renumbered(kept) if self.renumber else kept
         return gathered
 
-    def _renumbered(self, index: Tensor, valid: Tensor) -> _Kept:
+    def _renumbered(self, kept: _Kept) -> _Kept:
         """The kept columns with how far each one's position moves: the real tokens (not padding, not pad
-        slots) of its row that no longer appear, before it. Counted over the full pass, so stages add up."""
-        real = self._expanded(self.run.roles.attended, index.shape[0], self.run.full_len, True).to(index.device)
-        # pad slots scatter into a spare last column: no nonzero(), which would read the device's count
-        length = real.shape[1]
-        present = real.new_zeros(real.shape[0], length + 1)
-        present = present.scatter_(1, index.masked_fill(~valid, length), True)[:, :length]
-        before = (real & ~present).long().cumsum(1)
-        dropped = before[:, -1]
+        slots) of its row that no longer appear before it, i.e. its row's real columns up to it in the full
+        pass minus its row's kept real columns up to it. Counted over the full pass, so stages add up."""
+        index, valid = kept.index, kept.valid
+        if kept.full and not self.run.roles.padded:  # every column real, none a pad slot: j-th kept moves index - j
+            columns = torch.arange(index.shape[1], device=index.device)
+            return dataclasses.replace(kept, shift=index - columns, dropped=self.run.full_len - index.shape[1])
+        real = _prompt_map(self.run.roles.attended, index.shape[0], self.run.full_len, True).to(index.device)
+        real_up_to = real.cumsum(1)
+        kept_up_to = (real.gather(1, index) & valid).cumsum(1)
         # every stage recomputes the rotary: a row that dropped nothing gets its own positions back, the same
         # values (cheaper than a host read of whether any row moved)
-        return _Kept(index, valid, before.gather(1, index).masked_fill(~valid, 0), dropped)
+        return dataclasses.replace(kept, shift=(real_up_to.gather(1, index) - kept_up_to) * valid,
+                                   dropped=real_up_to[:, -1] - kept_up_to[:, -1])
 
-    def _scores(self, layer: int, states: Tensor, kwargs: dict[str, Any], group: Tensor, attended: Tensor,
+    def _scores(self, layer: int, states: Tensor, kwargs: dict[str, Any], group: Tensor, attended: Tensor | None,
                 prompt_cols: int) -> Tensor:
+        """``attended``: the columns' attention mask and pad slots (False), ``None`` where every column is real."""
         if self.own_scores:  # layer K's own norm and projections of what enters it, at layer K-1's positions
             scorer = self.layers[self.score_layer[layer]]
             attention = scorer.self_attn
@@ -380,14 +403,13 @@ class LayerPruner:
             states, position_embeddings = captured
         batch = states.shape[0]
         if self.method.query == "last":
-            queries = torch.full((batch, 1), prompt_cols - 1, device=states.device)
-            weight = torch.ones(batch, 1, device=states.device)
+            queries, weight = prompt_cols - 1, None
         else:  # every attended text token of the prompt
-            visual = self._current(self.run.roles.visual, False, False, layer - 1, batch).to(attended.device)
-            text = attended & ~visual
+            visual = self._current(self.run.roles.visual, False, False, layer - 1, batch).to(states.device)
+            text = ~visual if attended is None else attended & ~visual
             text[:, prompt_cols:] = False
-            packed = left_packed_index(text)
-            queries, weight = packed.clamp_min(0), (packed >= 0).float()
+            packed = left_packed(text)
+            queries, weight = packed.index.clamp_min(0), packed.valid.float()
             weight = weight / weight.sum(1, keepdim=True).clamp_min(1)
         with torch.no_grad():
             return attention_to_keys(attention, states, position_embeddings, queries, weight, attended,
@@ -408,9 +430,14 @@ class LayerPruner:
             if positions is None or positions.shape[-1] != self.run.full_len:
                 raise ReductionError(f"{self.method.describe()} renumbers positions, but the text model's rotary "
                                      f"module did not see this pass's {self.run.full_len} positions")
-            self.run.renumbered[start, kind] = self._rotary(like, _gather_last(positions, kept.index) - kept.shift,
-                                                            kind)
+            self.run.renumbered[start, kind] = self._rotary(like, self._moved(positions, kept), kind)
         return self.run.renumbered[start, kind]
+
+    def _moved(self, positions: Tensor, kept: _Kept) -> Tensor:
+        """Full-pass ``positions`` at the kept columns, renumbered; made once per pass for the rotary module and
+        the layers where they are the same tensor."""
+        return self.run.gathered.get("full", ("moved", kept, positions),
+                                     lambda: _gather_last(positions, kept.index) - kept.shift)
 
     def _rotary(self, like: Tensor, positions: Tensor, kind: str | None) -> tuple[Tensor, Tensor]:
         """The model's rotary module on ``positions`` (not recorded as the model's own positions)."""
@@ -429,16 +456,12 @@ class LayerPruner:
 
         def gather() -> dict[str, Any]:
             inputs = {"position_embeddings": self._position_embeddings(layer, kwargs, embeddings[0]),
-                      "attention_mask": full_pass_mask(mask, kept.index, kept.valid, self.flash)}
+                      "attention_mask": full_pass_mask(mask, kept.index, kept.valid, kept.full, self.flash)}
             if isinstance(position_ids, Tensor) and position_ids.shape[-1] == run.full_len:
-                gathered = _gather_last(position_ids, kept.index)
-                inputs["position_ids"] = gathered - kept.shift if self.renumber else gathered
+                inputs["position_ids"] = self._moved(position_ids, kept) if self.renumber else \
+                    _gather_last(position_ids, kept.index)
             return inputs
 
-        if len(run.visual_per_layer) == layer - self.prune_at[0]:
-            run.visual_per_layer.append(run.gathered.get(
-                "full", ("visual", kept), lambda: self._current(run.roles.visual, False, False, layer,
-                                                                kept.index.shape[0]).sum(1)))
         if layer in self.recurrent:  # only the padding mask: the state must not see padding or pad slots
             return {**kwargs, "attention_mask": run.gathered.get("full", ("recurrent", kept, mask),
                                                                  lambda: _recurrent_mask(mask, kept))}
@@ -472,12 +495,12 @@ class LayerPruner:
             key_index = torch.cat([kept.index, new], dim=1)
             key_valid = torch.cat([kept.valid, torch.ones_like(new, dtype=torch.bool)], dim=1)
             if window is None and not (isinstance(mask, Tensor) and mask.dim() == 4 and mask.shape[-1] != keys):
-                return decode_mask(mask, key_index, key_valid, queries, self.flash)
+                return decode_mask(mask, key_index, key_valid, kept.full, queries, self.flash)
             # built from columns: a sliding cache holds only its last columns (then this step's tokens), and a
             # model that sizes its global mask for its first global layer's cache (Gemma 3) sized it for a
             # shorter layer when that layer was pruned
             held = cache.layers[layer].keys.shape[-2] if cache.layers[layer].is_initialized else 0
-            attended = self._expanded(run.roles.attended, kept.index.shape[0], run.full_len, True)
+            attended = _prompt_map(run.roles.attended, kept.index.shape[0], run.full_len, True)
             key_valid[:, :kept.index.shape[1]] &= attended.to(kept.index.device).gather(1, kept.index)
             key_index, key_valid = key_index[:, key_index.shape[1] - queries - held:], \
                 key_valid[:, key_valid.shape[1] - queries - held:]
@@ -495,12 +518,12 @@ class LayerPruner:
             if run.rope_positions is None:
                 raise ReductionError(f"{self.method.describe()} renumbers positions, but the text model's rotary "
                                      f"module saw no positions for this step")
-            shift = kept.dropped.view(-1, 1)
+            shift = kept.drops_per_row()
             run.renumbered[start, kind] = self._rotary(kwargs["position_embeddings"][0], run.rope_positions - shift,
                                                        kind)
         position_ids = kwargs.get("position_ids")
         if isinstance(position_ids, Tensor):
-            kwargs["position_ids"] = position_ids - kept.dropped.view(-1, 1)
+            kwargs["position_ids"] = position_ids - kept.drops_per_row()
         return {**kwargs, "position_embeddings": run.renumbered[start, kind]}
 
 
@@ -516,7 +539,7 @@ def _recurrent_mask(mask: Tensor | None, kept: _Kept) -> Tensor:
 def _gather_tokens(values: Tensor, index: Tensor) -> Tensor:
     """Gather the token axis (dim 1) of (B|1, L, ...) at ``index`` (B, N)."""
     index = index.to(values.device)
-    values = values.expand(index.shape[0], *values.shape[1:])
+    values = _rows(values, 0, index.shape[0])
     shape = (*index.shape, *values.shape[2:])
     return values.gather(1, index.view(*index.shape, *([1] * (values.dim() - 2))).expand(shape))
 
@@ -525,5 +548,30 @@ def _gather_last(values: Tensor, index: Tensor) -> Tensor:
     """Gather the last axis of position ids shaped (B|1, L) or (R, B|1, L) at ``index`` (B, N)."""
     index = index.to(values.device)
     if values.dim() == 2:
-        return values.expand(index.shape[0], -1).gather(1, index)
-    return values.expand(values.shape[0], index.shape[0], -1).gather(2, index.expand(values.shape[0], -1, -1))
+        return _rows(values, 0, index.shape[0]).gather(1, index)
+    return _rows(values, 1, index.shape[0]).gather(2, index.expand(values.shape[0], -1, -1))
+
+
+def _rows(values: Tensor, dim: int, batch: int) -> Tensor:
+    """``values`` with its batch axis ``dim`` broadcast to ``batch`` rows (a no-op, and no op, when it has them)."""
+    if values.shape[dim] == batch:
+        return values
+    return values.expand(*values.shape[:dim], batch, *values.shape[dim + 1:])
+
+
+def _prompt_map(values: Tensor, batch: int, length: int, appended) -> Tensor:
+    """A prompt-shaped (B0, L0) map for a pass of ``length``: rows repeated for beams, appended columns
+    (tokens an uncached generate added after the prompt) set to ``appended``."""
+    if batch != values.shape[0]:  # repeat_interleave dispatches ~5 ops even for one repeat
+        values = values.repeat_interleave(batch // values.shape[0], dim=0)
+    extra = length - values.shape[1]
+    if extra:
+        values = torch.cat([values, values.new_full((batch, extra), appended)], dim=1)
+    return values
+
+
+def _group_sizes(group: Tensor, keep: Tensor, before: tuple[int, ...]) -> tuple[int, ...]:
+    """Candidates each visual input kept, read back from the device: for a method whose decision does not
+    say (``LayerOutput.counts``), before a later stage needs them."""
+    members = group[keep & (group >= 0)]
+    return tuple(torch.bincount(members, minlength=len(before)).tolist())

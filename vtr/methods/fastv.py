@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from torch import Tensor
-
 from vtr.methods.layer import LayerInput, LayerMethod
 from vtr.methods.options import option
 
@@ -23,5 +21,5 @@ class FastV(LayerMethod):
     def prune_layers(self, num_layers: int) -> tuple[int, ...]:
         return (self.layer,)
 
-    def keep_counts(self, step: LayerInput) -> Tensor:
-        return self.budget.tokens_for_counts(step.current_counts())
+    def keep_counts(self, step: LayerInput) -> tuple[int, ...]:
+        return tuple(map(self.budget.tokens_for, step.counts))

@@ -11,17 +11,16 @@ the reference.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
-
-from torch import Tensor
 
 from vtr.budget import Budget, as_budget
 from vtr.costs.counting import linear
 from vtr.methods.cost import SampleWork
-from vtr.methods.layer import LayerInput, LayerMethod, LayerOutput, scaled_layer
+from vtr.methods.layer import LayerInput, LayerMethod, LayerOutput, scaled_layer, top_scored
 from vtr.methods.options import option
-from vtr.ops.groups import fold_into_nearest, topk_per_group
+from vtr.ops.groups import fold_into_nearest
 
 REFERENCE_DEPTH = 28
 REFERENCE_LAYER = 18
@@ -43,12 +42,12 @@ class HoliTomInner(LayerMethod):
             return (self.layer,)
         return (scaled_layer(REFERENCE_LAYER, REFERENCE_DEPTH, num_layers),)
 
-    def keep_counts(self, step: LayerInput) -> Tensor:
-        return self.budget.tokens_for_counts(step.current_counts())
+    def keep_counts(self, step: LayerInput) -> tuple[int, ...]:
+        return tuple(map(self.budget.tokens_for, step.counts))
 
     def select(self, step: LayerInput) -> LayerOutput:
-        keep = topk_per_group(step.scores, step.group, self.keep_counts(step))
-        return LayerOutput(keep, fold_into_nearest(step.hidden, keep, step.group))
+        kept = top_scored(step, self.keep_counts(step))
+        return dataclasses.replace(kept, hidden=fold_into_nearest(step.hidden, kept.keep, step.group))
 
     def own_flops(self, work: SampleWork) -> float:
         """The score recompute, and the similarity of the L tokens entering layer K (L x L x D) where it

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-import torch
 from torch import Tensor
 
 from vtr.budget import Budget, as_budget
@@ -28,25 +27,33 @@ Query = Literal["last", "text"]
 
 @dataclass(frozen=True)
 class LayerInput:
-    """What a method sees at one pruning layer (B rows, L current columns, G visual inputs)."""
+    """What a method sees at one pruning layer (B rows, L current columns, G visual inputs).
+
+    The counts are host integers: the engine knows every visual input's size, and a stage keeps exactly
+    ``min(keep count, current count)`` of each, so keep counts are host arithmetic plus one copy to the
+    device per stage, never a count read back from it."""
 
     hidden: Tensor  # (B, L, D) hidden states entering the layer (before its input norm)
     scores: Tensor  # (B, L) float32 attention from the query tokens at the previous layer
     group: Tensor  # (B, L) visual input of each candidate content token, -1 for everything else
     stage: int  # index of this layer in ``method.prune_layers``
-    entry_counts: Tensor  # (G,) content tokens each visual input had when it entered the LLM
+    entry_counts: tuple[int, ...]  # (G,) content tokens each visual input had when it entered the LLM
+    counts: tuple[int, ...]  # (G,) candidate tokens each visual input still has at this layer
     num_layers: int
-
-    def current_counts(self) -> Tensor:
-        """(G,) candidate tokens each visual input still has at this layer."""
-        members = self.group[self.group >= 0]
-        return torch.bincount(members, minlength=self.entry_counts.numel())
 
 
 @dataclass(frozen=True)
 class LayerOutput:
-    keep: Tensor  # (B, L) bool; only candidate columns are read
+    keep: Tensor  # (B, L) bool; only candidate columns are read, unless ``others_kept``
     hidden: Tensor | None = None  # rewritten hidden states (merging), else the input's
+    counts: tuple[int, ...] | None = None  # (G,) candidates each visual input kept, when the method knows
+    others_kept: bool = False  # ``keep`` is True on every column that is not a candidate: final as it is
+
+
+def top_scored(step: LayerInput, counts: tuple[int, ...]) -> LayerOutput:
+    """Keep the ``counts[g]`` best-scored candidates of every visual input ``g``, and every other column."""
+    keep = topk_per_group(step.scores, step.group, counts, others=True)
+    return LayerOutput(keep, counts=tuple(map(min, counts, step.counts)), others_kept=True)
 
 
 def scaled_layer(reference_layer: int, reference_depth: int, num_layers: int) -> int:
@@ -84,12 +91,12 @@ class LayerMethod(Method):
         """Decoder layers (ascending, each in [1, num_layers)) at whose input tokens are dropped."""
         raise NotImplementedError
 
-    def keep_counts(self, step: LayerInput) -> Tensor:  # pragma: no cover - interface
+    def keep_counts(self, step: LayerInput) -> tuple[int, ...]:  # pragma: no cover - interface
         """(G,) tokens each visual input keeps after this layer."""
         raise NotImplementedError
 
     def select(self, step: LayerInput) -> LayerOutput:
-        return LayerOutput(topk_per_group(step.scores, step.group, self.keep_counts(step)))
+        return top_scored(step, self.keep_counts(step))
 
     def own_flops(self, work: SampleWork) -> float:
         """The score recompute (``vtr.llm.scores``) for every pruning layer K: k_proj of the tokens layer K-1

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor
 
 from vtr.errors import UnreachableBudgetError
 from vtr.methods.layer import LayerInput, LayerMethod, scaled_layer
@@ -80,17 +79,15 @@ class PDrop(LayerMethod):
             return self.layers
         return tuple(sorted({scaled_layer(k, REFERENCE_DEPTH, num_layers) for k in REFERENCE_LAYERS}))
 
-    def keep_counts(self, step: LayerInput) -> Tensor:
-        entry = step.entry_counts
+    def keep_counts(self, step: LayerInput) -> tuple[int, ...]:
         if self.budget is not None:
             layers = self.prune_layers(step.num_layers)
-            targets = self.budget.tokens_for_counts(entry).tolist()
-            counts = [self._schedule(n, k, layers, step.num_layers)[step.stage] for n, k in zip(entry.tolist(), targets)]
-            counts = torch.tensor(counts, dtype=torch.long, device=entry.device)
-        else:
-            exact = entry.double() * self.ratio ** (step.stage + 1)
-            counts = (torch.floor(exact) if self.rounding == "floor" else torch.round(exact)).long()
-        return counts.clamp(min=1).minimum(step.current_counts())
+            counts = [self._schedule(n, self.budget.tokens_for(n), layers, step.num_layers)[step.stage]
+                      for n in step.entry_counts]
+        else:  # n * ratio ** (s + 1) in float64, floored or rounded half to even
+            rounded = math.floor if self.rounding == "floor" else round
+            counts = [rounded(n * self.ratio ** (step.stage + 1)) for n in step.entry_counts]
+        return tuple(min(max(1, k), current) for k, current in zip(counts, step.counts))
 
     def _schedule(self, n: int, target: int, layers: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
         try:

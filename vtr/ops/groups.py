@@ -7,6 +7,8 @@ or groups.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -30,21 +32,32 @@ def rank_in_group(group: Tensor, order_key: Tensor) -> Tensor:
     return ranks
 
 
-def topk_per_group(scores: Tensor, group: Tensor, k: Tensor) -> Tensor:
+def topk_per_group(scores: Tensor, group: Tensor, k: Tensor | Sequence[int], others: bool = False) -> Tensor:
     """Boolean mask keeping the ``k[g]`` highest-scoring elements of every group ``g``.
 
-    ``scores`` and ``group`` have one shape; elements with ``group < 0`` are never kept. Equal scores
-    keep the lower flat index first. ``k`` is indexed by group id.
+    ``scores`` and ``group`` have one shape; elements with ``group == -1`` (non-members) are never kept, or
+    all kept with ``others=True`` (for a caller that keeps every other column anyway). Equal scores keep the
+    lower flat index first. ``k`` is indexed by group id: a tensor, or host counts (copied to the device in
+    one op).
+
+    Sync-free and of fixed op count: non-members join a spare last group that keeps none or all, so no host
+    read of which elements are members (``nonzero``) or of whether any is; the two stable sorts order the
+    elements by group, best first within each, and an element's rank is its place after its group's start
+    (a binary search in the sorted group ids).
     """
-    flat_group, flat_scores = group.flatten(), scores.flatten().float()
-    member = flat_group >= 0
-    keep = torch.zeros_like(member)
-    if not bool(member.any()):
-        return keep.view(group.shape)
-    members = member.nonzero().squeeze(1)
-    g = flat_group[members]
-    ranks = rank_in_group(g, -flat_scores[members])
-    keep[members] = ranks < k.to(g.device)[g]
+    spare = group.numel() if others else 0
+    if isinstance(k, Tensor):
+        limits = torch.nn.functional.pad(k.to(group.device), (0, 1), value=spare)
+    else:
+        limits = torch.tensor((*k, spare), device=group.device)
+    flat_group = group.flatten().remainder(limits.numel())  # -1 -> the spare group
+    by_score = torch.sort(scores.flatten().float().neg(), stable=True).indices
+    sorted_groups, order = torch.sort(flat_group[by_score], stable=True)
+    by_group = by_score[order]
+    starts = torch.searchsorted(sorted_groups, sorted_groups)  # where each element's group begins
+    rank = torch.arange(flat_group.numel(), device=group.device) - starts
+    limit = limits[sorted_groups]
+    keep = torch.empty_like(flat_group, dtype=torch.bool).scatter_(0, by_group, rank < limit)
     return keep.view(group.shape)
 
 

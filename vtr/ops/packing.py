@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 
-def left_packed_index(keep: Tensor) -> Tensor:
-    """(B, L') source column of every reduced column, rows left-padded with -1 to the longest row.
+class Packed(NamedTuple):
+    index: Tensor  # (B, L') source column of every reduced column, -1 on the pad slots
+    valid: Tensor  # (B, L') False on the pad slots
+    lengths: list[int]  # columns each row kept
+
+    @property
+    def full(self) -> bool:
+        """Every row kept as many columns as the longest: no pad slots at all."""
+        return min(self.lengths, default=0) == max(self.lengths, default=0)
+
+
+def left_packed(keep: Tensor) -> Packed:
+    """Each row's kept columns, in order, left-padded with pad slots to the longest row.
 
     A stable sort of each row's keep flags puts its dropped columns first and its kept ones, in order,
-    last: the last L' columns of that order are the packed row (one sort, one host read for L')."""
+    last: the last L' columns of that order are the packed row. One sort and one host read (the row
+    lengths, which set L' and say whether any row is short)."""
     if keep.numel() == 0:
-        return torch.full((keep.shape[0], 0), -1, dtype=torch.long, device=keep.device)
+        empty = torch.zeros((keep.shape[0], 0), dtype=torch.long, device=keep.device)
+        return Packed(empty, empty.bool(), [0] * keep.shape[0])
     packed, order = keep.sort(dim=1, stable=True)
-    start = keep.shape[1] - int(packed.sum(1).max())
-    return order[:, start:].masked_fill(~packed[:, start:], -1)
+    lengths = packed.sum(1).tolist()
+    start = keep.shape[1] - max(lengths)
+    valid = packed[:, start:]
+    index = order[:, start:]
+    full = min(lengths) == max(lengths)
+    return Packed(index if full else index.masked_fill(~valid, -1), valid, lengths)
