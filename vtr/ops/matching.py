@@ -12,6 +12,7 @@ batch (the reference's batch and single-image paths disagree on this, see the re
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -36,11 +37,12 @@ class MergeState:
         index = torch.arange(tokens, device=device).expand(batch, -1)
         return cls(torch.ones(batch, tokens, device=device), index.clone(), index.clone())
 
-    @property
+    # cached: a state is immutable, and every merge step reads both several times
+    @functools.cached_property
     def valid(self) -> Tensor:
         return self.size > 0
 
-    @property
+    @functools.cached_property
     def counts(self) -> Tensor:
         """(B,) valid tokens per row."""
         return self.valid.sum(1)
@@ -101,15 +103,17 @@ def merge_tokens(x: Tensor, state: MergeState, merged: Tensor, partner: Tensor) 
     values = torch.where((receives > 1).unsqueeze(-1), (sums / sizes.clamp_min(1e-12).unsqueeze(-1)).to(x.dtype), x)
 
     rank = survives.long().cumsum(1) - 1  # new index of each survivor
-    new_n = int(survives.sum(1).max())
-    rows, cols = survives.nonzero(as_tuple=True)
-    dest = rank[rows, cols]
-    new_x = x.new_zeros(batch, new_n, width)
-    new_x[rows, dest] = values[rows, cols]
-    new_size = torch.zeros(batch, new_n, device=x.device)
-    new_size[rows, dest] = sizes[rows, cols]
-    new_slot = torch.full((batch, new_n), -1, dtype=torch.long, device=x.device)
-    new_slot[rows, dest] = state.slot[rows, cols]
+    # survivors to the front, in order: a stable sort of the flags (descending: True first), one host read
+    flags, order = survives.sort(dim=1, descending=True, stable=True)
+    lengths = flags.sum(1).tolist()
+    new_n = max(lengths)
+    index, valid = order[:, :new_n], flags[:, :new_n]
+    new_x = values.gather(1, index.unsqueeze(-1).expand(-1, -1, width))
+    new_size, new_slot = sizes.gather(1, index), state.slot.gather(1, index)
+    if min(lengths) < new_n:  # padding rows: zero, size 0, no slot
+        padding = ~valid
+        new_x = new_x.masked_fill(padding.unsqueeze(-1), 0)
+        new_size, new_slot = new_size.masked_fill(padding, 0), new_slot.masked_fill(padding, -1)
     to_new = rank.gather(1, into)  # current token -> new index of the token it ends up in
     return new_x, MergeState(new_size, new_slot, to_new.gather(1, state.source))
 
