@@ -109,7 +109,8 @@ def _reduce_inputs(
     if unchanged is not None:  # every column kept, rows already left-padded: the caller's inputs as they are
         return _unchanged_call(adapter, method, scheme, inputs, mask, keep, full_positions, mm_encoder_outputs,
                                items_per_row, roles, unchanged)
-    kept_index, valid, lengths = left_packed(keep)
+    packed = left_packed(keep)
+    kept_index, valid, lengths = packed
     new_mask = valid.to(mask.dtype)
     compact = scheme.mode == "compact"
     kwargs = {k: v for k, v in inputs.items() if k not in adapter.consumed_keys(inputs)}
@@ -143,7 +144,7 @@ def _reduce_inputs(
         token_item=at_kept(roles.item, pad=-1),
         token_structural=at_kept(roles.structural, pad=False),
         item_sizes=tuple(roles.sizes),
-        padded=min(lengths) < kept_index.shape[1],
+        padded=not packed.full,
         token_representative=representative,
         chunk_positions=None if chunks is None else chunks.gathered(kept_index),
     )

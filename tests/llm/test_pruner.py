@@ -14,6 +14,7 @@ from conftest import GREEDY, greedy_without_placeholders, image_for, make_inputs
 from vtr import testing
 from vtr.llm.cache import cache_keyword
 from vtr.methods import DivPrune, FastV, PDrop
+from vtr.methods.layer import LayerOutput
 
 FAMILIES = ["llava", "qwen2_5_vl", "qwen3_vl", "internvl_qwen3"]
 # Gemma 3 (sliding-window and global layers, a bidirectional image block, per-layer-type rotary) costs most per
@@ -340,3 +341,24 @@ def test_later_layers_and_decode_steps_reuse_the_gathered_inputs(tiny, name, mon
     model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
     assert len(vtr.stats(model).samples[0].visual_per_layer) == 4
     assert calls == {"full_pass_mask": 1, "decode_mask": steps - 1}
+
+
+class _UncountedPDrop(PDrop):
+    """PDrop whose decision leaves out its counts and covers only the candidates (a method written against
+    the bare protocol): the engine reads the counts of later stages back from the device instead."""
+
+    def select(self, step):
+        return LayerOutput(super().select(step).keep & (step.group >= 0))
+
+
+def test_a_multi_stage_decision_without_counts_reads_them_back(tiny):
+    model, processor = tiny("llava")
+    inputs = padded_inputs(processor, "llava")
+    with vtr.reduced(model, "pdrop"):
+        expected = model.generate(**inputs, **greedy_without_placeholders(model))
+        per_layer = [s.visual_per_layer for s in vtr.stats(model).samples]
+    with vtr.reduced(model, _UncountedPDrop()):
+        uncounted = model.generate(**inputs, **greedy_without_placeholders(model))
+        assert [s.visual_per_layer for s in vtr.stats(model).samples] == per_layer
+    assert torch.equal(uncounted.sequences, expected.sequences)
+    assert len(set(per_layer[0])) > 2  # more than one stage dropped tokens

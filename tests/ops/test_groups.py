@@ -23,15 +23,16 @@ def test_topk_per_group_matches_a_loop(seed):
     generator = torch.Generator().manual_seed(seed)
     group = torch.randint(-1, 4, (3, 20), generator=generator)
     scores = torch.randint(0, 5, (3, 20), generator=generator).float()  # many ties on purpose
-    k = torch.tensor([0, 1, 3, 50])
+    k = [0, 1, 3, 50]
     keep = topk_per_group(scores, group, k)
     expected = torch.zeros_like(keep)
     flat_g, flat_s = group.flatten(), scores.flatten()
     for g in range(4):
         members = [i for i in range(flat_g.numel()) if flat_g[i] == g]
-        for i in sorted(members, key=lambda i: (-float(flat_s[i]), i))[: int(k[g])]:
+        for i in sorted(members, key=lambda i: (-float(flat_s[i]), i))[: k[g]]:
             expected.view(-1)[i] = True
     assert torch.equal(keep, expected)
+    assert torch.equal(topk_per_group(scores, group, k, others=True), expected | (group < 0))
 
 
 def _fold_reference(hidden, kept, group):

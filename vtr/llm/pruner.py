@@ -360,7 +360,8 @@ class LayerPruner:
             keep = keep & previous.valid.to(device)
         packed = left_packed(keep)
         if stage + 1 < len(self.prune_at):  # the next stage's candidates
-            run.counts = decision.counts if decision.counts is not None else _group_sizes(group, keep, run.counts)
+            run.counts = decision.counts if decision.counts is not None else _group_sizes(group, keep,
+                                                                                          len(run.counts))
         source = packed.index if packed.full else packed.index.clamp_min(0)
         hidden = decision.hidden if decision.hidden is not None else states
         gathered = hidden.gather(1, source.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
@@ -570,8 +571,8 @@ def _prompt_map(values: Tensor, batch: int, length: int, appended) -> Tensor:
     return values
 
 
-def _group_sizes(group: Tensor, keep: Tensor, before: tuple[int, ...]) -> tuple[int, ...]:
+def _group_sizes(group: Tensor, keep: Tensor, groups: int) -> tuple[int, ...]:
     """Candidates each visual input kept, read back from the device: for a method whose decision does not
     say (``LayerOutput.counts``), before a later stage needs them."""
     members = group[keep & (group >= 0)]
-    return tuple(torch.bincount(members, minlength=len(before)).tolist())
+    return tuple(torch.bincount(members, minlength=groups).tolist())

@@ -33,18 +33,18 @@ def _half_signs(width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.ones(width, dtype=dtype, device=device).index_fill_(0, torch.arange(width // 2, device=device), -1)
 
 
-def _rotary_rows(cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-    """(B|1, 1, L, r) cos and sign-folded sin, shared by the query and the key rotation.
+def _signed(sin: Tensor) -> Tensor:
+    """``sin`` with rotate-half's signs folded in, shared by the query and the key rotation.
 
     ``rotate_half(x) * sin == x.roll(half) * (signs * sin)`` exactly (a sign flip rounds nothing), so a
     rotation is one roll and three elementwise ops instead of two slices, a negation and a concatenation."""
-    return cos.unsqueeze(1), (sin * _half_signs(sin.shape[-1], sin.dtype, sin.device)).unsqueeze(1)
+    return sin * _half_signs(sin.shape[-1], sin.dtype, sin.device)
 
 
 def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
     """Rotary embedding as every supported family applies it (rotate-half; M-RoPE is folded into cos/sin), on
     the first ``cos.shape[-1]`` channels of each head (partial rotary, as Qwen3.5: the rest pass unrotated);
-    ``signed_sin`` from ``_rotary_rows``."""
+    ``signed_sin`` from ``_signed``."""
     if cos.shape[-1] < x.shape[-1]:
         rotary = cos.shape[-1]
         return torch.cat((_rotate(x[..., :rotary], cos, signed_sin), x[..., rotary:]), dim=-1)
@@ -73,7 +73,8 @@ def attention_to_keys(
     """
     if isinstance(queries, int):
         return _one_query(attention, layer_input, position_embeddings, queries, key_valid, gated_queries)
-    cos, signed_sin = _rotary_rows(*position_embeddings)
+    cos, sin = position_embeddings
+    cos, signed_sin = cos.unsqueeze(1), _signed(sin).unsqueeze(1)  # (B|1, 1, L, r)
     gather_rows = queries.unsqueeze(-1)
     rows = layer_input.gather(1, gather_rows.expand(-1, -1, layer_input.shape[-1]))
     rotary_rows = gather_rows.unsqueeze(1).expand(-1, 1, -1, cos.shape[-1])
@@ -101,7 +102,7 @@ def _one_query(attention: nn.Module, layer_input: Tensor, position_embeddings: t
     batch, length = layer_input.shape[:2]
     keys = column + 1
     cos, sin = position_embeddings  # (B|1, L, r)
-    signed_sin = sin * _half_signs(sin.shape[-1], sin.dtype, sin.device)
+    signed_sin = _signed(sin)
     if keys < length:
         layer_input, cos, signed_sin = layer_input[:, :keys], cos[:, :keys], signed_sin[:, :keys]
     q = _rotate(_heads(attention, "q_proj", "q_norm", layer_input[:, column], gated_queries),

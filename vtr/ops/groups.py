@@ -32,24 +32,19 @@ def rank_in_group(group: Tensor, order_key: Tensor) -> Tensor:
     return ranks
 
 
-def topk_per_group(scores: Tensor, group: Tensor, k: Tensor | Sequence[int], others: bool = False) -> Tensor:
+def topk_per_group(scores: Tensor, group: Tensor, k: Sequence[int], others: bool = False) -> Tensor:
     """Boolean mask keeping the ``k[g]`` highest-scoring elements of every group ``g``.
 
     ``scores`` and ``group`` have one shape; elements with ``group == -1`` (non-members) are never kept, or
     all kept with ``others=True`` (for a caller that keeps every other column anyway). Equal scores keep the
-    lower flat index first. ``k`` is indexed by group id: a tensor, or host counts (copied to the device in
-    one op).
+    lower flat index first. ``k``: host counts indexed by group id (copied to the device in one op).
 
     Sync-free and of fixed op count: non-members join a spare last group that keeps none or all, so no host
     read of which elements are members (``nonzero``) or of whether any is; the two stable sorts order the
     elements by group, best first within each, and an element's rank is its place after its group's start
     (a binary search in the sorted group ids).
     """
-    spare = group.numel() if others else 0
-    if isinstance(k, Tensor):
-        limits = torch.nn.functional.pad(k.to(group.device), (0, 1), value=spare)
-    else:
-        limits = torch.tensor((*k, spare), device=group.device)
+    limits = torch.tensor((*k, group.numel() if others else 0), device=group.device)
     flat_group = group.flatten().remainder(limits.numel())  # -1 -> the spare group
     by_score = torch.sort(scores.flatten().float().neg(), stable=True).indices
     sorted_groups, order = torch.sort(flat_group[by_score], stable=True)

@@ -32,6 +32,5 @@ def left_packed(keep: Tensor) -> Packed:
     lengths = packed.sum(1).tolist()
     start = keep.shape[1] - max(lengths)
     valid = packed[:, start:]
-    index = order[:, start:]
-    full = min(lengths) == max(lengths)
-    return Packed(index if full else index.masked_fill(~valid, -1), valid, lengths)
+    rows = Packed(order[:, start:], valid, lengths)
+    return rows if rows.full else rows._replace(index=rows.index.masked_fill(~valid, -1))
