@@ -9,8 +9,9 @@ A shape proxy keeps the checkpoint's visual geometry and depth with tiny widths 
 ``vtr.measure.presets.shape_proxy``), so the dispatched-op counts are the real model's and a CPU runs
 each call in well under a second. Images use ``--budget`` tokens (default 64); the video preset
 (llava-onevision-7b, 32 frames) uses ``--video-budget`` (default 0.1). A method that cannot meet the
-budget on this geometry (PDrop's stages at their default layers) runs at its own default instead, and a
-configuration a method refuses outright is listed as "not run" with the reason. On CUDA the rows add kernel launches and whether vtr's
+budget on this geometry (PDrop's stages at their default layers) runs at its own default instead, DyMU
+runs on thresholds calibrated on the proxy's own image for that budget, and a configuration a method
+refuses outright is listed as "not run" with the reason. On CUDA the rows add kernel launches and whether vtr's
 sections synchronised the host. See ``vtr.measure.overhead`` for what each column counts.
 """
 
@@ -25,6 +26,8 @@ import statistics
 import torch
 
 import vtr
+from vtr.adapters import adapter_for
+from vtr.calibration import calibrate
 from vtr.errors import UnreachableBudgetError
 from vtr.measure.bench import BenchConfig, encoder_times
 from vtr.measure.overhead import format_overhead, measure_overhead
@@ -47,7 +50,18 @@ def proxy(name: str, device: str):
     return model, inputs, preset
 
 
+def _dymu_thresholds(model, inputs: dict, budget: int) -> list[float]:
+    """DyMU takes thresholds, not a budget: calibrate them on the proxy's own pixels for the per-layer removal
+    that would bring one image to ``budget`` tokens (``vtr calibrate``'s batch-level DToMe)."""
+    geometry = adapter_for(model).merge_target().full_size_geometry()
+    removed = max(1, round((geometry.features - budget) / geometry.merge_layers))
+    return calibrate(model, inputs["pixel_values"], removed)
+
+
 def _measure(model, inputs: dict, method: str, budget: int | float, repeats: int):
+    if method == "dymu":
+        thresholds = _dymu_thresholds(model, inputs, budget)
+        return measure_overhead(model, inputs, [method], None, repeats=repeats, thresholds=thresholds)
     try:
         return measure_overhead(model, inputs, [method], budget, repeats=repeats)
     except UnreachableBudgetError:  # e.g. PDrop's stages at their default layers on this depth

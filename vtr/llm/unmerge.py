@@ -25,7 +25,7 @@ merged tokens, which saves the projections too, but that needs a replaced attent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,7 +33,6 @@ from torch import Tensor, nn
 
 from vtr.errors import ReductionError
 from vtr.llm.cache import passed_cache
-from vtr.ops.grid import group_mean
 
 
 @dataclass
@@ -43,12 +42,28 @@ class UnmergeRun:
     representative: Tensor
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Pass:
-    """How one full pass maps between its N columns and its N_un merged columns (W = the widest row)."""
+    """How one full pass maps between its N columns and its N_un merged columns (W = the widest row).
+
+    Every decoder layer spreads and re-merges through the same mapping, so the per-layer index tensors
+    (the mapping expanded over the hidden width, the copies per merged column) are made once per pass and
+    device (the layers of a split model run on several) and reused."""
 
     mapping: Tensor  # (B, N) merged column of every column
     members: Tensor  # (B, W) the column each merged column is read from (pad slots read column 0)
+    _on: dict[tuple[torch.device, int], tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    def indices(self, device: torch.device, width: int) -> tuple[Tensor, Tensor]:
+        """(B, N, width) the mapping expanded over ``width``, and (B, W, 1) copies per merged column (at
+        least 1), on ``device``."""
+        key = (device, width)
+        if key not in self._on:
+            mapping = self.mapping.to(device)
+            copies = torch.zeros(self.members.shape, dtype=torch.long, device=device)
+            copies = copies.scatter_add_(1, mapping, torch.ones_like(mapping)).clamp_min_(1).unsqueeze(-1)
+            self._on[key] = mapping.unsqueeze(-1).expand(-1, -1, width), copies
+        return self._on[key]
 
 
 def _rows(values: Tensor, index: Tensor) -> Tensor:
@@ -104,22 +119,24 @@ class VirtualUnmerging:
         if self._pass is None:
             return None
         states = args[0] if args else kwargs["hidden_states"]
-        return _with_states(args, kwargs, _rows(states, self._pass.mapping))
+        spread, _ = self._pass.indices(states.device, states.shape[-1])
+        return _with_states(args, kwargs, states.gather(1, spread))
 
     def _remerge(self, module: nn.Module, args: tuple, output: tuple):
+        """The mean of each merged token's copies, accumulated in float32."""
         if self._pass is None:
             return None
         attended, *rest = output
-        batch, width = self._pass.members.shape
-        rows = width * torch.arange(batch, device=attended.device).unsqueeze(1)
-        groups = (self._pass.mapping.to(attended.device) + rows).flatten()
-        merged = group_mean(attended.reshape(-1, attended.shape[-1]), groups, batch * width)
-        return (merged.view(batch, width, -1), *rest)
+        spread, copies = self._pass.indices(attended.device, attended.shape[-1])
+        sums = attended.new_zeros(copies.shape[:2] + attended.shape[-1:], dtype=torch.float32)
+        merged = (sums.scatter_add_(1, spread, attended.float()) / copies).to(attended.dtype)
+        return (merged, *rest)
 
     def _expand_output(self, module: nn.Module, args: tuple, output: Tensor):
         if self._pass is None:
             return None
-        expanded = _rows(output, self._pass.mapping)
+        spread, _ = self._pass.indices(output.device, output.shape[-1])
+        expanded = output.gather(1, spread)
         self._pass = None
         return expanded
 

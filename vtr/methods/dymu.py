@@ -48,8 +48,8 @@ class _ThresholdMatcher:
     def active(self, layer: int) -> bool:
         return self.thresholds[layer] < math.inf
 
-    def select(self, layer: int, similarity: Tensor, eligible: Tensor) -> Tensor:
-        return (similarity > self.thresholds[layer]) & eligible
+    def merges(self, layer: int, similarity: Tensor) -> list[int]:
+        return (similarity > self.thresholds[layer]).sum(1).tolist()  # one host read per merging layer
 
 
 @dataclass(frozen=True)

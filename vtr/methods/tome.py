@@ -19,7 +19,7 @@ from vtr.budget import Budget, as_budget
 from vtr.errors import ReductionError
 from vtr.methods.options import option
 from vtr.methods.vision import EncoderGeometry, VisionMethod
-from vtr.ops.matching import max_merges, top_r_per_row
+from vtr.ops.matching import max_merges
 
 
 def _most_removable(tokens: int, layers: int, protected: int = 1) -> int:
@@ -58,8 +58,8 @@ class _ScheduledMatcher:
     def active(self, layer: int) -> bool:
         return self.schedule[layer] > 0
 
-    def select(self, layer: int, similarity: Tensor, eligible: Tensor) -> Tensor:
-        return top_r_per_row(similarity, eligible, self.schedule[layer])
+    def merges(self, layer: int, similarity: Tensor) -> tuple[int, ...]:
+        return (self.schedule[layer],) * similarity.shape[0]
 
 
 @dataclass(frozen=True)

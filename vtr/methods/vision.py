@@ -1,15 +1,15 @@
 """The protocol of methods that merge tokens inside the vision encoder (ToMe, DyMU).
 
 The engine (``vtr.vision.merging``) runs the encoder with hooks that, after each merging layer, pair
-every A token (even index) with its most similar B token (odd index) and ask the method's matcher which
-A tokens merge. The matcher is built once per encoder call, when the token count is known.
+every A token (even index) with its most similar B token (odd index) and ask the method's matcher how
+many A tokens merge (always the most similar ones). The matcher is built once per encoder call, when the token count is known.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, Sequence
 
 from torch import Tensor
 
@@ -34,8 +34,11 @@ class Matcher(Protocol):
     def active(self, layer: int) -> bool:
         """Whether layer ``layer`` merges at all (an inactive layer skips the similarity computation)."""
 
-    def select(self, layer: int, similarity: Tensor, eligible: Tensor) -> Tensor:
-        """(B, Na) bool: the A tokens that merge into their best B partner after layer ``layer``."""
+    def merges(self, layer: int, similarity: Tensor) -> Sequence[int]:
+        """Per row, how many A tokens merge into their best B partner after layer ``layer``: the most similar
+        ones go. ``similarity`` (B, Na) is -inf where a token may not merge; the engine caps each count at
+        half the row's unprotected tokens. A matcher that knows the counts without reading ``similarity``
+        (ToMe's schedule) spares the host read."""
 
 
 @dataclass(frozen=True)
@@ -55,15 +58,17 @@ class VisionMethod(Method):
         raise NotImplementedError
 
     def own_flops(self, work: SampleWork) -> float:
-        """The A x B key similarity after every merging layer whose matcher is active (``vtr.vision.merging``),
-        at the token counts the encoder recorded (a flop counter books it under the vision tower)."""
+        """The candidate-A x B key similarity after every merging layer whose matcher is active
+        (``vtr.vision.merging``), at the token counts the encoder recorded (a flop counter books it under the
+        vision tower)."""
         head_dim, total = work.vision.vision_head_dim(), 0.0
         for item in work.items:
             if not item.encoder_tokens:
                 continue
             geometry = work.vision.merge_geometry(item.encoder_tokens[0])
             matcher = self.matcher(geometry)
-            total += item.frames * sum(2.0 * math.ceil(n / 2) * (n // 2) * head_dim
+            first = 2 * geometry.protected  # the A tokens from this index on are matched (not the class token)
+            total += item.frames * sum(2.0 * math.ceil((n - first) / 2) * (n // 2) * head_dim
                                        for layer, n in enumerate(item.encoder_tokens[:geometry.merge_layers])
                                        if matcher.active(layer) and n >= 2 + geometry.protected)
         return total

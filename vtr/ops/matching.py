@@ -8,15 +8,23 @@ Unlike the ToMe reference, which concatenates the unmerged A tokens before the B
 keeps the sequence order: a merged token stays where its surviving B token was. Tokens therefore reach
 the LLM in raster order, and the next layer's even/odd split is the same for a row alone or in a
 batch (the reference's batch and single-image paths disagree on this, see the reference notes).
+
+Why the shapes are what they are: one merge step runs after every encoder layer, so its op count is
+multiplied by the depth (23 layers for CLIP-L/336). Row lengths are therefore kept on the host (a merge
+knows how many tokens each row loses before it runs), and masks for padding are only built when some
+row is padded: ToMe, which merges the same count in every row, never pays for them.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from vtr.ops.packing import front_packed
 
 
 @dataclass(frozen=True)
@@ -25,118 +33,116 @@ class MergeState:
 
     ``size``: original tokens each current token stands for (0 on padding), float32. ``slot``: the
     original index of each current token's surviving representative (ascending per row; -1 on padding).
-    ``source``: the current token each original token belongs to (provenance).
+    ``source``: the current token each original token belongs to (provenance). ``lengths``: valid
+    tokens per row, on the host.
     """
 
     size: Tensor  # (B, N)
     slot: Tensor  # (B, N)
     source: Tensor  # (B, N0)
+    lengths: tuple[int, ...]
 
     @classmethod
     def start(cls, batch: int, tokens: int, device: torch.device) -> "MergeState":
         index = torch.arange(tokens, device=device).expand(batch, -1)
-        return cls(torch.ones(batch, tokens, device=device), index.clone(), index.clone())
+        return cls(torch.ones(batch, tokens, device=device), index.clone(), index.clone(), (tokens,) * batch)
 
-    # cached: a state is immutable, and every merge step reads both several times
+    @property
+    def padded(self) -> bool:
+        """Whether some row is shorter than the batch (it then ends in padding tokens)."""
+        return min(self.lengths) < self.size.shape[1]
+
+    # cached: a state is immutable, and a merge step of a padded batch reads it several times
     @functools.cached_property
     def valid(self) -> Tensor:
         return self.size > 0
-
-    @functools.cached_property
-    def counts(self) -> Tensor:
-        """(B,) valid tokens per row."""
-        return self.valid.sum(1)
 
     def attention_bias(self, dtype: torch.dtype) -> Tensor:
         """Proportional attention: ``log(size)`` added to every key column, ``-inf`` on padding (B, 1, 1, N).
 
         A token standing for s patches then gets the attention s copies of it would get together.
         """
-        return self.size.log().to(dtype)[:, None, None, :]
+        batch, n = self.size.shape
+        return self.size.log().to(dtype).view(batch, 1, 1, n)
+
+    def caps(self, protected: int) -> tuple[int, ...]:
+        """Per row, the most A tokens one layer may merge (``max_merges`` of the row's length)."""
+        return tuple(max_merges(n, protected) for n in self.lengths)
 
 
 @dataclass(frozen=True)
 class Matching:
-    """Each A token's best B partner: A tokens are the even current indices, B tokens the odd ones."""
+    """Each candidate A token's best B partner. A tokens are the even current indices, B tokens the odd
+    ones; the candidates are the A tokens from index ``first`` on (the protected class token is not one)."""
 
-    similarity: Tensor  # (B, Na) cosine similarity to the best B token
-    partner: Tensor  # (B, Na) current index of that B token
-    eligible: Tensor  # (B, Na) valid A tokens that may merge (never a protected token or padding)
+    similarity: Tensor  # (B, Na) cosine similarity to the best B token; -inf where the candidate may not merge
+    partner: Tensor  # (B, Na) that B token's index among the B tokens (current index 2 * partner + 1)
+    first: int  # current index of candidate 0
+
+    def ranked(self, count: int) -> Tensor:
+        """(B, count) the ``count`` most similar candidates of every row, best first; equal similarities
+        take the lower index (a stable sort), as the ToMe reference's ``argsort`` does on CPU."""
+        return self.similarity.sort(dim=1, descending=True, stable=True).indices[:, :count]
 
 
-def bipartite_matching(metric: Tensor, valid: Tensor, protected: int = 1) -> Matching:
-    """Best B partner of every A token by cosine similarity of ``metric`` (B, N, C); ``valid`` (B, N); the
-    first ``protected`` tokens (0 or 1: the class token) never merge.
+def bipartite_matching(metric: Tensor, state: MergeState, protected: int = 1) -> Matching:
+    """Best B partner of every candidate A token by cosine similarity of ``metric`` (B, N, C); the first
+    ``protected`` tokens (0 or 1: the class token) never merge, nor do padding tokens, nor into them.
 
     Similarities are computed in float32 whatever the encoder's dtype. Equal similarities pick the
     lowest B index.
     """
-    unit = torch.nn.functional.normalize(metric.float(), dim=-1)
-    a, b = unit[:, ::2], unit[:, 1::2]
-    scores = a @ b.transpose(1, 2)  # (B, Na, Nb)
-    scores = scores.masked_fill(~valid[:, 1::2].unsqueeze(1), float("-inf"))
+    metric = metric.float()
+    unit = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    first = 2 * protected
+    scores = torch.bmm(unit[:, first::2], unit[:, 1::2].transpose(1, 2))  # (B, Na, Nb)
+    if state.padded:
+        scores = scores.masked_fill(~state.valid[:, None, 1::2], float("-inf"))
     similarity, best = scores.max(dim=-1)
-    eligible = valid[:, ::2] & torch.isfinite(similarity)
-    eligible[:, :protected] = False  # the class token
-    return Matching(similarity, 2 * best + 1, eligible)
+    if state.padded:
+        similarity = similarity.masked_fill(~state.valid[:, first::2], float("-inf"))
+    return Matching(similarity, best, first)
 
 
-def merge_tokens(x: Tensor, state: MergeState, merged: Tensor, partner: Tensor) -> tuple[Tensor, MergeState]:
-    """Fold the A tokens ``merged`` (B, Na) into their ``partner`` B tokens; returns the shorter batch.
+def merge_tokens(x: Tensor, state: MergeState, matching: Matching, chosen: Tensor,
+                 counts: Sequence[int]) -> tuple[Tensor, MergeState]:
+    """Fold the candidates ``chosen`` (B, R: indices among ``matching``'s candidates, distinct per row) into
+    their partner B tokens; only the first ``counts[b]`` entries of row b merge. Returns the shorter batch.
 
     A group's hidden state is the size-weighted mean of its members, accumulated in float32 (tokens
     that receive nothing keep their exact values). Survivors keep their order and are packed to the
     front of each row; the batch narrows to the longest row; padding rows are zero with size 0.
     """
-    batch, n, width = x.shape
-    positions = torch.arange(n, device=x.device)
-    into = positions.expand(batch, -1).clone()  # the current token each token ends up in
-    a_index = positions[::2].expand(batch, -1)
-    into[:, ::2] = torch.where(merged, partner, a_index)
-    survives = state.valid & (into == positions)
+    width = x.shape[-1]
+    lengths = tuple(n - c for n, c in zip(state.lengths, counts))
+    ragged = min(counts) < chosen.shape[1]  # some row merges fewer than R: its tail entries stay
+    live = (torch.arange(chosen.shape[1], device=x.device) < torch.tensor(counts, device=x.device)[:, None]
+            if ragged else None)
 
+    gone = 2 * chosen + matching.first  # current index of each chosen A token
+    into = 2 * matching.partner.gather(1, chosen) + 1  # current index of the B token it merges into
     weighted = x.float() * state.size.unsqueeze(-1)
-    sums = torch.zeros(batch, n, width, device=x.device).scatter_add_(1, into.unsqueeze(-1).expand(-1, -1, width),
-                                                                        weighted)
-    sizes = torch.zeros(batch, n, device=x.device).scatter_add_(1, into, state.size)
-    receives = torch.zeros(batch, n, dtype=torch.long, device=x.device).scatter_add_(1, into, torch.ones_like(into))
-    values = torch.where((receives > 1).unsqueeze(-1), (sums / sizes.clamp_min(1e-12).unsqueeze(-1)).to(x.dtype), x)
+    moved, moved_size = weighted.gather(1, gone.unsqueeze(-1).expand(-1, -1, width)), state.size.gather(1, gone)
+    if ragged:
+        moved, moved_size = moved * live.unsqueeze(-1), moved_size * live
+    sums = weighted.scatter_add(1, into.unsqueeze(-1).expand(-1, -1, width), moved)
+    sizes = state.size.scatter_add(1, into, moved_size)
+    grew = (sizes > state.size).unsqueeze(-1)  # sizes are whole numbers: a token grew iff it received one
+    values = torch.where(grew, (sums / sizes.unsqueeze(-1)).to(x.dtype), x)
 
-    rank = survives.long().cumsum(1) - 1  # new index of each survivor
-    # survivors to the front, in order: a stable sort of the flags (descending: True first), one host read
-    flags, order = survives.sort(dim=1, descending=True, stable=True)
-    lengths = flags.sum(1).tolist()
-    new_n = max(lengths)
-    index, valid = order[:, :new_n], flags[:, :new_n]
+    # a tail entry (ragged rows) stays, unless it is padding
+    survives = state.valid.scatter(1, gone, ~live) & state.valid if ragged else state.valid.scatter(1, gone, False)
+    rank = survives.cumsum(1) - 1  # new index of each survivor
+    index, valid = front_packed(survives, lengths)
     new_x = values.gather(1, index.unsqueeze(-1).expand(-1, -1, width))
     new_size, new_slot = sizes.gather(1, index), state.slot.gather(1, index)
-    if min(lengths) < new_n:  # padding rows: zero, size 0, no slot
+    if valid is not None:  # padding rows: zero, size 0, no slot
         padding = ~valid
         new_x = new_x.masked_fill(padding.unsqueeze(-1), 0)
         new_size, new_slot = new_size.masked_fill(padding, 0), new_slot.masked_fill(padding, -1)
-    to_new = rank.gather(1, into)  # current token -> new index of the token it ends up in
-    return new_x, MergeState(new_size, new_slot, to_new.gather(1, state.source))
-
-
-def top_r_per_row(similarity: Tensor, eligible: Tensor, r: int | Tensor) -> Tensor:
-    """The ``r`` most similar eligible A tokens of every row (ToMe); equal scores take the lower index.
-    ``r``: one count for every row, or a (B,) tensor of per-row counts."""
-    scores = similarity.masked_fill(~eligible, float("-inf"))
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    ranks = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    limit = r.view(-1, 1) if isinstance(r, Tensor) else r
-    return (torch.empty_like(order).scatter_(1, order, ranks) < limit) & eligible
-
-
-def capped_merges(merged: Tensor, similarity: Tensor, counts: Tensor, protected: int) -> Tensor:
-    """``merged`` (B, Na) limited to ``max_merges`` of each row's ``counts`` (B,) valid tokens, the most
-    similar first: the reference's ``r = min(r, (t - protected) // 2)``.
-
-    It only bites without a class token on an odd number of tokens (SigLIP's 729), where every one of
-    the (t + 1) / 2 A tokens may pass a threshold: the reference then leaves the least similar one alone.
-    """
-    cap = (counts - protected).clamp_min(0) // 2
-    return top_r_per_row(similarity, merged, cap)
+    joined = rank.gather(1, into)  # a merged token's new index is its partner's
+    to_new = rank.scatter(1, gone, torch.where(live, joined, rank.gather(1, gone)) if ragged else joined)
+    return new_x, MergeState(new_size, new_slot, to_new.gather(1, state.source), lengths)
 
 
 def max_merges(tokens: int, protected: int = 1) -> int:

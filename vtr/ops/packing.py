@@ -1,8 +1,9 @@
-"""Packing kept columns of a batch to the left: the layout every reduced sequence takes."""
+"""Packing kept columns of a batch: to the left (the layout every reduced prompt takes) or to the front
+(merged encoder sequences, whose padding trails)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -34,3 +35,14 @@ def left_packed(keep: Tensor) -> Packed:
     valid = packed[:, start:]
     rows = Packed(order[:, start:], valid, lengths)
     return rows if rows.full else rows._replace(index=rows.index.masked_fill(~valid, -1))
+
+
+def front_packed(keep: Tensor, lengths: Sequence[int]) -> tuple[Tensor, Tensor | None]:
+    """Each row's kept columns, in order, at the front, padded at the end to the longest row, when the
+    caller already knows ``lengths`` (kept columns per row): then no host read is needed.
+
+    One stable sort (kept first). Returns the source column of every packed column, where pad slots point
+    at dropped columns (gathers through it stay in range), and the valid mask, None when no row is short."""
+    longest = max(lengths)
+    flags, order = keep.sort(dim=1, descending=True, stable=True)
+    return order[:, :longest], (flags[:, :longest] if min(lengths) < longest else None)

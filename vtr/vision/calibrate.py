@@ -46,15 +46,13 @@ class _BatchLevelMatcher:
     def active(self, layer: int) -> bool:
         return True
 
-    def select(self, layer: int, similarity: Tensor, eligible: Tensor) -> Tensor:
-        scores = similarity.masked_fill(~eligible, float("-inf")).flatten()
-        ranked = torch.sort(scores, descending=True, stable=True)
-        count = min(self.removed * similarity.shape[0], int(eligible.sum()))
-        merged = torch.zeros_like(scores, dtype=torch.bool)
-        merged[ranked.indices[:count]] = True
-        unmerged_best = float(ranked.values[count]) if count < scores.numel() else 0.0
+    def merges(self, layer: int, similarity: Tensor) -> list[int]:
+        ranked = torch.sort(similarity.flatten(), descending=True, stable=True)
+        count = min(self.removed * similarity.shape[0], int(ranked.values.isfinite().sum()))
+        unmerged_best = float(ranked.values[count]) if count < ranked.values.numel() else 0.0
         self.thresholds[layer] = max(unmerged_best, 0.0)
-        return merged.view_as(eligible) & eligible
+        rows = torch.div(ranked.indices[:count], similarity.shape[1], rounding_mode="floor")
+        return torch.bincount(rows, minlength=similarity.shape[0]).tolist()  # the batch's best edges, per row
 
 
 def calibrate_target(target: MergeTarget, pixel_batches: Iterable[Tensor], target_removed: int) -> list[float]:

@@ -13,9 +13,9 @@ Deviation from ToMe/DyMU: they merge between a block's attention and its MLP; a 
 layer's output, so here the merge follows the MLP, with the keys of the same layer's attention. The
 merging hook runs before transformers' own output recorders, so ``hidden_states`` (and the LLaVA
 features read from them) are the merged sequences. The class token (``MergeTarget.protected``) is never
-merged; SigLIP has none, so every patch may merge. Whatever a matcher selects, a layer merges at most
-half of its unprotected tokens (``capped_merges``, the reference's cap), which DyMU's thresholds could
-otherwise exceed by one on SigLIP's odd-length sequences.
+merged; SigLIP has none, so every patch may merge. Whatever count a matcher asks for, a layer merges at
+most half of its unprotected tokens (``MergeState.caps``, the reference's cap), which DyMU's thresholds
+could otherwise exceed by one on SigLIP's odd-length sequences; the most similar tokens merge.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from vtr.errors import ReductionError
 from vtr.methods.base import Reduction
 from vtr.methods.vision import EncoderGeometry, Matcher
-from vtr.ops.matching import MergeState, bipartite_matching, capped_merges, merge_tokens
+from vtr.ops.matching import MergeState, bipartite_matching, merge_tokens
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class EncoderMerging:
         self.target = target
         self.make_matcher = make_matcher
         self.state: MergeState | None = None
-        self.tokens_per_layer: list[Tensor] = []  # (B,) tokens each layer processed, class token included
+        self.tokens_per_layer: list[tuple[int, ...]] = []  # per row, tokens each layer processed (class token too)
         self._matcher: Matcher | None = None
         self._keys: Tensor | None = None
         self._merged = False
@@ -94,7 +94,7 @@ class EncoderMerging:
             hidden = args[0] if args else kwargs["hidden_states"]
             if layer == 0:
                 self._begin(hidden)
-            self.tokens_per_layer.append(self.state.counts)
+            self.tokens_per_layer.append(self.state.lengths)
             if not self._merged:
                 return None
             bias = self.state.attention_bias(hidden.dtype)
@@ -113,12 +113,13 @@ class EncoderMerging:
             if not self._matcher.active(layer) or hidden.shape[1] < 2 + self.target.protected:
                 return None
             metric = self._keys.view(*hidden.shape[:2], -1, module.self_attn.head_dim).mean(2)
-            matching = bipartite_matching(metric, self.state.valid, self.target.protected)
-            merged = capped_merges(self._matcher.select(layer, matching.similarity, matching.eligible),
-                                   matching.similarity, self.state.counts, self.target.protected)
-            if not bool(merged.any()):
+            matching = bipartite_matching(metric, self.state, self.target.protected)
+            wanted = self._matcher.merges(layer, matching.similarity)
+            counts = tuple(min(n, cap) for n, cap in zip(wanted, self.state.caps(self.target.protected)))
+            if not any(counts):
                 return None
-            hidden, self.state = merge_tokens(hidden, self.state, merged, matching.partner)
+            chosen = matching.ranked(max(counts))
+            hidden, self.state = merge_tokens(hidden, self.state, matching, chosen, counts)
             self._merged = True
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
@@ -133,13 +134,13 @@ class EncoderMerging:
 
     def per_layer_counts(self) -> Tensor:
         """(B, depth) tokens each encoder layer processed in the last call, class token included."""
-        self._final_state()
-        return torch.stack(self.tokens_per_layer, dim=1)
+        return torch.tensor(self.tokens_per_layer, device=self._final_state().size.device).T
 
     def feature_counts(self) -> Tensor:
         """(B,) feature tokens each encoder row hands the projector (after the last merge, minus the
         tokens the model drops)."""
-        return self._final_state().counts - self.target.dropped
+        state = self._final_state()
+        return torch.tensor(state.lengths, device=state.size.device) - self.target.dropped
 
     def spread_rows(self, features: Tensor) -> Tensor:
         """(B, merged feature tokens, D) -> (B, original feature tokens, D): every original token carries the
@@ -163,8 +164,8 @@ class EncoderMerging:
         """One reduction per encoder row over its original feature tokens, from the ``spread`` features."""
         dropped, state = self.target.dropped, self._final_state()
         out = []
-        for row, (feats, n) in enumerate(zip(spread, self.feature_counts().tolist())):
-            kept = (state.slot[row, dropped:dropped + n] - dropped).to(feats.device)
+        for row, (feats, length) in enumerate(zip(spread, state.lengths)):
+            kept = (state.slot[row, dropped:length] - dropped).to(feats.device)
             out.append(Reduction(kept=kept, features=feats[kept], assignment=self.assignment(row).to(feats.device)))
         return out
 
