@@ -35,7 +35,7 @@ FRAME_VIDEO_CASES = [("internvl", "video")]
 IMAGE_SIZE = {"llava": (32, 32), "llava_next": (40, 32), "llava_onevision": (40, 32), "llava_next_video": (40, 32),
               "internvl": (64, 32)}
 # processors that take a batch's images nested per prompt (one list per prompt)
-NESTED_IMAGES = {"gemma3"}
+NESTED_IMAGES = {"gemma3", "gemma4"}
 GREEDY = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True)
 
 
@@ -98,8 +98,9 @@ def row_alone(inputs, i: int) -> dict:
         out["pixel_values"] = inputs["pixel_values"].split(tiles)[i]
     else:
         out["pixel_values"] = inputs["pixel_values"][i:i + 1]
-        if "image_sizes" in inputs:
-            out["image_sizes"] = inputs["image_sizes"][i:i + 1]
+        for key in ("image_sizes", "image_position_ids"):  # Gemma 4: each image's patch positions
+            if key in inputs:
+                out[key] = inputs[key][i:i + 1]
     return out
 
 

@@ -198,6 +198,8 @@ def _pipeline(adapter: Adapter, methods: list[Method], scheme: PositionScheme) -
     if any(pre_llm.wants_attention(modality) for modality in adapter.modalities()):
         pre_llm.attention_requests(adapter.vision_info())  # e.g. hiprune's object_layer vs the encoder's depth
     in_llm = by_stage.get(Stage.LLM, [None])[0]
+    if in_llm is not None:
+        adapter.check_in_llm(in_llm)
     if scheme.ppe and isinstance(in_llm, LayerMethod) and in_llm.renumbers_positions:
         raise ValueError(f"{in_llm.describe()} renumbers positions after each drop, which would replace the PPE "
                          f"positions of positions='ppe'; pass renumber=False to cascade it after PPE")

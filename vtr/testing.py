@@ -395,6 +395,51 @@ def build_gemma3(seed: int = 0):
     return _finish(model), gemma3_processor()
 
 
+# ---------------------------------------------------------------- Gemma 4 (native-resolution tower + k x k pool)
+GEMMA4_TOKENS = {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
+                 "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>"}
+# 4-pixel patches pooled 2x2, at most 70 tokens per image: 64x48 -> 18x14 patches -> a 7x9 grid of 63 tokens
+GEMMA4_PATCH, GEMMA4_POOL, GEMMA4_MAX_TOKENS = 4, 2, 70
+CHAT_TEMPLATE_GEMMA4 = CHAT_TEMPLATE_LLAVA.replace("<image>\n", "<|image|>\n").replace("<video>\n", "<|video|>\n")
+
+
+@functools.lru_cache(maxsize=1)
+def gemma4_tokenizer() -> PreTrainedTokenizerFast:
+    return _family_tokenizer(GEMMA4_TOKENS)
+
+
+def gemma4_processor():
+    """Gemma 4's processor at a budget of 70 pooled tokens per image (its smallest published one)."""
+    from transformers import Gemma4AudioFeatureExtractor, Gemma4ImageProcessorPil, Gemma4Processor
+    sizes = dict(patch_size=GEMMA4_PATCH, max_soft_tokens=GEMMA4_MAX_TOKENS, pooling_kernel_size=GEMMA4_POOL)
+    return Gemma4Processor(feature_extractor=Gemma4AudioFeatureExtractor(),
+                           image_processor=Gemma4ImageProcessorPil(**sizes), tokenizer=gemma4_tokenizer(),
+                           video_processor=make_video_processor("Gemma4VideoProcessor", **sizes),
+                           image_seq_length=GEMMA4_MAX_TOKENS, chat_template=CHAT_TEMPLATE_GEMMA4)
+
+
+def build_gemma4(seed: int = 0):
+    """Gemma 4-style, small: a 2-layer vision tower pooling 2x2, a text model of sliding-window (window 12) and
+    global layers with per-layer input embeddings and bidirectional attention over each image."""
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+    torch.manual_seed(seed)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=16, patch_size=GEMMA4_PATCH, pooling_kernel_size=GEMMA4_POOL,
+                  position_embedding_size=64)
+    text = dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=16, sliding_window=12,
+                layer_types=["sliding_attention", "full_attention"] * 2, use_bidirectional_attention="vision",
+                vocab_size_per_layer_input=VOCAB_SIZE, hidden_size_per_layer_input=8, max_position_embeddings=1024,
+                **special_ids())
+    tok = gemma4_tokenizer()
+    processor = gemma4_processor()
+    config = Gemma4Config(vision_config=vision, text_config=text, image_token_id=tok.image_token_id,
+                          boi_token_id=tok.boi_token_id, eoi_token_id=tok.eoi_token_id,
+                          video_token_id=processor.video_token_id, audio_token_id=tok.audio_token_id,
+                          boa_token_id=tok.boa_token_id, eoa_token_index=tok.eoa_token_id, **special_ids())
+    return _finish(Gemma4ForConditionalGeneration(config)), processor
+
+
 BUILDERS: dict[str, Callable] = {
     "llava": build_llava,
     "llava_next": build_llava_next,
@@ -409,6 +454,7 @@ BUILDERS: dict[str, Callable] = {
     "internvl": build_internvl,
     "internvl_qwen3": build_internvl_qwen3,
     "gemma3": build_gemma3,
+    "gemma4": build_gemma4,
 }
 
 

@@ -18,7 +18,7 @@ def test_readme_matrix_matches_the_code():
 def test_every_family_takes_images_and_the_video_models_take_video():
     rows = {r["model_type"]: r for r in support_matrix()}
     assert set(rows) == {"llava", "llava_next", "llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl",
-                         "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "internvl", "gemma3"}
+                         "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "internvl", "gemma3", "gemma4"}
     assert all(r["image"] == r["multi-image"] == "yes" for r in rows.values())
     assert {t for t, r in rows.items() if r["video"] == "yes"} == {
         "llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",

@@ -74,6 +74,19 @@ def test_gemma3_generation_runs_reduced_per_image(checkpoint):
     assert scored.token_counts.vtr["visual_kept"] == 6 and isinstance(scored.text[0], float)
 
 
+def test_gemma4_generation_runs_reduced_per_image(checkpoint):
+    """lmms-eval's gemma4 class (bfloat16, its default of 280 soft tokens per image) reduces each image's pooled
+    tokens to the budget; vtr's loglikelihood runs reduced too."""
+    model = get_model("vtr_gemma4")(pretrained=checkpoint("gemma4"), device="cpu", device_map="cpu",
+                                    method="divprune", budget=6)
+    model.task_dict = {"t": {"test": [{"question": QUESTION}]}}
+    [result] = model.generate_until([request((QUESTION, {"max_new_tokens": 3}, lambda doc: [IMAGE], 0, "t", "test"))])
+    record = result.token_counts.to_dict()["vtr"]
+    assert record["visual_before"] > 70 and record["visual_after"] == 6 and 1 <= record["new_tokens"] <= 3
+    [scored] = model.loglikelihood([request((QUESTION, " red", lambda doc: [IMAGE], 0, "t", "test"))])
+    assert scored.token_counts.vtr["visual_kept"] == 6 and isinstance(scored.text[0], float)
+
+
 def test_ppe_options_reach_the_wrapped_model(checkpoint):
     model = loaded(VtrLlavaHf, checkpoint("llava"), method="pool", budget=4, positions="ppe", ppe_chunks="4")
     assert model.model._vtr_state.positions == PositionScheme("ppe", 4, "nearest")
@@ -101,7 +114,8 @@ def test_chat_generation_runs_reduced_and_carries_its_record_into_the_results_js
 FAMILIES = {"vtr_llava_hf": ("llava", "bfloat16"), "vtr_qwen2_vl": ("qwen2_vl", "float32"),
             "vtr_qwen2_5_vl": ("qwen2_5_vl", "float32"), "vtr_qwen3_vl": ("qwen3_vl", "float32"),
             "vtr_qwen3_5": ("qwen3_5", "float32"),
-            "vtr_internvl_hf": ("internvl", "float32"), "vtr_gemma3": ("gemma3", "bfloat16")}
+            "vtr_internvl_hf": ("internvl", "float32"), "vtr_gemma3": ("gemma3", "bfloat16"),
+            "vtr_gemma4": ("gemma4", "float32")}
 
 
 @pytest.mark.parametrize("model_id", sorted(FAMILIES))

@@ -30,7 +30,7 @@ WRAPS = {
     "fastv": dict(method="fastv", budget=0.5, layer=2),
 }
 VISION_MODULES = ("model.vision_tower", "model.visual")
-PROJECTOR_MODULES = re.compile(r"model\.(multi_modal_projector|vision_resampler|visual\.merger"
+PROJECTOR_MODULES = re.compile(r"model\.(multi_modal_projector|embed_vision|vision_resampler|visual\.merger"
                                r"|visual\.deepstack_merger_list\.\d+)")
 
 
@@ -147,6 +147,42 @@ def test_holitom_matches_flop_counter(tiny):
     assert counter.get_total_flops() == 2 * 45 * 45 * 64 > 0
     width = model.config.get_text_config().hidden_size
     assert dpc_knn_flops(stats, VisualInput("video", 2, 16, 12), width) == counter.get_total_flops()
+
+
+def _gemma4_variant(**text):
+    """The tiny Gemma 4 with text options the real checkpoints use (KV sharing, keys as values, experts)."""
+    from transformers import Gemma4ForConditionalGeneration
+    model, processor = testing.build("gemma4")
+    config = model.config.to_dict()
+    config["text_config"].update(text)
+    config = type(model.config).from_dict({**config, **testing.EAGER_EXPERTS})
+    torch.manual_seed(0)
+    return Gemma4ForConditionalGeneration(config).eval(), processor
+
+
+GEMMA4_VARIANTS = {
+    "tiny": {},
+    "kv_shared": dict(num_kv_shared_layers=2, use_double_wide_mlp=True, attention_k_eq_v=True,
+                      num_global_key_value_heads=1),
+    "experts": dict(enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=16),
+}
+
+
+@pytest.mark.parametrize("variant", list(GEMMA4_VARIANTS))
+def test_gemma4_matches_flop_counter_forward_and_generate(variant):
+    """Gemma 4 (in-LLM methods are refused there): the forward component by component, unwrapped and with
+    divprune, and a generate call, whose prefill runs the KV-shared layers on the last token only."""
+    model, processor = _gemma4_variant(**GEMMA4_VARIANTS[variant])
+    inputs = make_inputs(processor, "gemma4", "two_images")
+    for options in (None, dict(method="divprune", budget=0.5)):
+        if options is not None:
+            vtr.wrap(model, **options)
+        measured = _counted(lambda: model(**inputs))
+        (breakdown,) = call_flops(model, inputs, logits="all")
+        _assert_close(measured, _modelled(breakdown))
+        generated = _counted(lambda: model.generate(**inputs, max_new_tokens=3, min_new_tokens=3,
+                                                    do_sample=False))["total"]
+        assert call_flops(model, inputs, new_tokens=3)[0].total == pytest.approx(generated, rel=TOLERANCE)
 
 
 VISION_WRAPS = {

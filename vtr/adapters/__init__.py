@@ -12,6 +12,8 @@ from vtr.adapters.base import Adapter
 from vtr.adapters.costs import FamilyCosts
 from vtr.adapters.gemma3 import Gemma3Adapter
 from vtr.adapters.gemma3_costs import Gemma3Costs
+from vtr.adapters.gemma4 import Gemma4Adapter
+from vtr.adapters.gemma4_costs import Gemma4Costs
 from vtr.adapters.internvl import InternVLAdapter
 from vtr.adapters.internvl_costs import InternVLCosts
 from vtr.adapters.llava import LlavaAdapter, LlavaNextAdapter
@@ -22,13 +24,13 @@ from vtr.errors import UnsupportedModelError
 
 ADAPTERS: dict[str, type[Adapter]] = {
     model_type: cls
-    for cls in (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, InternVLAdapter, Gemma3Adapter)
+    for cls in (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, InternVLAdapter, Gemma3Adapter, Gemma4Adapter)
     for model_type in cls.model_types
 }
 COSTS: dict[str, type[FamilyCosts]] = {
     model_type: cls
     for cls in (LlavaCosts, LlavaNextCosts, LlavaOneVisionCosts, LlavaNextVideoCosts, Qwen2VLCosts, Qwen25VLCosts,
-                QwenVLCosts, Qwen35Costs, InternVLCosts, Gemma3Costs)
+                QwenVLCosts, Qwen35Costs, InternVLCosts, Gemma3Costs, Gemma4Costs)
     for model_type in cls.model_types
 }
 

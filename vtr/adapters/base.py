@@ -66,8 +66,18 @@ class Adapter:
         return {key: inputs[key] for key in self._encoder_params.get(modality, ()) if inputs.get(key) is not None}
 
     def present_modalities(self, inputs: dict[str, Any]) -> tuple[str, ...]:
-        """Modalities whose pixels are in ``inputs`` (those vtr has to encode and reduce)."""
-        return tuple(m for m in self.modalities() if any(k in PIXEL_KEYS for k in self.encoder_kwargs(m, inputs)))
+        """Modalities whose pixels are in ``inputs`` (those vtr has to encode and reduce).
+
+        Pixels of a modality the model takes but this adapter does not lay out (Gemma 4's videos) are refused:
+        passing them through unreduced would look like a reduction that did nothing."""
+        present = tuple(m for m in self.modalities() if any(k in PIXEL_KEYS for k in self.encoder_kwargs(m, inputs)))
+        handled = {key for m in present for key in self.encoder_kwargs(m, inputs)}
+        if unhandled := [k for k in PIXEL_KEYS if inputs.get(k) is not None and k not in handled]:
+            raise ReductionError(
+                f"this call passes {unhandled[0]}, which vtr does not reduce on {self.config.model_type} models (it "
+                f"reduces their {' and '.join(self.modalities())} inputs); run it on the unwrapped model "
+                f"(vtr.unwrap(model)), or reduce the frames as images")
+        return present
 
     def consumed_keys(self, inputs: dict[str, Any]) -> set[str]:
         """Input keys that only feed the vision encoder; they are not passed on once features exist."""
@@ -116,7 +126,7 @@ class Adapter:
         """Depth, feature layer and CLS presence of the vision encoder (methods derive defaults from it)."""
         raise ReductionError(
             f"vtr cannot yet map vision-encoder attention to the LLM tokens of {self.config.model_type} models; "
-            f"methods that need it (hiprune, visionzip) run on llava, qwen2_vl, qwen2_5_vl and qwen3_vl"
+            f"methods that need it (hiprune, visionzip) run on the LLaVA and Qwen-VL families, internvl and gemma3"
         )
 
     @contextlib.contextmanager
@@ -193,6 +203,9 @@ class Adapter:
         """Per decoder layer, the extra argument the text model passes its rotary module for that layer, or
         ``None`` where it passes none (default: one rotary for every layer)."""
         return ()
+
+    def check_in_llm(self, method: Any) -> None:
+        """Raise ``ReductionError`` if the in-LLM ``method`` cannot run on this family (default: it can)."""
 
     def patch_decoder(self, pruner: Any) -> Callable[[], None]:
         """Adapt what the text model does between layers to a shorter sequence; returns the undo.

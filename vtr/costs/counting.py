@@ -33,9 +33,10 @@ class VisualInput:
 
     ``frames``: sequences the encoder runs: LLaVA-family crops (base image + AnyRes crops) or video
     frames; Qwen-VL temporal patches (``grid_thw[0]``). ``height`` x ``width``: the patch grid of each
-    (Qwen-VL: before merging, as in ``grid_thw``). After a vision-stage merge (LLaVA-1.5):
-    ``encoder_tokens``, the tokens each encoder layer processed (class token included), and
-    ``projected``, the tokens the projector saw.
+    (Qwen-VL: before merging, as in ``grid_thw``). ``encoder_tokens``: the tokens each encoder layer
+    processed where that is not the patch grid: after a vision-stage merge (LLaVA-1.5; class token
+    included, and ``projected``, the tokens the projector saw), or a sequence padded to the processor's
+    patch budget (Gemma 4).
     """
 
     modality: str

@@ -41,13 +41,15 @@ class FeedForward(Protocol):
 class Attention:
     """Softmax attention: q/o projections of ``heads * head_dim``, k/v of ``kv_heads * head_dim``, and the
     score and weighted-sum matmuls of every query head; ``window``: a sliding window (decoding only);
-    ``gate``: the q projection also yields a per-head output gate (Qwen3.5), twice as wide."""
+    ``gate``: the q projection also yields a per-head output gate (Qwen3.5), twice as wide;
+    ``kv_projections``: the k/v projections the layer runs itself."""
 
     heads: int
     kv_heads: int
     head_dim: int
     window: int | None = None
     gate: bool = False
+    kv_projections: int = 2  # 1: keys are the values (Gemma 4's k_eq_v); 0: keys shared from an earlier layer
 
     @property
     def query_width(self) -> int:
@@ -56,7 +58,7 @@ class Attention:
 
     def projections(self, hidden: int, rows: float) -> float:
         return (linear(rows, hidden, self.query_width) + linear(rows, self.heads * self.head_dim, hidden)
-                + 2 * linear(rows, hidden, self.kv_heads * self.head_dim))
+                + self.kv_projections * linear(rows, hidden, self.kv_heads * self.head_dim))
 
     def flops(self, hidden: int, queries: float, keys: float) -> float:
         return self.projections(hidden, queries) + 2 * scores(self.heads, self.head_dim, queries, keys)
@@ -96,6 +98,29 @@ class MixtureOfExperts:
 
 
 @dataclass(frozen=True)
+class Branches:
+    """Several feed-forward branches of one layer on the same rows (Gemma 4: a dense MLP, a mixture of
+    experts and its per-layer input branch)."""
+
+    parts: tuple[FeedForward, ...]
+
+    def flops(self, hidden: int, rows: float) -> float:
+        return sum(part.flops(hidden, rows) for part in self.parts)
+
+
+@dataclass(frozen=True)
+class WidthProjection:
+    """A down and an up projection through ``width`` (2: Gemma 4's per-layer input gate and projection), or
+    one projection out of the hidden width (1: its per-layer input embedding projection)."""
+
+    width: int
+    mats: int = 2
+
+    def flops(self, hidden: int, rows: float) -> float:
+        return self.mats * linear(rows, hidden, self.width)
+
+
+@dataclass(frozen=True)
 class DecoderLayer:
     mixer: Mixer
     mlp: FeedForward
@@ -108,6 +133,13 @@ class Decoder:
     hidden: int
     vocab: int
     layers: tuple[DecoderLayer, ...]
+    # layers that, in a prefill whose logits are the last token's only (generate), run only that token against
+    # every key: Gemma 4's KV-shared layers, which transformers slices to the kept logits
+    last_token_layers: frozenset[int] = frozenset()
+
+    def prefill_queries(self, index: int, tokens: float, last_logits: bool) -> float:
+        """Queries layer ``index`` runs in a prefill of ``tokens`` tokens."""
+        return 1 if last_logits and index in self.last_token_layers else tokens
 
     def layer_flops(self, index: int, queries: float, keys: float, mlp_rows: float | None = None) -> float:
         """Layer ``index`` running ``queries`` tokens against ``keys`` keys; ``mlp_rows``: tokens its

@@ -20,6 +20,7 @@ CLASS_PATHS: dict[str, tuple[str | None, str | None]] = {
     "vtr_qwen3_5": (f"{_PACKAGE}.qwen3_5.VtrQwen3_5", f"{_PACKAGE}.qwen3_5.VtrQwen3_5Chat"),
     "vtr_internvl_hf": (None, f"{_PACKAGE}.internvl_hf.VtrInternVLHfChat"),
     "vtr_gemma3": (f"{_PACKAGE}.gemma3.VtrGemma3", None),
+    "vtr_gemma4": (f"{_PACKAGE}.gemma4.VtrGemma4", None),
 }
 MODEL_IDS: tuple[str, ...] = tuple(CLASS_PATHS)
 

@@ -138,7 +138,8 @@ def model_flops(
     if len(llm_tokens) != num_layers:
         raise ValueError(f"llm_tokens needs one count per decoder layer ({num_layers}), got {len(llm_tokens)}")
     if virtual_tokens is None:
-        per_layer = tuple(decoder.layer_flops(l, n, n) for l, n in enumerate(llm_tokens))
+        per_layer = tuple(decoder.layer_flops(l, decoder.prefill_queries(l, n, logits == "last"), n)
+                          for l, n in enumerate(llm_tokens))
         cached = list(llm_tokens)
     else:
         per_layer = tuple(decoder.layer_flops(l, virtual_tokens, virtual_tokens, n) for l, n in enumerate(llm_tokens))

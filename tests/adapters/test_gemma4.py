@@ -1,0 +1,156 @@
+"""Gemma 4: the exactness invariants on its variable-size pooled grids, bidirectional image block, per-layer
+input embeddings and sliding-window layers, and the tested refusals (in-LLM, vision attention, vision
+merging, video)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+import vtr
+from conftest import greedy_without_placeholders, make_inputs, padded_inputs, row_alone
+from vtr import testing
+from vtr.adapters import adapter_for
+
+PRE_LLM = {"divprune": dict(method="divprune", budget=0.3), "random": dict(method="random", budget=9),
+           "pool": dict(method="pool", budget=0.25)}
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    """One tiny Gemma 4 for the module; every test leaves it unwrapped."""
+    return testing.build("gemma4")
+
+
+def _greedy(model):
+    return greedy_without_placeholders(model, max_new_tokens=5, do_sample=False, return_dict_in_generate=True,
+                                       output_scores=True)
+
+
+def _two_sizes(processor):
+    """Two rows whose images pool to different grids (7x9 and 9x7 tokens), the first row left-padded."""
+    images = [[testing.random_image(64, 48)], [testing.random_image(48, 64, seed=1)]]
+    texts = [testing.prompt(processor, "what ?"), testing.prompt(processor, "describe this picture please ?")]
+    return processor(images=images, text=texts, return_tensors="pt", padding=True)
+
+
+def test_the_grid_of_each_image_is_its_pooled_patch_grid(gemma):
+    model, processor = gemma
+    inputs = _two_sizes(processor)
+    adapter = adapter_for(model)
+    features = adapter.item_features("image", adapter.encode("image", inputs))
+    assert [tuple(f.shape[:1]) for f in features] == [(63,), (63,)]
+    grids = [layout.segments[0].grid for layout in adapter.item_layouts("image", inputs, features)]
+    assert grids == [(1, 7, 9), (1, 9, 7)]  # (rows, columns) of 2x2 windows over 18x14 and 14x18 patches
+
+
+def test_keep_all_is_bit_identical_and_unwrap_restores(gemma):
+    model, processor = gemma
+    inputs = padded_inputs(processor, "gemma4")
+    expected = model.generate(**inputs, **_greedy(model))
+    with torch.no_grad():
+        expected_logits = model(**inputs).logits
+    with vtr.reduced(model, "divprune", budget=1.0):
+        got = model.generate(**inputs, **_greedy(model))
+        with torch.no_grad():
+            got_logits = model(**inputs).logits
+    real = inputs["attention_mask"].bool()
+    assert torch.equal(got.sequences, expected.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(got.scores, expected.scores))
+    assert torch.equal(got_logits[real], expected_logits[real])
+    with vtr.reduced(model, "divprune", budget=4):  # a real reduction, then unwrapped
+        model.generate(**inputs, **_greedy(model))
+    again = model.generate(**inputs, **_greedy(model))
+    assert torch.equal(again.sequences, expected.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(again.scores, expected.scores))
+
+
+@pytest.mark.parametrize("positions", ["original", "compact"])
+def test_pre_llm_prune_equals_the_hand_written_prune(gemma, positions):
+    """The reference: the model's own forward on the kept columns (ids, token types, positions) with the kept
+    features through ``mm_encoder_outputs``. The kept image tokens stay one run of token type 1 (they still
+    attend to each other bidirectionally), and the per-layer embeddings come from the kept ids."""
+    model, processor = gemma
+    inputs = make_inputs(processor, "gemma4")
+    with vtr.reduced(model, "divprune", budget=0.3, positions=positions), torch.no_grad():
+        out = model(**inputs)
+    kept = out.vtr_kept_index[0]
+    ids = inputs["input_ids"][:, kept]
+    is_image = inputs["input_ids"][0] == model.config.image_token_id
+    rank = (is_image.cumsum(0) - 1)[kept][is_image[kept]]  # which of the image's tokens stayed
+    assert 0 < rank.numel() < int(is_image.sum())
+    with torch.no_grad():
+        features = model.model.get_image_features(inputs["pixel_values"], inputs["image_position_ids"])
+        kept_features = features.pooler_output[0][rank]
+        position_ids = kept.unsqueeze(0) if positions == "original" else torch.arange(kept.numel()).unsqueeze(0)
+        reference = type(model).forward(
+            model, input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=position_ids,
+            mm_token_type_ids=inputs["mm_token_type_ids"][:, kept],
+            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=(kept_features,))}).logits
+    torch.testing.assert_close(out.logits, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", list(PRE_LLM))
+def test_cached_generate_equals_uncached(gemma, config):
+    model, processor = gemma
+    inputs = padded_inputs(processor, "gemma4")
+    with vtr.reduced(model, **PRE_LLM[config]):
+        cached = model.generate(**inputs, **_greedy(model))
+        uncached = model.generate(**inputs, **_greedy(model), use_cache=False)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for x, y in zip(cached.scores, uncached.scores):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", list(PRE_LLM))
+def test_left_padded_batch_of_different_grids_equals_rows_alone(gemma, config):
+    model, processor = gemma
+    inputs = _two_sizes(processor)
+    assert (inputs["attention_mask"] == 0).any()
+    with vtr.reduced(model, **PRE_LLM[config]):
+        batch = model.generate(**inputs, **_greedy(model))
+        new = batch.sequences[:, inputs["input_ids"].shape[1]:]
+        for i in range(2):
+            alone = model.generate(**row_alone(inputs, i), **_greedy(model))
+            assert torch.equal(alone.sequences[0, -new.shape[1]:], new[i])
+            for step_batch, step_alone in zip(batch.scores, alone.scores):
+                torch.testing.assert_close(step_batch[i], step_alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_every_image_of_a_prompt_gets_the_budget(gemma):
+    model, processor = gemma
+    two = make_inputs(processor, "gemma4", "two_images")
+    with vtr.reduced(model, "divprune", budget=5):
+        out = model.generate(**two, max_new_tokens=2, do_sample=False)
+        assert [item.content_after for item in vtr.stats(model).samples[0].items] == [5, 5]
+    assert out.shape[1] == two["input_ids"].shape[1] + 2
+
+
+@pytest.mark.parametrize("method, options, reason", [
+    ("fastv", dict(budget=8), "per-layer input embedding of the whole prompt"),
+    ("pdrop", dict(), "per-layer input embedding of the whole prompt"),
+    ("holitom_inner", dict(), "per-layer input embedding of the whole prompt"),
+    ("hiprune", dict(budget=8), "2-D rotary positions and a padding mask"),
+    ("visionzip", dict(budget=8), "2-D rotary positions and a padding mask"),
+    ("tome", dict(budget=8), "not run on gemma4: the pooler average-pools fixed k x k windows"),
+    ("dymu", dict(thresholds=[0.5, 0.5]), "not run on gemma4: the pooler average-pools fixed k x k windows"),
+])
+def test_what_gemma4_cannot_take_is_refused_at_wrap_and_the_model_left_as_it_was(gemma, method, options, reason):
+    model, processor = gemma
+    inputs = make_inputs(processor, "gemma4")
+    before = model.generate(**inputs, **_greedy(model))
+    with pytest.raises(vtr.ReductionError, match=reason):
+        vtr.wrap(model, method, **options)
+    assert not vtr.is_wrapped(model)
+    after = model.generate(**inputs, **_greedy(model))
+    assert torch.equal(before.sequences, after.sequences)
+
+
+def test_a_video_is_refused_not_passed_through_unreduced(gemma):
+    model, processor = gemma
+    inputs = processor(videos=[testing.random_video(4, 64, 48)], text=[testing.prompt(processor, images=0, videos=1)],
+                       return_tensors="pt", num_frames=4)
+    with vtr.reduced(model, "divprune", budget=4):
+        with pytest.raises(vtr.ReductionError, match="passes pixel_values_videos, which vtr does not reduce on gemma4"):
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
