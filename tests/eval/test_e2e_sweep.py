@@ -173,6 +173,18 @@ def gemma3_scenario(out: Path, checkpoint: str) -> None:
     assert rows[1]["visual_tokens"] == {"before": 16, "llm_input": 8, "kept": 8}
 
 
+def gemma4_scenario(out: Path, checkpoint: str) -> None:
+    """lmms-eval's gemma4 class (simple, the only one) at its smallest budget of 70 pooled tokens per image."""
+    command = ["--model", "vtr_gemma4", "--pretrained", checkpoint, "--methods", "none,divprune", *GRID,
+               "--tasks", "vtr_colors", "--limit", "2", "--out", str(out), "--model-args",
+               "device=cpu,device_map=cpu,max_soft_tokens=70"]
+    rows = swept(command, out, [("none", None), ("divprune", 8)])
+    check_report(out, rows, ["vtr_colors exact_match"])
+    before = rows[0]["visual_tokens"]["before"]
+    assert 8 < before <= 70
+    assert rows[1]["visual_tokens"] == {"before": before, "llm_input": 8, "kept": 8}
+
+
 def qwen3_5_scenario(out: Path, checkpoint: str) -> None:
     """Qwen3.5's hybrid stack: a pre-LLM method, and an in-LLM one scoring at the full-attention layer 1."""
     command = ["--model", "vtr_qwen3_5", "--pretrained", checkpoint, "--methods", "none,divprune,fastv", *GRID,
@@ -184,10 +196,10 @@ def qwen3_5_scenario(out: Path, checkpoint: str) -> None:
     assert rows[2]["visual_tokens"] == {"before": before, "llm_input": before, "kept": 8}
 
 
-def test_sweeps_end_to_end_on_tiny_llava_qwen_internvl_gemma3_and_qwen3_5(tmp_path, checkpoint, capsys):
+def test_sweeps_end_to_end_on_tiny_llava_qwen_internvl_gemma_and_qwen3_5(tmp_path, checkpoint, capsys):
     scenarios = {llava_scenario: checkpoint("llava"), qwen_scenario: checkpoint("qwen2_5_vl"),
                  internvl_scenario: checkpoint("internvl"), gemma3_scenario: checkpoint("gemma3"),
-                 qwen3_5_scenario: checkpoint("qwen3_5")}
+                 gemma4_scenario: checkpoint("gemma4"), qwen3_5_scenario: checkpoint("qwen3_5")}
     with ThreadPoolExecutor(len(scenarios)) as pool:
         futures = [pool.submit(scenario, tmp_path / scenario.__name__, path) for scenario, path in scenarios.items()]
     for future in futures:
