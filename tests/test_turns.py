@@ -69,7 +69,7 @@ def _assert_same_answer(got, expected) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", MODELS + ["gemma3"])
+@pytest.mark.parametrize("name", MODELS + ["gemma3", "gemma4"])
 def test_pre_llm_later_turn_equals_a_fresh_reduced_recompute(tiny, name):
     """DivPrune does not read the prompt: the recompute that keeps turn 1's reduction is the fresh one."""
     model, processor = tiny(name)

@@ -400,6 +400,11 @@ GEMMA4_TOKENS = {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token
                  "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>"}
 # 4-pixel patches pooled 2x2, at most 70 tokens per image: 64x48 -> 18x14 patches -> a 7x9 grid of 63 tokens
 GEMMA4_PATCH, GEMMA4_POOL, GEMMA4_MAX_TOKENS = 4, 2, 70
+# text options of the published Gemma 4 models, at tiny sizes: E2B/E4B/31B's KV-sharing last layers (31B's
+# double-wide MLP there, its global layers' keys doubling as values) and 26B-A4B's experts
+GEMMA4_KV_SHARING = dict(num_kv_shared_layers=2, use_double_wide_mlp=True, attention_k_eq_v=True,
+                         num_global_key_value_heads=1)
+GEMMA4_EXPERTS = dict(enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=16)
 CHAT_TEMPLATE_GEMMA4 = CHAT_TEMPLATE_LLAVA.replace("<image>\n", "<|image|>\n").replace("<video>\n", "<|video|>\n")
 
 
@@ -418,9 +423,11 @@ def gemma4_processor():
                            image_seq_length=GEMMA4_MAX_TOKENS, chat_template=CHAT_TEMPLATE_GEMMA4)
 
 
-def build_gemma4(seed: int = 0):
+def build_gemma4(seed: int = 0, **text_options):
     """Gemma 4-style, small: a 2-layer vision tower pooling 2x2, a text model of sliding-window (window 12) and
-    global layers with per-layer input embeddings and bidirectional attention over each image."""
+    global layers with per-layer input embeddings and bidirectional attention over each image. ``text_options``
+    override the text config (the published models' KV sharing, keys as values, experts: run as a loop of
+    linears, which FlopCounterMode counts)."""
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration
     torch.manual_seed(seed)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -430,13 +437,14 @@ def build_gemma4(seed: int = 0):
                 num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=16, sliding_window=12,
                 layer_types=["sliding_attention", "full_attention"] * 2, use_bidirectional_attention="vision",
                 vocab_size_per_layer_input=VOCAB_SIZE, hidden_size_per_layer_input=8, max_position_embeddings=1024,
-                **special_ids())
+                **special_ids(), **text_options)
     tok = gemma4_tokenizer()
     processor = gemma4_processor()
     config = Gemma4Config(vision_config=vision, text_config=text, image_token_id=tok.image_token_id,
                           boi_token_id=tok.boi_token_id, eoi_token_id=tok.eoi_token_id,
                           video_token_id=processor.video_token_id, audio_token_id=tok.audio_token_id,
-                          boa_token_id=tok.boa_token_id, eoa_token_index=tok.eoa_token_id, **special_ids())
+                          boa_token_id=tok.boa_token_id, eoa_token_index=tok.eoa_token_id, **special_ids(),
+                          **(EAGER_EXPERTS if text_options.get("enable_moe_block") else {}))
     return _finish(Gemma4ForConditionalGeneration(config)), processor
 
 

@@ -1,6 +1,6 @@
 """Gemma 4: the exactness invariants on its variable-size pooled grids, bidirectional image block, per-layer
-input embeddings and sliding-window layers, and the tested refusals (in-LLM, vision attention, vision
-merging, video)."""
+input embeddings and sliding-window layers, vision attention through the 2x2 pool, and the tested refusals
+(in-LLM, vision merging, video)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ import vtr
 from conftest import greedy_without_placeholders, make_inputs, padded_inputs, row_alone
 from vtr import testing
 from vtr.adapters import adapter_for
+from vtr.engine import _encode
+from vtr.methods.base import AttentionRequest
 
 PRE_LLM = {"divprune": dict(method="divprune", budget=0.3), "random": dict(method="random", budget=9),
-           "pool": dict(method="pool", budget=0.25)}
+           "pool": dict(method="pool", budget=0.25), "hiprune": dict(method="hiprune", budget=0.3),
+           "visionzip": dict(method="visionzip", budget=8)}
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +121,52 @@ def test_left_padded_batch_of_different_grids_equals_rows_alone(gemma, config):
                 torch.testing.assert_close(step_batch[i], step_alone[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layer", [0, 1])
+def test_attention_of_an_llm_token_is_the_mean_over_its_2x2_patches(gemma, layer):
+    """Recomputed under SDPA from the tower's q/k (norms, 2-D rotary, padding masked) against eager attention
+    weights: the attention each valid patch receives from the valid patches, averaged over each pooling window."""
+    model, processor = gemma
+    inputs = _two_sizes(processor)
+    encoded = _encode(adapter_for(model), "image", inputs, inputs["input_ids"], inputs["attention_mask"],
+                      {"a": AttentionRequest(layer, "received")}, None)
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            eager = model.model.vision_tower(inputs["pixel_values"], pixel_position_ids=inputs["image_position_ids"],
+                                             output_attentions=True).attentions[layer].mean(1)
+    finally:
+        model.set_attn_implementation("sdpa")
+    for image, attention in enumerate(encoded.attention):
+        positions = inputs["image_position_ids"][image]
+        valid = (positions != -1).all(-1)
+        received = eager[image][valid][:, valid].mean(0)
+        x, y = positions[valid].unbind(-1)
+        grid = torch.zeros(int(y.max()) + 1, int(x.max()) + 1)
+        grid[y, x] = received
+        rows, columns = grid.shape
+        expected = grid.view(rows // 2, 2, columns // 2, 2).mean((1, 3)).flatten()
+        scores, keys = attention["a"]
+        assert keys.shape == (63, model.config.vision_config.head_dim)
+        torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [testing.GEMMA4_KV_SHARING, testing.GEMMA4_EXPERTS], ids=["kv_sharing", "experts"])
+def test_the_published_text_variants_keep_the_invariants(options):
+    """KV-sharing layers (which reuse earlier keys and run only the last token in a generate prefill) and
+    experts: a reduction is still the model run on the shortened prompt, so cached == uncached and a padded
+    batch == its rows alone."""
+    model, processor = testing.build_gemma4(**options)
+    inputs = _two_sizes(processor)
+    with vtr.reduced(model, "divprune", budget=0.3):
+        cached = model.generate(**inputs, **_greedy(model))
+        uncached = model.generate(**inputs, **_greedy(model), use_cache=False)
+        assert torch.equal(cached.sequences, uncached.sequences)
+        new = cached.sequences[:, inputs["input_ids"].shape[1]:]
+        for i in range(2):
+            alone = model.generate(**row_alone(inputs, i), **_greedy(model))
+            assert torch.equal(alone.sequences[0, -new.shape[1]:], new[i])
+
+
 def test_every_image_of_a_prompt_gets_the_budget(gemma):
     model, processor = gemma
     two = make_inputs(processor, "gemma4", "two_images")
@@ -131,8 +180,6 @@ def test_every_image_of_a_prompt_gets_the_budget(gemma):
     ("fastv", dict(budget=8), "per-layer input embedding of the whole prompt"),
     ("pdrop", dict(), "per-layer input embedding of the whole prompt"),
     ("holitom_inner", dict(), "per-layer input embedding of the whole prompt"),
-    ("hiprune", dict(budget=8), "2-D rotary positions and a padding mask"),
-    ("visionzip", dict(budget=8), "2-D rotary positions and a padding mask"),
     ("tome", dict(budget=8), "not run on gemma4: the pooler average-pools fixed k x k windows"),
     ("dymu", dict(thresholds=[0.5, 0.5]), "not run on gemma4: the pooler average-pools fixed k x k windows"),
 ])

@@ -149,30 +149,14 @@ def test_holitom_matches_flop_counter(tiny):
     assert dpc_knn_flops(stats, VisualInput("video", 2, 16, 12), width) == counter.get_total_flops()
 
 
-def _gemma4_variant(**text):
-    """The tiny Gemma 4 with text options the real checkpoints use (KV sharing, keys as values, experts)."""
-    from transformers import Gemma4ForConditionalGeneration
-    model, processor = testing.build("gemma4")
-    config = model.config.to_dict()
-    config["text_config"].update(text)
-    config = type(model.config).from_dict({**config, **testing.EAGER_EXPERTS})
-    torch.manual_seed(0)
-    return Gemma4ForConditionalGeneration(config).eval(), processor
-
-
-GEMMA4_VARIANTS = {
-    "tiny": {},
-    "kv_shared": dict(num_kv_shared_layers=2, use_double_wide_mlp=True, attention_k_eq_v=True,
-                      num_global_key_value_heads=1),
-    "experts": dict(enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=16),
-}
+GEMMA4_VARIANTS = {"tiny": {}, "kv_shared": testing.GEMMA4_KV_SHARING, "experts": testing.GEMMA4_EXPERTS}
 
 
 @pytest.mark.parametrize("variant", list(GEMMA4_VARIANTS))
 def test_gemma4_matches_flop_counter_forward_and_generate(variant):
     """Gemma 4 (in-LLM methods are refused there): the forward component by component, unwrapped and with
     divprune, and a generate call, whose prefill runs the KV-shared layers on the last token only."""
-    model, processor = _gemma4_variant(**GEMMA4_VARIANTS[variant])
+    model, processor = testing.build_gemma4(**GEMMA4_VARIANTS[variant])
     inputs = make_inputs(processor, "gemma4", "two_images")
     for options in (None, dict(method="divprune", budget=0.5)):
         if options is not None:
@@ -183,6 +167,18 @@ def test_gemma4_matches_flop_counter_forward_and_generate(variant):
         generated = _counted(lambda: model.generate(**inputs, max_new_tokens=3, min_new_tokens=3,
                                                     do_sample=False))["total"]
         assert call_flops(model, inputs, new_tokens=3)[0].total == pytest.approx(generated, rel=TOLERANCE)
+
+
+@pytest.mark.parametrize("method", ["hiprune", "visionzip"])
+def test_gemma4_vision_attention_methods_match_flop_counter(method):
+    """The attention recompute (q/k projections, every row's logits) is booked as reduction; totals compare."""
+    model, processor = testing.build("gemma4")
+    inputs = make_inputs(processor, "gemma4", "two_images")
+    vtr.wrap(model, method, budget=0.5)
+    measured = _counted(lambda: model(**inputs))
+    (breakdown,) = call_flops(model, inputs, logits="all")
+    assert breakdown.reduction > 0
+    assert breakdown.total == pytest.approx(measured["total"], rel=TOLERANCE)
 
 
 VISION_WRAPS = {

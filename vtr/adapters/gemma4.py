@@ -13,25 +13,35 @@ What the family does, read from transformers' ``modeling_gemma4``:
   inside runs of ``mm_token_type_ids``, which the engine shrinks with the prompt, so a pre-LLM prune is the
   model run on the shortened prompt (its per-layer embeddings are read from the shortened ids too).
 
+Vision attention (hiprune, visionzip): the tower's own attention recomputed at the requested layer (its
+q/k norms and 2-D rotary, padding patches masked as the model masks them), then averaged over each pooling
+window as the features were.
+
 Refused, each with its reason: the in-LLM stage (each decoder layer adds a per-layer input embedding of
 the full prompt, and the KV-sharing layers reuse the keys of earlier layers and slice the prompt to its
-last token, none of which a shortened sequence can take without patching the text model), vision
-attention (hiprune, visionzip: the tower's attention has 2-D rotary and a padding mask vtr does not
-recompute yet), vision-encoder merging (the pooler's fixed windows) and video (its frames carry
-timestamps vtr does not lay out yet).
+last token, none of which a shortened sequence can take without patching the text model), vision-encoder
+merging (the pooler's fixed windows) and video (its frames carry timestamps vtr does not lay out yet).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from vtr.adapters.base import Adapter
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
-from vtr.methods.base import Method, VisionInfo
+from vtr.methods.base import AttentionRequest, Method, VisionInfo
+from vtr.vision.attention import AttentionCapture, gemma4_vit_attention
 from vtr.vision.merging import MergeTarget
+
+
+def gemma4_vision_info(config) -> VisionInfo:
+    """No class token; the features are the last layer's output, pooled."""
+    depth = config.vision_config.num_hidden_layers
+    return VisionInfo(depth=depth, feature_layer=depth - 1, has_cls=False, encoder="clip")
 
 
 def pooled_widths(config, image_position_ids: Tensor) -> list[int]:
@@ -58,11 +68,41 @@ class Gemma4Adapter(Adapter):
         """Local and global layers rotate with their own bases (``rotary_emb(x, positions, layer_type)``)."""
         return tuple(self.config.get_text_config().layer_types)
 
+    # ------------------------------------------------------------------ vision attention
     def vision_info(self) -> VisionInfo:
-        raise ReductionError(
-            f"vtr does not read vision-encoder attention on {self.config.model_type} yet (hiprune, visionzip): its "
-            f"tower's attention uses 2-D rotary positions and a padding mask that vtr does not recompute; use "
-            f"divprune, random or pool there")
+        return gemma4_vision_info(self.config)
+
+    def vision_attention_module(self, layer: int) -> nn.Module:
+        return self.model.model.vision_tower.encoder.layers[layer].self_attn
+
+    def item_attention(self, modality: str, capture: AttentionCapture, requests: dict[str, AttentionRequest],
+                       inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:
+        """Per image, the scores and mean keys of its patches averaged over each pooling window, as the pooler
+        averages the features: an LLM token's score is the mean of its k x k patches' scores."""
+        positions = inputs["image_position_ids"]
+        widths = pooled_widths(self.config, positions)
+        per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in widths]
+        for name, request in requests.items():
+            args, kwargs = capture.inputs[request.layer]
+            hidden = args[0] if args else kwargs["hidden_states"]
+            with torch.no_grad():
+                attention = gemma4_vit_attention(self.vision_attention_module(request.layer), hidden,
+                                                 kwargs["position_embeddings"], kwargs["position_ids"], request.query)
+            for item, scores, keys, where, width in zip(per_item, attention.scores, attention.keys, positions, widths):
+                pooled = self._pooled(torch.cat([scores.unsqueeze(-1), keys], -1), where, width)
+                item[name] = (pooled[:, 0], pooled[:, 1:])
+        return per_item
+
+    def _pooled(self, values: Tensor, positions: Tensor, width: int) -> Tensor:
+        """(N, C) per-patch values of one image -> (tokens, C): the mean over each k x k window, numbered
+        row-major over the pooled grid (the pooler's order); padding patches (position -1) belong to none."""
+        kernel = int(self.config.vision_config.pooling_kernel_size)
+        valid = (positions != -1).all(-1)
+        window = positions[valid] // kernel
+        index = window[:, 0] + width * window[:, 1]
+        tokens = int(valid.sum()) // kernel ** 2
+        sums = values.new_zeros(tokens, values.shape[-1]).index_add_(0, index.to(values.device), values[valid])
+        return sums / kernel ** 2
 
     def check_in_llm(self, method: Method) -> None:
         raise ReductionError(

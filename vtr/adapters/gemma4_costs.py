@@ -23,10 +23,11 @@ from __future__ import annotations
 from typing import Any
 
 from vtr.adapters.costs import FamilyCosts
-from vtr.adapters.gemma4 import pooled_widths
+from vtr.adapters.gemma4 import gemma4_vision_info, pooled_widths
 from vtr.costs.counting import VisualInput, linear, scores
 from vtr.costs.decoder import (Attention, Branches, Decoder, DecoderLayer, DenseMLP, FeedForward, MixtureOfExperts,
                                WidthProjection)
+from vtr.methods.base import AttentionRequest, VisionInfo
 
 
 class Gemma4Costs(FamilyCosts):
@@ -63,6 +64,19 @@ class Gemma4Costs(FamilyCosts):
         vc = self.config.vision_config
         width = getattr(vc, "output_proj_dims", None) or vc.hidden_size
         return linear(self.projector_rows(item), width, self.config.get_text_config().hidden_size)
+
+    def vision_info(self) -> VisionInfo:
+        return gemma4_vision_info(self.config)
+
+    def attention_flops(self, request: AttentionRequest, item: VisualInput) -> float:
+        """The recomputed q and k projections and every query row's logits (``gemma4_vit_attention``)."""
+        vc = self.config.vision_config
+        n, d = item.encoder_tokens[0], vc.hidden_size
+        return (linear(n, d, vc.num_attention_heads * vc.head_dim) + linear(n, d, vc.num_key_value_heads * vc.head_dim)
+                + scores(vc.num_attention_heads, vc.head_dim, n, n))
+
+    def vision_head_dim(self) -> int:
+        return int(self.config.vision_config.head_dim)
 
     def decoder(self) -> Decoder:
         text = self.config.get_text_config()

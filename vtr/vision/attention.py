@@ -60,6 +60,36 @@ def internvit_attention(attention: nn.Module, hidden_states: Tensor, query: str)
     scores = _probabilities(q, k, attention.scale, query)
     return LayerAttention(list(scores.unbind(0)), list(k.float().mean(1).unbind(0)))
 
+def _axial_rotary(x: Tensor, cos: Tensor, sin: Tensor, axes: int) -> Tensor:
+    """Rotate-half rotary applied to ``axes`` equal slices of the head width, each with its slice of cos/sin
+    (Gemma 4's 2-D rotary: the first half of a head rotates with x, the second with y); (B, L, H, hd) inputs."""
+    width = x.shape[-1] // axes
+    parts = [part * c.unsqueeze(2) + _rotate_half(part) * s.unsqueeze(2)
+             for part, c, s in zip(x.split(width, -1), cos.split(width, -1), sin.split(width, -1))]
+    return torch.cat(parts, -1)
+
+
+def gemma4_vit_attention(attention: nn.Module, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor],
+                         positions: Tensor, query: str) -> LayerAttention:
+    """Gemma 4 vision attention (q/k projections and RMS norms per head, 2-D rotary, no scaling) on (B, N, D)
+    inputs whose padding patches sit at ``positions`` (B, N, 2) of -1: they are no keys, and ``"received"``
+    averages over the valid query rows only, as the model's bidirectional padding mask attends."""
+    shape = (*hidden_states.shape[:-1], -1, attention.head_dim)
+    cos, sin = position_embeddings
+    axes = positions.shape[-1]
+    q = _axial_rotary(attention.q_norm(attention.q_proj(hidden_states).view(shape)), cos, sin, axes).transpose(1, 2)
+    k = _axial_rotary(attention.k_norm(attention.k_proj(hidden_states).view(shape)), cos, sin, axes).transpose(1, 2)
+    valid = (positions != -1).all(-1)  # (B, N)
+    logits = (q.float() @ k.float().transpose(-1, -2)) * attention.scaling
+    weights = torch.softmax(logits.masked_fill(~valid[:, None, None, :], float("-inf")), dim=-1).mean(1)  # (B, N, N)
+    if query == "cls":
+        scores = weights[:, 0]
+    else:
+        rows = valid.unsqueeze(-1).float()
+        scores = (weights * rows).sum(1) / rows.sum(1)
+    return LayerAttention(list(scores.unbind(0)), list(k.float().mean(1).unbind(0)))
+
+
 def qwen_vit_attention(attention: nn.Module, hidden_states: Tensor, cu_seqlens: Tensor,
                        position_embeddings: tuple[Tensor, Tensor], query: str) -> LayerAttention:
     """Qwen ViT attention (fused qkv, 2-D rotary) on (T, D) inputs, one result per ``cu_seqlens`` segment.
