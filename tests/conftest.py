@@ -21,6 +21,7 @@ import torch
 if _WORKERS > 1:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+import vtr
 from vtr import testing
 
 # every supported family, and those that take video
@@ -102,6 +103,27 @@ def row_alone(inputs, i: int) -> dict:
             if key in inputs:
                 out[key] = inputs[key][i:i + 1]
     return out
+
+
+def check_keep_all_and_unwrap(model, inputs, generate_kwargs: dict) -> None:
+    """Keep-all (divprune at budget 1.0) gives the unwrapped model's tokens, every step's scores and forward
+    logits bit for bit; after a real reduction, ``unwrap`` gives them back too."""
+    expected = model.generate(**inputs, **generate_kwargs)
+    with torch.no_grad():
+        expected_logits = model(**inputs).logits
+    with vtr.reduced(model, "divprune", budget=1.0):
+        got = model.generate(**inputs, **generate_kwargs)
+        with torch.no_grad():
+            got_logits = model(**inputs).logits
+    real = inputs["attention_mask"].bool()
+    assert torch.equal(got.sequences, expected.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(got.scores, expected.scores))
+    assert torch.equal(got_logits[real], expected_logits[real])
+    with vtr.reduced(model, "divprune", budget=4):  # a real reduction, then unwrapped
+        model.generate(**inputs, **generate_kwargs)
+    again = model.generate(**inputs, **generate_kwargs)
+    assert torch.equal(again.sequences, expected.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(again.scores, expected.scores))
 
 
 def eager_vision_attention(model, pixels, layer: int) -> torch.Tensor:

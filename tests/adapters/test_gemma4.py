@@ -9,7 +9,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import vtr
-from conftest import greedy_without_placeholders, make_inputs, padded_inputs, row_alone
+from conftest import check_keep_all_and_unwrap, greedy_without_placeholders, make_inputs, padded_inputs, row_alone
 from vtr import testing
 from vtr.adapters import adapter_for
 from vtr.engine import _encode
@@ -50,23 +50,7 @@ def test_the_grid_of_each_image_is_its_pooled_patch_grid(gemma):
 
 def test_keep_all_is_bit_identical_and_unwrap_restores(gemma):
     model, processor = gemma
-    inputs = padded_inputs(processor, "gemma4")
-    expected = model.generate(**inputs, **_greedy(model))
-    with torch.no_grad():
-        expected_logits = model(**inputs).logits
-    with vtr.reduced(model, "divprune", budget=1.0):
-        got = model.generate(**inputs, **_greedy(model))
-        with torch.no_grad():
-            got_logits = model(**inputs).logits
-    real = inputs["attention_mask"].bool()
-    assert torch.equal(got.sequences, expected.sequences)
-    assert all(torch.equal(a, b) for a, b in zip(got.scores, expected.scores))
-    assert torch.equal(got_logits[real], expected_logits[real])
-    with vtr.reduced(model, "divprune", budget=4):  # a real reduction, then unwrapped
-        model.generate(**inputs, **_greedy(model))
-    again = model.generate(**inputs, **_greedy(model))
-    assert torch.equal(again.sequences, expected.sequences)
-    assert all(torch.equal(a, b) for a, b in zip(again.scores, expected.scores))
+    check_keep_all_and_unwrap(model, padded_inputs(processor, "gemma4"), _greedy(model))
 
 
 @pytest.mark.parametrize("positions", ["original", "compact"])

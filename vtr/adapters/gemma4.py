@@ -83,8 +83,7 @@ class Gemma4Adapter(Adapter):
         widths = pooled_widths(self.config, positions)
         per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in widths]
         for name, request in requests.items():
-            args, kwargs = capture.inputs[request.layer]
-            hidden = args[0] if args else kwargs["hidden_states"]
+            hidden, kwargs = capture.hidden_states(request.layer)
             with torch.no_grad():
                 attention = gemma4_vit_attention(self.vision_attention_module(request.layer), hidden,
                                                  kwargs["position_embeddings"], kwargs["position_ids"], request.query)

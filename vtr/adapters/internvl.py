@@ -150,8 +150,7 @@ class InternVLAdapter(Adapter):
         group = shuffle_group(self.config)
         per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in self._tiles]
         for name, request in requests.items():
-            args, kwargs = capture.inputs[request.layer]
-            hidden = args[0] if args else kwargs["hidden_states"]
+            hidden, _ = capture.hidden_states(request.layer)
             with torch.no_grad():
                 attention = internvit_attention(self.vision_attention_module(request.layer), hidden, request.query)
             scores, keys = torch.stack(attention.scores), torch.stack(attention.keys)

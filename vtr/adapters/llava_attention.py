@@ -80,8 +80,7 @@ def encoder_attention(attention_module: Callable[[int], nn.Module], capture: Att
     """Scores (sequences, n) and mean keys (sequences, n, d) of every encoder sequence of a CLIP/SigLIP
     tower at the requested layer, without the ``drop_cls`` leading tokens the model does not feed the LLM
     (CLIP's class token under the ``"default"`` strategy)."""
-    args, kwargs = capture.inputs[request.layer]
-    hidden = args[0] if args else kwargs["hidden_states"]
+    hidden, _ = capture.hidden_states(request.layer)
     with torch.no_grad():
         attention = clip_like_attention(attention_module(request.layer), hidden, request.query)
     return torch.stack(attention.scores)[:, drop_cls:], torch.stack(attention.keys)[:, drop_cls:]

@@ -120,8 +120,7 @@ class QwenVLAdapter(Adapter):
         sizes = [t * h * w // unit for t, h, w in inputs[f"{modality}_grid_thw"].tolist()]
         per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in sizes]
         for name, request in requests.items():
-            args, kwargs = capture.inputs[request.layer]
-            hidden = args[0] if args else kwargs["hidden_states"]
+            hidden, kwargs = capture.hidden_states(request.layer)
             with torch.no_grad():
                 attention = qwen_vit_attention(self.vision_attention_module(request.layer), hidden,
                                                kwargs["cu_seqlens"], kwargs["position_embeddings"], request.query)

@@ -116,6 +116,12 @@ class AttentionCapture:
         self.inputs: dict[int, tuple[tuple, dict]] = {}
         self.window_index: Tensor | None = None  # Qwen2.5-VL: the encoder's order of merge units
 
+    def hidden_states(self, layer: int) -> tuple[Tensor, dict]:
+        """The hidden states layer ``layer``'s attention module got, and the keyword arguments of that call
+        (rotary embeddings, masks, segment bounds)."""
+        args, kwargs = self.inputs[layer]
+        return (args[0] if args else kwargs["hidden_states"]), kwargs
+
     @contextlib.contextmanager
     def on(self, modules: dict[int, nn.Module]) -> Iterator["AttentionCapture"]:
         def keep(layer: int):
