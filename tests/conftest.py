@@ -126,6 +126,26 @@ def check_keep_all_and_unwrap(model, inputs, generate_kwargs: dict) -> None:
     assert all(torch.equal(a, b) for a, b in zip(again.scores, expected.scores))
 
 
+def check_cached_equals_uncached(model, inputs, generate_kwargs: dict) -> None:
+    """On the model as it is (wrapped): cached generate gives the uncached recompute's tokens and scores."""
+    cached = model.generate(**inputs, **generate_kwargs)
+    uncached = model.generate(**inputs, **generate_kwargs, use_cache=False)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for x, y in zip(cached.scores, uncached.scores):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+def check_batch_equals_rows_alone(model, inputs, generate_kwargs: dict) -> None:
+    """On the model as it is (wrapped): every row of the left-padded batch generates what it does alone."""
+    batch = model.generate(**inputs, **generate_kwargs)
+    new = batch.sequences[:, inputs["input_ids"].shape[1]:]
+    for i in range(new.shape[0]):
+        alone = model.generate(**row_alone(inputs, i), **generate_kwargs)
+        assert torch.equal(alone.sequences[0, -new.shape[1]:], new[i])
+        for step_batch, step_alone in zip(batch.scores, alone.scores):
+            torch.testing.assert_close(step_batch[i], step_alone[0], rtol=1e-5, atol=1e-5)
+
+
 def eager_vision_attention(model, pixels, layer: int) -> torch.Tensor:
     """(sequences, L, L) head-averaged eager attention of every vision-tower sequence at ``layer``."""
     model.set_attn_implementation("eager")

@@ -13,7 +13,8 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import vtr
-from conftest import check_keep_all_and_unwrap, eager_vision_attention, greedy_without_placeholders, make_inputs, padded_inputs, row_alone
+from conftest import (check_batch_equals_rows_alone, check_cached_equals_uncached, check_keep_all_and_unwrap,
+                      eager_vision_attention, greedy_without_placeholders, make_inputs, padded_inputs)
 from vtr import testing
 from vtr.adapters import adapter_for
 from vtr.engine import _encode
@@ -31,11 +32,6 @@ def gemma():
 def _greedy(model):
     return greedy_without_placeholders(model, max_new_tokens=5, do_sample=False, return_dict_in_generate=True,
                                        output_scores=True)
-
-
-def _close(a, b):
-    for x, y in zip(a.scores, b.scores):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
 def test_keep_all_is_bit_identical_and_unwrap_restores(gemma):
@@ -70,12 +66,8 @@ def test_pre_llm_prune_equals_the_hand_written_prune(gemma, positions):
 @pytest.mark.parametrize("config", list(PRE_LLM))
 def test_cached_generate_equals_uncached(gemma, config):
     model, processor = gemma
-    inputs = padded_inputs(processor, "gemma3")
     with vtr.reduced(model, **PRE_LLM[config]):
-        cached = model.generate(**inputs, **_greedy(model))
-        uncached = model.generate(**inputs, **_greedy(model), use_cache=False)
-    assert torch.equal(cached.sequences, uncached.sequences)
-    _close(cached, uncached)
+        check_cached_equals_uncached(model, padded_inputs(processor, "gemma3"), _greedy(model))
 
 
 @pytest.mark.parametrize("config", list(PRE_LLM))
@@ -83,13 +75,7 @@ def test_left_padded_batch_equals_rows_alone(gemma, config):
     model, processor = gemma
     inputs = padded_inputs(processor, "gemma3")
     with vtr.reduced(model, **PRE_LLM[config]):
-        batch = model.generate(**inputs, **_greedy(model))
-        new = batch.sequences[:, inputs["input_ids"].shape[1]:]
-        for i in range(2):
-            alone = model.generate(**row_alone(inputs, i), **_greedy(model))
-            assert torch.equal(alone.sequences[0, -new.shape[1]:], new[i])
-            for step_batch, step_alone in zip(batch.scores, alone.scores):
-                torch.testing.assert_close(step_batch[i], step_alone[0], rtol=1e-5, atol=1e-5)
+        check_batch_equals_rows_alone(model, inputs, _greedy(model))
 
 
 def test_every_image_and_every_pan_and_scan_crop_gets_the_budget(gemma):

@@ -9,7 +9,8 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import vtr
-from conftest import check_keep_all_and_unwrap, greedy_without_placeholders, make_inputs, padded_inputs, row_alone
+from conftest import (check_batch_equals_rows_alone, check_cached_equals_uncached, check_keep_all_and_unwrap,
+                      greedy_without_placeholders, make_inputs, padded_inputs)
 from vtr import testing
 from vtr.adapters import adapter_for
 from vtr.engine import _encode
@@ -81,13 +82,8 @@ def test_pre_llm_prune_equals_the_hand_written_prune(gemma, positions):
 @pytest.mark.parametrize("config", list(PRE_LLM))
 def test_cached_generate_equals_uncached(gemma, config):
     model, processor = gemma
-    inputs = padded_inputs(processor, "gemma4")
     with vtr.reduced(model, **PRE_LLM[config]):
-        cached = model.generate(**inputs, **_greedy(model))
-        uncached = model.generate(**inputs, **_greedy(model), use_cache=False)
-    assert torch.equal(cached.sequences, uncached.sequences)
-    for x, y in zip(cached.scores, uncached.scores):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+        check_cached_equals_uncached(model, padded_inputs(processor, "gemma4"), _greedy(model))
 
 
 @pytest.mark.parametrize("config", list(PRE_LLM))
@@ -96,13 +92,7 @@ def test_left_padded_batch_of_different_grids_equals_rows_alone(gemma, config):
     inputs = _two_sizes(processor)
     assert (inputs["attention_mask"] == 0).any()
     with vtr.reduced(model, **PRE_LLM[config]):
-        batch = model.generate(**inputs, **_greedy(model))
-        new = batch.sequences[:, inputs["input_ids"].shape[1]:]
-        for i in range(2):
-            alone = model.generate(**row_alone(inputs, i), **_greedy(model))
-            assert torch.equal(alone.sequences[0, -new.shape[1]:], new[i])
-            for step_batch, step_alone in zip(batch.scores, alone.scores):
-                torch.testing.assert_close(step_batch[i], step_alone[0], rtol=1e-5, atol=1e-5)
+        check_batch_equals_rows_alone(model, inputs, _greedy(model))
 
 
 @pytest.mark.parametrize("layer", [0, 1])
@@ -142,13 +132,8 @@ def test_the_published_text_variants_keep_the_invariants(options):
     model, processor = testing.build_gemma4(**options)
     inputs = _two_sizes(processor)
     with vtr.reduced(model, "divprune", budget=0.3):
-        cached = model.generate(**inputs, **_greedy(model))
-        uncached = model.generate(**inputs, **_greedy(model), use_cache=False)
-        assert torch.equal(cached.sequences, uncached.sequences)
-        new = cached.sequences[:, inputs["input_ids"].shape[1]:]
-        for i in range(2):
-            alone = model.generate(**row_alone(inputs, i), **_greedy(model))
-            assert torch.equal(alone.sequences[0, -new.shape[1]:], new[i])
+        check_cached_equals_uncached(model, inputs, _greedy(model))
+        check_batch_equals_rows_alone(model, inputs, _greedy(model))
 
 
 def test_every_image_of_a_prompt_gets_the_budget(gemma):
