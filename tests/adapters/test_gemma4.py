@@ -1,6 +1,7 @@
-"""Gemma 4: the exactness invariants on its variable-size pooled grids, bidirectional image block, per-layer
-input embeddings and sliding-window layers, vision attention through the 2x2 pool, and the tested refusals
-(in-LLM, vision merging, video)."""
+"""Gemma 4: the exactness invariants of the pre-LLM methods on its variable-size pooled grids, bidirectional
+image block, per-layer input embeddings and sliding-window layers, vision attention through the 2x2 pool, and
+the tested refusals (vision merging; in-LLM methods with KV-sharing layers; video). The in-LLM methods run in
+tests/llm/test_pruner.py (GEMMAS)."""
 
 from __future__ import annotations
 
@@ -146,14 +147,14 @@ def test_every_image_of_a_prompt_gets_the_budget(gemma):
 
 
 @pytest.mark.parametrize("method, options, reason", [
-    ("fastv", dict(budget=8), "per-layer input embedding of the whole prompt"),
-    ("pdrop", dict(), "per-layer input embedding of the whole prompt"),
-    ("holitom_inner", dict(), "per-layer input embedding of the whole prompt"),
     ("tome", dict(budget=8), "not run on gemma4: the pooler average-pools fixed k x k windows"),
     ("dymu", dict(thresholds=[0.5, 0.5]), "not run on gemma4: the pooler average-pools fixed k x k windows"),
+    ("fastv", dict(budget=8), "KV-sharing layers \\(this one: the last 2\\)"),
+    ("pdrop", dict(), "KV-sharing layers"),
 ])
 def test_what_gemma4_cannot_take_is_refused_at_wrap_and_the_model_left_as_it_was(gemma, method, options, reason):
-    model, processor = gemma
+    """Vision merging on every Gemma 4; in-LLM methods on the variants with KV-sharing layers (E2B, E4B, 31B)."""
+    model, processor = testing.build_gemma4(**testing.GEMMA4_KV_SHARING) if method in ("fastv", "pdrop") else gemma
     inputs = make_inputs(processor, "gemma4")
     before = model.generate(**inputs, **_greedy(model))
     with pytest.raises(vtr.ReductionError, match=reason):

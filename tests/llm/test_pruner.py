@@ -17,9 +17,10 @@ from vtr.methods import DivPrune, FastV, PDrop
 from vtr.methods.layer import LayerOutput
 
 FAMILIES = ["llava", "qwen2_5_vl", "qwen3_vl", "internvl_qwen3"]
-# Gemma 3 (sliding-window and global layers, a bidirectional image block, per-layer-type rotary) costs most per
-# forward: every in-LLM method under SDPA (eager's float masks once, with fastv), keep-all with fastv
-GEMMA = "gemma3"
+# Gemma 3 and 4 (sliding-window and global layers, a bidirectional image block, per-layer-type rotary; Gemma 4's
+# per-layer input embeddings) cost most per forward: every in-LLM method under SDPA (eager's float masks once,
+# with fastv), keep-all with fastv
+GEMMAS = ["gemma3", "gemma4"]
 IN_LLM = {
     "fastv": dict(method="fastv", budget=0.5, layer=2),
     "pdrop": dict(method="pdrop"),
@@ -28,7 +29,7 @@ IN_LLM = {
 }
 @pytest.mark.parametrize("name, attention, config",
                          [(n, a, c) for c in IN_LLM for a in ("sdpa", "eager") for n in FAMILIES]
-                         + [(GEMMA, "sdpa", c) for c in IN_LLM] + [(GEMMA, "eager", "fastv")])
+                         + [(g, "sdpa", c) for c in IN_LLM for g in GEMMAS] + [(g, "eager", "fastv") for g in GEMMAS])
 def test_cached_generate_equals_uncached_recompute(tiny, name, attention, config):
     model, processor = tiny(name)
     model.set_attn_implementation(attention)
@@ -45,7 +46,7 @@ def test_cached_generate_equals_uncached_recompute(tiny, name, attention, config
 
 
 @pytest.mark.parametrize("name, config", [(n, c) for c in ("fastv", "pdrop", "holitom_inner") for n in FAMILIES]
-                         + [(GEMMA, "fastv"), (GEMMA, "pdrop"), (GEMMA, "holitom_inner")])
+                         + [(g, c) for c in ("fastv", "pdrop", "holitom_inner") for g in GEMMAS])
 def test_padded_batch_equals_rows_alone(tiny, name, config):
     model, processor = tiny(name)
     inputs = padded_inputs(processor, name)
@@ -98,7 +99,7 @@ def test_multi_stage_padding_when_the_unpadded_row_becomes_the_shorter_one(tiny,
             assert torch.allclose(step_batch[row], step_alone[0], atol=1e-5), row
 
 
-@pytest.mark.parametrize("name", FAMILIES + [GEMMA])
+@pytest.mark.parametrize("name", FAMILIES + GEMMAS)
 def test_cache_holds_the_reduced_length_from_layer_k_on(tiny, name):
     model, processor = tiny(name)
     inputs = padded_inputs(processor, name)
@@ -116,7 +117,7 @@ def test_cache_holds_the_reduced_length_from_layer_k_on(tiny, name):
 
 
 @pytest.mark.parametrize("name, method", [(n, m) for m in ("fastv", "holitom_inner", "pdrop")
-                                          for n in FAMILIES + ["llava_next"]] + [(GEMMA, "fastv")])
+                                          for n in FAMILIES + ["llava_next"]] + [(g, "fastv") for g in GEMMAS])
 def test_keep_all_at_layer_k_is_identical_to_unwrapped(tiny, name, method):
     model, processor = tiny(name)
     inputs = padded_inputs(processor, name)
@@ -153,7 +154,7 @@ def _masked_keys_reference(model, inputs, first_layer: int, dropped: torch.Tenso
             handle.remove()
 
 
-@pytest.mark.parametrize("name", FAMILIES + [GEMMA])
+@pytest.mark.parametrize("name", FAMILIES + GEMMAS)
 @pytest.mark.parametrize("layer", [1, 2])
 def test_prefill_logits_equal_dropped_tokens_masked_as_keys(tiny, name, layer):
     model, processor = tiny(name)

@@ -169,12 +169,14 @@ def test_gemma4_matches_flop_counter_forward_and_generate(variant):
         assert call_flops(model, inputs, new_tokens=3)[0].total == pytest.approx(generated, rel=TOLERANCE)
 
 
-@pytest.mark.parametrize("method", ["hiprune", "visionzip"])
-def test_gemma4_vision_attention_methods_match_flop_counter(method):
-    """The attention recompute (q/k projections, every row's logits) is booked as reduction; totals compare."""
+@pytest.mark.parametrize("method", ["hiprune", "visionzip", "fastv", "pdrop"])
+def test_gemma4_reducing_methods_match_flop_counter(method):
+    """hiprune/visionzip's attention recompute (q/k projections, every row's logits) and the in-LLM methods'
+    score recompute are booked as reduction; the layers from K on (their per-layer input branches included) run
+    the kept tokens. Totals compare."""
     model, processor = testing.build("gemma4")
     inputs = make_inputs(processor, "gemma4", "two_images")
-    vtr.wrap(model, method, budget=0.5)
+    vtr.wrap(model, method, **(dict() if method == "pdrop" else dict(budget=0.5)))
     measured = _counted(lambda: model(**inputs))
     (breakdown,) = call_flops(model, inputs, logits="all")
     assert breakdown.reduction > 0

@@ -17,15 +17,18 @@ Vision attention (hiprune, visionzip): the tower's own attention recomputed at t
 q/k norms and 2-D rotary, padding patches masked as the model masks them), then averaged over each pooling
 window as the features were.
 
-Refused, each with its reason: the in-LLM stage (each decoder layer adds a per-layer input embedding of
-the full prompt, and the KV-sharing layers reuse the keys of earlier layers and slice the prompt to its
-last token, none of which a shortened sequence can take without patching the text model), vision-encoder
-merging (the pooler's fixed windows) and video (its frames carry timestamps vtr does not lay out yet).
+In-LLM methods: every decoder layer adds a per-layer input embedding of each token, handed to it for the
+whole prompt; from the pruning layer on it is taken at the kept columns (``patch_decoder``). Models with
+KV-sharing layers (E2B, E4B, 31B) refuse them: those layers reuse earlier layers' keys and, during
+generate, run only the prompt's last token, which a sequence shortened between layers does not fit.
+
+Refused as well, each with its reason: vision-encoder merging (the pooler's fixed windows) and video (its
+frames carry timestamps vtr does not lay out yet).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -104,11 +107,33 @@ class Gemma4Adapter(Adapter):
         return sums / kernel ** 2
 
     def check_in_llm(self, method: Method) -> None:
-        raise ReductionError(
-            f"{method.name} prunes inside the LLM, which vtr does not do on {self.config.model_type} yet: every "
-            f"decoder layer adds a per-layer input embedding of the whole prompt, and the KV-sharing layers reuse "
-            f"earlier layers' keys and cut the prompt to its last token, so a sequence shortened between layers "
-            f"does not fit them; use a pre-LLM method (divprune, random, pool, ...) there")
+        """KV-sharing layers (E2B, E4B, 31B) reuse the keys of earlier layers, and transformers cuts the prompt
+        to its last token before them during generate: a sequence shortened between layers fits neither."""
+        shared = int(getattr(self.config.get_text_config(), "num_kv_shared_layers", 0) or 0)
+        if shared:
+            raise ReductionError(
+                f"{method.name} prunes inside the LLM, which vtr does not do on {self.config.model_type} models with "
+                f"KV-sharing layers (this one: the last {shared}): they reuse earlier layers' keys and run only the "
+                f"prompt's last token during generate, which a sequence shortened between layers does not fit; "
+                f"use a pre-LLM method (divprune, random, pool, hiprune, visionzip) there")
+
+    def patch_decoder(self, pruner: Any) -> Callable[[], None]:
+        """Every decoder layer adds its per-layer input embedding of each token (passed positionally, for the
+        whole prompt): from the pruning layer on, take it at the columns the layer runs."""
+
+        def at_kept_columns(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
+            if pruner.run is None or len(args) < 2 or args[1] is None or args[1].shape[1] == args[0].shape[1]:
+                return None
+            return (args[0], pruner.kept_columns(args[1]), *args[2:]), kwargs
+
+        handles = [layer.register_forward_pre_hook(at_kept_columns, with_kwargs=True)
+                   for layer in self.decoder().layers]
+
+        def undo() -> None:
+            for handle in handles:
+                handle.remove()
+
+        return undo
 
     def merge_target(self) -> MergeTarget:
         raise ReductionError(

@@ -482,6 +482,14 @@ class LayerPruner:
         current = positions.gather(1, index) & valid
         return current, flat_rank.gather(1, index)[current]
 
+    def kept_columns(self, values: Tensor) -> Tensor:
+        """Per-token values of the full pass, (B, L, ...), at the columns the current layer runs (Gemma 4's
+        per-layer input embeddings); pad slots read column 0 (their rows are masked)."""
+        kept = self.run.kept_at(self.run.current_layer)
+        index = kept.index if kept.full else kept.index.clamp_min(0)
+        index = index.to(values.device).view(*index.shape, *(1,) * (values.dim() - 2))
+        return values.gather(1, index.expand(*index.shape[:2], *values.shape[2:]))
+
     # ------------------------------------------------------------------ cached steps
     def _decode_kwargs(self, layer: int, kwargs: dict[str, Any], cache: Any, queries: int) -> dict[str, Any]:
         run = self.run
