@@ -136,6 +136,27 @@ def test_video_tokens_tile_each_frame_on_the_pooled_grid(name):
     assert (boxes[:, 2] - boxes[:, 1] == 32 / pooled).all()
 
 
+def test_gemma4_patches_back_in_place_and_each_token_on_its_pooling_window():
+    """A 64x48 image and a 48x64 one: each picture is the processor's resized image (its patches put back), and
+    every token covers the 2x2 patch window the pooler averaged into it."""
+    model, processor = built("gemma4")
+    images = [[testing.random_image(64, 48, seed=2)], [testing.random_image(48, 64, seed=3)]]
+    inputs = processor(images=images, text=[testing.prompt(processor)] * 2, return_tensors="pt", padding=True)
+    maps, _, layouts = _maps(model, inputs)
+    patch = model.config.vision_config.patch_size
+    for pixel_map, layout, positions, pixels in zip(maps, layouts, inputs["image_position_ids"], inputs["pixel_values"]):
+        (panel,) = pixel_map.panels
+        valid = (positions != -1).all(-1)
+        x, y = positions[valid].unbind(-1)
+        assert panel.pixels.shape[1:] == ((int(y.max()) + 1) * patch, (int(x.max()) + 1) * patch)
+        for (px, py), row in zip(positions[valid].tolist(), pixels[valid]):  # each patch where its position says
+            cut = panel.pixels[:, py * patch:(py + 1) * patch, px * patch:(px + 1) * patch]
+            assert torch.equal(cut.permute(1, 2, 0).flatten(), row)
+        boxes = pixel_map.boxes
+        assert boxes.shape == (layout.content.numel(), 5) and (boxes[:, 2] - boxes[:, 1] == 2 * patch).all()
+        assert _boxes_tile(boxes.numpy(), 0, *panel.pixels.shape[-2:])
+
+
 def test_a_family_without_a_map_says_so():
     model, processor = built("llava")
     inputs = make_inputs(processor, "llava")
@@ -184,7 +205,7 @@ def test_internvl_thumbnail_and_crops_in_their_places():
 
 
 # the families outside conftest's MODELS too (see tests/adapters/test_gemma3.py, test_qwen_vl.py)
-@pytest.mark.parametrize("name", MODELS + ["gemma3", "qwen3_5", "qwen3_5_moe", "qwen3_vl_moe"])
+@pytest.mark.parametrize("name", MODELS + ["gemma3", "gemma4", "qwen3_5", "qwen3_5_moe", "qwen3_vl_moe"])
 def test_every_supported_family_maps_every_content_token(name):
     model, processor = built(name)
     (pixel_map,), _, (layout,) = _maps(model, make_inputs(processor, name))

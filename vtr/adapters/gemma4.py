@@ -37,6 +37,7 @@ from vtr.adapters.base import Adapter
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
 from vtr.methods.base import AttentionRequest, Method, VisionInfo
+from vtr.pixels import Panel, PixelMap, grid_boxes
 from vtr.vision.attention import AttentionCapture, gemma4_vit_attention
 from vtr.vision.merging import MergeTarget
 
@@ -66,6 +67,21 @@ class Gemma4Adapter(Adapter):
                 f"image_position_ids of pooled widths {widths}: pass the processor's image_position_ids with its "
                 f"pixel_values")
         return [ItemLayout.grid_only((1, f.shape[0] // w, w), f.device) for f, w in zip(features, widths)]
+
+    def pixel_maps(self, modality: str, inputs: dict[str, Any], layouts: list[ItemLayout]) -> list[PixelMap]:
+        """Each image's patches put back in place (the processor flattens each patch as (p, p, channels), in
+        raster order, padding after them); a token covers its k x k window of patches."""
+        patch = int(self.config.vision_config.patch_size)
+        maps = []
+        for pixels, layout in zip(inputs["pixel_values"], layouts):
+            _, rows, columns = layout.segments[0].grid
+            kernel = int(self.config.vision_config.pooling_kernel_size)
+            high, wide = rows * kernel, columns * kernel  # patches
+            image = pixels[:high * wide].view(high, wide, patch, patch, -1).permute(4, 0, 2, 1, 3)
+            image = image.reshape(-1, high * patch, wide * patch)
+            maps.append(PixelMap((Panel("image", image),), grid_boxes(layout.segments[0].grid, high * patch,
+                                                                      wide * patch)))
+        return maps
 
     def rotary_kinds(self) -> tuple[str | None, ...]:
         """Local and global layers rotate with their own bases (``rotary_emb(x, positions, layer_type)``)."""

@@ -36,8 +36,8 @@ PICTURE_SCENES = 3
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=TRAINED,
                         help=f"{TRAINED} (the shipped trained tiny LLaVA: accuracy table), a built-in random tiny "
-                             f"model (llava, llava_next, llava_onevision, llava_next_video, qwen2_vl, qwen2_5_vl, "
-                             f"qwen3_vl: mechanics table) or a checkpoint directory / hub id")
+                             f"model named after its family (llava, qwen2_5_vl, gemma4, ...: vtr.testing.BUILDERS; "
+                             f"mechanics table) or a checkpoint directory / hub id")
     parser.add_argument("--samples", type=int, default=200, help=f"synthetic test samples ({TRAINED} only)")
     parser.add_argument("--methods", type=names, default=None,
                         help="comma-separated method names (default: every method; see `vtr methods`)")

@@ -20,9 +20,9 @@ HELP = "a picture of the patches each method keeps or merges, per budget, for on
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=TRAINED,
-                        help=f"{TRAINED} (the shipped trained tiny LLaVA), a built-in random tiny model (llava, "
-                             f"llava_next, llava_onevision, llava_next_video, qwen2_vl, qwen2_5_vl, qwen3_vl) or a "
-                             f"checkpoint directory / hub id")
+                        help=f"{TRAINED} (the shipped trained tiny LLaVA), a built-in random tiny model named "
+                             f"after its family (llava, qwen2_5_vl, gemma4, ...: vtr.testing.BUILDERS) or a checkpoint "
+                             f"directory / hub id")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="an image file")
     source.add_argument("--video", help="a video file")
