@@ -213,7 +213,8 @@ def _pipeline(adapter: Adapter, methods: list[Method], scheme: PositionScheme) -
             assert isinstance(in_llm, LayerMethod)
             pipeline.in_llm = LayerPruner(adapter.decoder(), in_llm, adapter.text_attn_implementation(),
                                           adapter.sliding_windows(), adapter.rotary_kinds(),
-                                          adapter.recurrent_layers(), adapter.gated_queries())
+                                          adapter.recurrent_layers(), adapter.gated_queries(),
+                                          adapter.cache_layers())
             pipeline.in_llm.remove = _chained(pipeline.in_llm.remove, adapter.patch_decoder(pipeline.in_llm))
     except BaseException:
         pipeline.close()

@@ -402,7 +402,8 @@ GEMMA4_TOKENS = {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token
 GEMMA4_PATCH, GEMMA4_POOL, GEMMA4_MAX_TOKENS = 4, 2, 70
 # text options of the published Gemma 4 models, at tiny sizes: E2B/E4B/31B's KV-sharing last layers (31B's
 # double-wide MLP there, its global layers' keys doubling as values) and 26B-A4B's experts
-GEMMA4_KV_SHARING = dict(num_kv_shared_layers=2, use_double_wide_mlp=True, attention_k_eq_v=True,
+GEMMA4_KV_SHARING = dict(num_hidden_layers=6, layer_types=["sliding_attention", "full_attention"] * 3,
+                         num_kv_shared_layers=2, use_double_wide_mlp=True, attention_k_eq_v=True,
                          num_global_key_value_heads=1)
 GEMMA4_EXPERTS = dict(enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=16)
 CHAT_TEMPLATE_GEMMA4 = CHAT_TEMPLATE_LLAVA.replace("<image>\n", "<|image|>\n").replace("<video>\n", "<|video|>\n")
@@ -433,11 +434,11 @@ def build_gemma4(seed: int = 0, **text_options):
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   num_key_value_heads=2, head_dim=16, patch_size=GEMMA4_PATCH, pooling_kernel_size=GEMMA4_POOL,
                   position_embedding_size=64)
-    text = dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=16, sliding_window=12,
-                layer_types=["sliding_attention", "full_attention"] * 2, use_bidirectional_attention="vision",
-                vocab_size_per_layer_input=VOCAB_SIZE, hidden_size_per_layer_input=8, max_position_embeddings=1024,
-                **special_ids(), **text_options)
+    text = {**dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                   num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=16, sliding_window=12,
+                   layer_types=["sliding_attention", "full_attention"] * 2, use_bidirectional_attention="vision",
+                   vocab_size_per_layer_input=VOCAB_SIZE, hidden_size_per_layer_input=8,
+                   max_position_embeddings=1024, **special_ids()), **text_options}
     tok = gemma4_tokenizer()
     processor = gemma4_processor()
     config = Gemma4Config(vision_config=vision, text_config=text, image_token_id=tok.image_token_id,

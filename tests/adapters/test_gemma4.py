@@ -149,11 +149,12 @@ def test_every_image_of_a_prompt_gets_the_budget(gemma):
 @pytest.mark.parametrize("method, options, reason", [
     ("tome", dict(budget=8), "not run on gemma4: the pooler average-pools fixed k x k windows"),
     ("dymu", dict(thresholds=[0.5, 0.5]), "not run on gemma4: the pooler average-pools fixed k x k windows"),
-    ("fastv", dict(budget=8), "KV-sharing layers \\(this one: the last 2\\)"),
-    ("pdrop", dict(), "KV-sharing layers"),
+    ("fastv", dict(budget=8, layer=3), "prunes at layer\\(s\\) \\[3\\], after layer 2, the first whose keys"),
+    ("pdrop", dict(), "renumbers positions after each drop, which this gemma4 model's KV-sharing layers"),
 ])
 def test_what_gemma4_cannot_take_is_refused_at_wrap_and_the_model_left_as_it_was(gemma, method, options, reason):
-    """Vision merging on every Gemma 4; in-LLM methods on the variants with KV-sharing layers (E2B, E4B, 31B)."""
+    """Vision merging on every Gemma 4; on the variants with KV-sharing layers (E2B, E4B, 31B), a prune after the
+    first layer whose keys they reuse, and renumbered positions."""
     model, processor = testing.build_gemma4(**testing.GEMMA4_KV_SHARING) if method in ("fastv", "pdrop") else gemma
     inputs = make_inputs(processor, "gemma4")
     before = model.generate(**inputs, **_greedy(model))

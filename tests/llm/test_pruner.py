@@ -10,7 +10,8 @@ import torch
 from transformers import StaticCache
 
 import vtr
-from conftest import GREEDY, greedy_without_placeholders, image_for, make_inputs, padded_inputs, row_alone
+from conftest import (GREEDY, check_batch_equals_rows_alone, check_cached_equals_uncached, greedy_without_placeholders,
+                      image_for, make_inputs, padded_inputs, row_alone)
 from vtr import testing
 from vtr.llm.cache import cache_keyword
 from vtr.methods import DivPrune, FastV, PDrop
@@ -163,6 +164,12 @@ def test_prefill_logits_equal_dropped_tokens_masked_as_keys(tiny, name, layer):
     with vtr.reduced(model, "fastv", budget=0.3, layer=layer):
         with torch.no_grad():
             out = model(**inputs)
+    _assert_masked_keys_reference(model, inputs, out, layer)
+
+
+def _assert_masked_keys_reference(model, inputs, out, layer: int) -> None:
+    """The reduced forward's logits ``out`` equal the unwrapped model's with the dropped columns masked as keys
+    from ``layer`` on."""
     kept = out.vtr_kept_index  # input column of every output column, -1 on pad slots
     dropped = torch.ones_like(inputs["input_ids"], dtype=torch.bool)
     for row in range(kept.shape[0]):
@@ -175,6 +182,27 @@ def test_prefill_logits_equal_dropped_tokens_masked_as_keys(tiny, name, layer):
     got = out.logits[real]
     expected = reference.gather(1, kept.clamp_min(0).unsqueeze(-1).expand(-1, -1, reference.shape[-1]))[real]
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("method, options", [("fastv", dict(budget=0.3, layer=2)),
+                                             ("pdrop", dict(layers=(1, 2), renumber=False))])
+def test_gemma4_kv_sharing_layers_attend_the_kept_keys(method, options):
+    """Gemma 4's KV-sharing layers (4 and 5 here) reuse the keys layers 2 and 3 computed on the kept tokens, and
+    in generate transformers runs them on the prompt's last token only: a prune at layer K <= 2 equals masking
+    the dropped keys from K on, and generate is cached == uncached and padded == alone."""
+    model, processor = testing.build_gemma4(**testing.GEMMA4_KV_SHARING)
+    inputs = padded_inputs(processor, "gemma4")
+    greedy = greedy_without_placeholders(model, **GREEDY, min_new_tokens=GREEDY["max_new_tokens"])  # no early eos
+    with vtr.reduced(model, method, **options):
+        check_cached_equals_uncached(model, inputs, greedy)
+        check_batch_equals_rows_alone(model, inputs, greedy)
+        per_layer = vtr.stats(model).samples[0].visual_per_layer
+        assert per_layer[-1] == per_layer[3] < per_layer[0]  # the sharing layers see layer 3's tokens
+    if method == "fastv":
+        model.set_attn_implementation("eager")
+        with vtr.reduced(model, method, **options), torch.no_grad():
+            out = model(**inputs)
+        _assert_masked_keys_reference(model, inputs, out, options["layer"])
 
 
 def test_pre_llm_and_in_llm_methods_compose(tiny):

@@ -183,6 +183,11 @@ class Adapter:
         types = getattr(self.config.get_text_config(), "layer_types", None) or ()
         return frozenset(i for i, kind in enumerate(types) if kind in RECURRENT_LAYER_TYPES)
 
+    def cache_layers(self) -> tuple[int, ...]:
+        """Per decoder layer, the layer whose KV cache it reads (default: its own; Gemma 4's KV-sharing layers
+        read the last earlier layer of their kind, and hold no cache of their own)."""
+        return ()
+
     def gated_queries(self) -> bool:
         """Whether the text attention's q projection also carries a per-head output gate (default: no)."""
         return False

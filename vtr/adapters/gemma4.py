@@ -18,9 +18,11 @@ q/k norms and 2-D rotary, padding patches masked as the model masks them), then 
 window as the features were.
 
 In-LLM methods: every decoder layer adds a per-layer input embedding of each token, handed to it for the
-whole prompt; from the pruning layer on it is taken at the kept columns (``patch_decoder``). Models with
-KV-sharing layers (E2B, E4B, 31B) refuse them: those layers reuse earlier layers' keys and, during
-generate, run only the prompt's last token, which a sequence shortened between layers does not fit.
+whole prompt; from the pruning layer on it is taken at the kept columns (``patch_decoder``). On models with
+KV-sharing layers (E2B, E4B, 31B) the last layers reuse the keys of the last earlier layer of their kind
+(``cache_layers``) and, during generate, transformers runs them on the prompt's last token only: a prune must
+come at or before those earlier layers (so that they compute their keys on the kept tokens), and positions
+are not renumbered (the last token keeps its original position there); both are checked at wrap.
 
 Refused as well, each with its reason: vision-encoder merging (the pooler's fixed windows) and video (its
 frames carry timestamps vtr does not lay out yet).
@@ -122,16 +124,34 @@ class Gemma4Adapter(Adapter):
         sums = values.new_zeros(tokens, values.shape[-1]).index_add_(0, index.to(values.device), values[valid])
         return sums / kernel ** 2
 
+    def cache_layers(self) -> tuple[int, ...]:
+        """A KV-sharing layer reads the keys (and cache) of the last earlier layer of its kind."""
+        text = self.config.get_text_config()
+        stores = {kind: i for i, (kind, mode) in enumerate(zip(text.layer_types, text.kv_sharing_modes))
+                  if mode == "store"}
+        return tuple(stores[kind] if mode == "reuse" else i
+                     for i, (kind, mode) in enumerate(zip(text.layer_types, text.kv_sharing_modes)))
+
     def check_in_llm(self, method: Method) -> None:
-        """KV-sharing layers (E2B, E4B, 31B) reuse the keys of earlier layers, and transformers cuts the prompt
-        to its last token before them during generate: a sequence shortened between layers fits neither."""
-        shared = int(getattr(self.config.get_text_config(), "num_kv_shared_layers", 0) or 0)
-        if shared:
+        """KV-sharing layers (E2B, E4B, 31B) reuse the keys that the last earlier layer of each kind computed:
+        every pruning layer must come at or before those layers, so that they compute their keys on the kept
+        tokens (and before the sharing layers, whose prompt transformers cuts to its last token)."""
+        text = self.config.get_text_config()
+        stores = [i for i, mode in enumerate(text.kv_sharing_modes) if mode == "store"]
+        if not any(mode == "reuse" for mode in text.kv_sharing_modes):
+            return
+        if method.renumbers_positions:
             raise ReductionError(
-                f"{method.name} prunes inside the LLM, which vtr does not do on {self.config.model_type} models with "
-                f"KV-sharing layers (this one: the last {shared}): they reuse earlier layers' keys and run only the "
-                f"prompt's last token during generate, which a sequence shortened between layers does not fit; "
-                f"use a pre-LLM method (divprune, random, pool, hiprune, visionzip) there")
+                f"{method.describe()} renumbers positions after each drop, which this {self.config.model_type} "
+                f"model's KV-sharing layers cannot follow (transformers runs them on the prompt's last token at its "
+                f"original position); pass renumber=False")
+        late = [k for k in method.check_layers(text.num_hidden_layers) if k > min(stores)]
+        if late:
+            raise ReductionError(
+                f"{method.describe()} prunes at layer(s) {late}, after layer {min(stores)}, the first whose keys this "
+                f"{self.config.model_type} model's KV-sharing layers reuse (layers {stores} -> the last "
+                f"{text.num_kv_shared_layers}); those layers would attend tokens a later layer dropped. Prune at "
+                f"layer {min(stores)} or earlier (layer=K, layers=(...))")
 
     def patch_decoder(self, pruner: Any) -> Callable[[], None]:
         """Every decoder layer adds its per-layer input embedding of each token (passed positionally, for the

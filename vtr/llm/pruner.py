@@ -187,14 +187,17 @@ class LayerPruner:
 
     def __init__(self, decoder: nn.Module, method: LayerMethod, attn_implementation: str,
                  sliding_windows: tuple[int | None, ...] = (), rotary_kinds: tuple[str | None, ...] = (),
-                 recurrent: frozenset[int] = frozenset(), gated_queries: bool = False) -> None:
+                 recurrent: frozenset[int] = frozenset(), gated_queries: bool = False,
+                 cache_layers: tuple[int, ...] = ()) -> None:
         """``sliding_windows``: per layer, its window (``None`` for global attention); ``rotary_kinds``: the
         extra argument the text model's rotary module takes per layer; ``recurrent``: the decoder layers
         without attention (linear attention, which keeps a state instead of keys); ``gated_queries``: the
-        attention's q projection also carries an output gate (Qwen3.5)."""
+        attention's q projection also carries an output gate (Qwen3.5); ``cache_layers``: per layer, the layer
+        whose cache it reads (KV-sharing layers: an earlier one; default: its own)."""
         self.layers = decoder.layers
         self.method = method
         self.num_layers = len(self.layers)
+        self.cache_layer = tuple(cache_layers) or tuple(range(self.num_layers))
         self.prune_at = method.check_layers(self.num_layers)
         self.flash = str(attn_implementation).startswith("flash")
         self.windows = tuple(sliding_windows) + (None,) * (self.num_layers - len(sliding_windows))
@@ -214,6 +217,7 @@ class LayerPruner:
                              f"{type(decoder).__name__} lacks; pass renumber=False")
         self.run: LayerRun | None = None
         self._rotary_busy = False  # our own rotary calls are not the model's positions
+        self._pass_is_full = False  # what the last layer with a cache of its own decided, for the sharing ones
         self._handles = []
         for i in range(self.prune_at[0], self.num_layers):
             self._handles.append(self.layers[i].register_forward_pre_hook(self._layer_hook(i), with_kwargs=True))
@@ -256,8 +260,11 @@ class LayerPruner:
         run = self.run
         if run is None or not run.accepts_full_passes:
             return False
+        if self.cache_layer[layer] != layer:  # a KV-sharing layer holds no cache: it is in the pass of the layer before
+            return self._pass_is_full
         cache = passed_cache(kwargs)
-        return cache is None or holds_nothing(cache, layer)
+        self._pass_is_full = cache is None or holds_nothing(cache, layer)
+        return self._pass_is_full
 
     def _capture_hook(self, k: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
@@ -305,7 +312,12 @@ class LayerPruner:
                 self._begin_full_pass(states, cache)
             if layer in self.prune_at:
                 states = self._prune(layer, states, kwargs)
-            kwargs = self._full_pass_kwargs(layer, kwargs)
+            kept = run.kept_at(layer)
+            if states.shape[1] < kept.index.shape[1]:  # the model cut the prompt to its last tokens (Gemma 4)
+                kwargs = {**kwargs, "attention_mask": decode_mask(kwargs.get("attention_mask"), kept.index,
+                                                                  kept.valid, kept.full, states.shape[1], self.flash)}
+            else:
+                kwargs = self._full_pass_kwargs(layer, kwargs)
         elif cache is not None and run.cache is not None and run.cache() is cache and run.kept \
                 and layer not in self.recurrent:  # a recurrent layer's cached step holds no per-token keys
             kwargs = self._decode_kwargs(layer, kwargs, cache, states.shape[1])
@@ -508,7 +520,8 @@ class LayerPruner:
             # built from columns: a sliding cache holds only its last columns (then this step's tokens), and a
             # model that sizes its global mask for its first global layer's cache (Gemma 3) sized it for a
             # shorter layer when that layer was pruned
-            held = cache.layers[layer].keys.shape[-2] if cache.layers[layer].is_initialized else 0
+            held_by = cache.layers[self.cache_layer[layer]]
+            held = held_by.keys.shape[-2] if held_by.is_initialized else 0
             attended = _prompt_map(run.roles.attended, kept.index.shape[0], run.full_len, True)
             key_valid[:, :kept.index.shape[1]] &= attended.to(kept.index.device).gather(1, kept.index)
             key_index, key_valid = key_index[:, key_index.shape[1] - queries - held:], \
