@@ -208,7 +208,8 @@ def _pipeline(adapter: Adapter, methods: list[Method], scheme: PositionScheme) -
         if vision is not None and vision.vtu:
             pipeline.unmerging = VirtualUnmerging(adapter.decoder())
         if scheme.ppe:  # prepended to every layer's hooks: the in-LLM stage gathers the PPE cos/sin at its columns
-            pipeline.ppe = PositionPreservation(adapter.decoder(), adapter.rope_rows, scheme.chunks)
+            pipeline.ppe = PositionPreservation(adapter.decoder(), adapter.rope_rows, scheme.chunks,
+                                                adapter.rotary_kinds(), adapter.cache_layers())
         if in_llm is not None:
             assert isinstance(in_llm, LayerMethod)
             pipeline.in_llm = LayerPruner(adapter.decoder(), in_llm, adapter.text_attn_implementation(),

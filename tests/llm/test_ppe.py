@@ -110,6 +110,37 @@ def test_each_frequency_rotates_with_its_chunks_position_and_stays_a_rotation(na
     torch.testing.assert_close(rotated.norm(dim=-1), q.norm(dim=-1))
 
 
+@pytest.mark.parametrize("kind", ["sliding_attention", "full_attention"])
+def test_per_layer_type_rotary_is_chunked_per_type(kind):
+    """Gemma 4's local layers (default RoPE) and global ones (proportional, a quarter of the dimensions
+    rotated: the others read no position and sit in chunk 0): one position in every chunk gives exactly the
+    model's cos/sin of that type, and each rotated frequency moves with its own chunk."""
+    rotary, rows = _rotary_of("gemma4")
+    chunk_of_dim = frequency_chunks(rotary, rows, 4, kind)
+    like = torch.zeros(1)
+    positions = _random_positions(rows, 2, 7)
+    expected = rotary(like, positions[0, ..., 0], kind)
+    got = chunked_rotary(rotary, chunk_of_dim, positions.expand(-1, -1, -1, 4), like, kind)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    positions = _random_positions(rows, 2, 5, chunks=4)
+    cos, sin = chunked_rotary(rotary, chunk_of_dim, positions, like, kind)
+    for c in range(4):
+        own_cos, own_sin = rotary(like, positions[0, ..., c], kind)
+        here = chunk_of_dim == c
+        assert torch.equal(cos[..., here], own_cos[..., here]) and torch.equal(sin[..., here], own_sin[..., here])
+
+
+def test_gemma4_kv_sharing_layers_take_the_last_columns_of_the_ppe_positions():
+    """Transformers runs Gemma 4's KV-sharing layers on the prompt's last token in generate: they get the last
+    columns of the PPE cos/sin the layers before them got; cached == uncached, with an in-LLM stage too."""
+    model, processor = testing.build_gemma4(**testing.GEMMA4_KV_SHARING)
+    inputs = padded_inputs(processor, "gemma4")
+    greedy = greedy_without_placeholders(model, **GREEDY, min_new_tokens=GREEDY["max_new_tokens"])
+    for methods, options in ((["pool"], {}), (["pool", "fastv"], dict(layer=2))):
+        with vtr.reduced(model, methods, budget=0.4, positions="ppe", **options):
+            _cached_equals_uncached(model, inputs, greedy)
+
+
 def test_sequence_dependent_rope_types_are_refused():
     rotary, rows = _rotary_of("llava")
     rotary.rope_type = "dynamic"
@@ -120,7 +151,7 @@ def test_sequence_dependent_rope_types_are_refused():
 # ---------------------------------------------------------------------------------------------- identity
 
 
-@pytest.mark.parametrize("name", FAMILIES + ["qwen2_vl", "llava_onevision", "internvl"])
+@pytest.mark.parametrize("name", FAMILIES + ["qwen2_vl", "llava_onevision", "internvl", "gemma3", "gemma4"])
 def test_keep_all_with_ppe_is_bit_identical_to_unwrapped(tiny, name, monkeypatch):
     """Every token is its own single member: all its chunks hold its position, through the PPE path."""
     model, processor = tiny(name)
@@ -220,7 +251,8 @@ def _cached_equals_uncached(model, inputs, greedy):
 
 @pytest.mark.parametrize("name,method", [("llava", "pool"), ("llava", "visionzip"), ("llava", "tome"),
                                          ("qwen2_5_vl", "pool"), ("qwen2_5_vl", "visionzip"),
-                                         ("qwen3_vl", "visionzip"), ("llava_next", "pool"), ("internvl", "pool")])
+                                         ("qwen3_vl", "visionzip"), ("llava_next", "pool"), ("internvl", "pool"),
+                                         ("gemma3", "pool"), ("gemma4", "pool")])
 def test_cached_generate_equals_uncached_recompute_with_ppe(tiny, name, method):
     model, inputs, greedy = _wrapped(tiny, name, method, **MERGES[method])
     cached = _cached_equals_uncached(model, inputs, greedy)
@@ -243,7 +275,8 @@ def test_beam_search_repeats_the_chunk_positions_of_each_row(tiny):
     assert torch.equal(cached, model.generate(**inputs, **beams, use_cache=False))
 
 
-@pytest.mark.parametrize("name,method", [("llava", "visionzip"), ("qwen2_5_vl", "pool"), ("internvl", "visionzip")])
+@pytest.mark.parametrize("name,method", [("llava", "visionzip"), ("qwen2_5_vl", "pool"), ("internvl", "visionzip"),
+                                         ("gemma4", "pool")])
 def test_padded_batch_with_ppe_equals_rows_alone(tiny, name, method):
     model, inputs, greedy = _wrapped(tiny, name, method, **MERGES[method])
     batch = model.generate(**inputs, **greedy)

@@ -47,14 +47,19 @@ class PPERun:
     chunk_positions: Tensor
 
 
-def _rotary(module: nn.Module, like: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-    """The model's rotary module on rope positions (R, B, L): 1-D RoPE takes (B, L), M-RoPE (3, B, L)."""
-    return module(like, positions[0] if positions.shape[0] == 1 else positions)
+def _rotary(module: nn.Module, like: Tensor, positions: Tensor, kind: str | None = None) -> tuple[Tensor, Tensor]:
+    """The model's rotary module on rope positions (R, B, L): 1-D RoPE takes (B, L), M-RoPE (3, B, L); ``kind``:
+    the layer type a per-type rotary module (Gemma 3 / 4) also takes."""
+    positions = positions[0] if positions.shape[0] == 1 else positions
+    return module(like, positions) if kind is None else module(like, positions, kind)
 
 
-def frequency_chunks(rotary: nn.Module, rows: int, chunks: int) -> Tensor:
-    """(d,) the chunk each rotary dimension belongs to, probed from ``rotary`` (rotate-half layout)."""
+def frequency_chunks(rotary: nn.Module, rows: int, chunks: int, kind: str | None = None) -> Tensor:
+    """(d,) the chunk each rotary dimension belongs to, probed from ``rotary`` (rotate-half layout). A frequency
+    no position axis moves (Gemma 4's partial rotary: the unrotated dimensions) goes to chunk 0: every chunk
+    gives it the same value."""
     rope_type = str(getattr(rotary, "rope_type", "default"))
+    rope_type = str(rope_type.get(kind, rope_type)) if isinstance(rope_type, dict) else rope_type
     if any(kind in rope_type for kind in SEQUENCE_DEPENDENT_ROPE):
         raise ReductionError(f"positions='ppe' evaluates the rotary embedding per chunk, which {rope_type!r} RoPE "
                              f"would rescale by each chunk's own length; use positions='original' with this model")
@@ -62,13 +67,13 @@ def frequency_chunks(rotary: nn.Module, rows: int, chunks: int) -> Tensor:
     like = torch.zeros(1, device=device)
     with torch.no_grad():
         probe = torch.eye(rows, dtype=torch.long, device=device).unsqueeze(-1)  # batch a: axis a at 1, others 0
-        cos, sin = _rotary(rotary, like, probe.permute(1, 0, 2) if rows > 1 else probe[0])
+        cos, sin = _rotary(rotary, like, probe.permute(1, 0, 2) if rows > 1 else probe[0], kind)
     half = sin.shape[-1] // 2
     if sin.shape[-1] % 2 or not torch.equal(sin[..., :half], sin[..., half:]):
         raise ReductionError("positions='ppe' needs rotate-half rotary embeddings (cos/sin = cat(freqs, freqs)); "
                              "this model's rotary module lays its dimensions out differently")
     reads = sin.reshape(rows, -1)[:, :half] != 0  # (axis, frequency): which axis each frequency reads
-    if not bool((reads.sum(0) == 1).all()):
+    if not bool((reads.sum(0) <= 1).all()):
         raise ReductionError("could not tell which position axis each rotary frequency reads; positions='ppe' "
                              "supports 1-D RoPE and Qwen-style M-RoPE sections")
     chunk = torch.zeros(half, dtype=torch.long, device=device)
@@ -79,7 +84,7 @@ def frequency_chunks(rotary: nn.Module, rows: int, chunks: int) -> Tensor:
 
 
 def chunked_rotary(rotary: nn.Module, chunk_of_dim: Tensor, chunk_positions: Tensor,
-                   like: Tensor) -> tuple[Tensor, Tensor]:
+                   like: Tensor, kind: str | None = None) -> tuple[Tensor, Tensor]:
     """(cos, sin) (B, L, d) where dimension i of column j rotates with ``chunk_positions[:, :, j, chunk(i)]``.
 
     One rotary call on the chunks stacked along the batch axis (the rotary is elementwise in the
@@ -90,29 +95,38 @@ def chunked_rotary(rotary: nn.Module, chunk_of_dim: Tensor, chunk_positions: Ten
     stacked = chunk_positions.permute(0, 3, 1, 2).reshape(rows, chunks * batch, length)
     pick = chunk_of_dim.to(like.device).view(1, 1, 1, -1)
     out = []
-    for values in _rotary(rotary, like, stacked):
+    for values in _rotary(rotary, like, stacked, kind):
         values = values.view(chunks, batch, length, values.shape[-1])
         out.append(values.gather(0, pick.expand(1, batch, length, -1))[0])
     return out[0], out[1]
 
 
 class PositionPreservation:
-    """The PPE hooks of one model's decoder layers; active between ``begin`` and ``end`` of a reduced call."""
+    """The PPE hooks of one model's decoder layers; active between ``begin`` and ``end`` of a reduced call.
 
-    def __init__(self, decoder: nn.Module, rows: int, chunks: int) -> None:
+    ``rotary_kinds``: per layer, the layer type a per-type rotary module takes (Gemma 3 / 4: local and global
+    layers rotate differently), or none; ``cache_layers``: per layer, the layer whose cache it reads (Gemma 4's
+    KV-sharing layers hold none and run in the pass of the layer before them)."""
+
+    def __init__(self, decoder: nn.Module, rows: int, chunks: int, rotary_kinds: tuple[str | None, ...] = (),
+                 cache_layers: tuple[int, ...] = ()) -> None:
         self.rotary = decoder.rotary_emb
-        self.chunk_of_dim = frequency_chunks(self.rotary, rows, chunks)
+        layers = len(decoder.layers)
+        self.kinds = tuple(rotary_kinds) + (None,) * (layers - len(rotary_kinds))
+        self.cache_layer = tuple(cache_layers) or tuple(range(layers))
+        self.chunk_of_dim = {kind: frequency_chunks(self.rotary, rows, chunks, kind) for kind in set(self.kinds)}
         self.run: PPERun | None = None
-        self._last: tuple[Tensor, tuple[Tensor, Tensor]] | None = None  # (model's cos, ours) of this pass
+        self._last: dict[str | None, tuple[Tensor, tuple[Tensor, Tensor]]] = {}  # per kind: (model's cos, ours)
+        self._pass_is_full = False
         self._handles = [layer.register_forward_pre_hook(self._layer_hook(i), with_kwargs=True, prepend=True)
                          for i, layer in enumerate(decoder.layers)]
 
     def begin(self, chunk_positions: Tensor) -> None:
-        self.run, self._last = PPERun(chunk_positions), None
+        self.run, self._last = PPERun(chunk_positions), {}
 
     def end(self) -> None:
         """After the call: later cached steps on its cache have single positions, nothing to keep alive."""
-        self.run, self._last = None, None
+        self.run, self._last = None, {}
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -120,21 +134,31 @@ class PositionPreservation:
         self._handles = []
         self.end()
 
+    def _full_pass(self, kwargs: dict[str, Any], layer: int) -> bool:
+        if self.cache_layer[layer] != layer:
+            return self._pass_is_full
+        cache = passed_cache(kwargs)
+        self._pass_is_full = cache is None or holds_nothing(cache, layer)
+        return self._pass_is_full
+
     def _layer_hook(self, layer: int):
+        kind = self.kinds[layer]
+
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
-            if self.run is None:
-                return None
-            cache = passed_cache(kwargs)
-            if cache is not None and not holds_nothing(cache, layer):
-                return None  # a cached step: its new tokens have their own single positions
+            if self.run is None or not self._full_pass(kwargs, layer):
+                return None  # not ours, or a cached step: its new tokens have their own single positions
             cos, sin = kwargs["position_embeddings"]
-            if self._last is None or self._last[0] is not cos:  # every layer of a pass gets the same tensors
-                self._last = (cos, self._preserved(cos, sin))
-            return args, {**kwargs, "position_embeddings": self._last[1]}
+            last = self._last.get(kind)
+            if last is not None and cos.shape[1] < last[0].shape[1]:  # the model kept only its last columns
+                ours = tuple(t[:, -cos.shape[1]:] for t in last[1])
+                return args, {**kwargs, "position_embeddings": ours}
+            if last is None or last[0] is not cos:  # every layer of a kind gets the same tensors in a pass
+                self._last[kind] = last = (cos, self._preserved(cos, sin, kind))
+            return args, {**kwargs, "position_embeddings": last[1]}
 
         return hook
 
-    def _preserved(self, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    def _preserved(self, cos: Tensor, sin: Tensor, kind: str | None) -> tuple[Tensor, Tensor]:
         chunk_positions = self.run.chunk_positions
         prompt_rows, prompt_len = chunk_positions.shape[1:3]
         batch, length = cos.shape[0], cos.shape[1]
@@ -143,6 +167,6 @@ class PositionPreservation:
                                  f"{batch}x{length} tokens; call generate()/forward() with the inputs vtr reduced")
         chunk_positions = chunk_positions.repeat_interleave(batch // prompt_rows, dim=1)  # beams repeat rows
         with torch.no_grad():
-            prompt_cos, prompt_sin = chunked_rotary(self.rotary, self.chunk_of_dim, chunk_positions.to(cos.device),
-                                                    cos)
+            prompt_cos, prompt_sin = chunked_rotary(self.rotary, self.chunk_of_dim[kind],
+                                                    chunk_positions.to(cos.device), cos, kind)
         return (torch.cat([prompt_cos, cos[:, prompt_len:]], 1), torch.cat([prompt_sin, sin[:, prompt_len:]], 1))
