@@ -88,7 +88,13 @@ def row_alone(inputs, i: int) -> dict:
     keep = inputs["attention_mask"][i].bool()
     out = {k: v[i:i + 1][:, keep] for k, v in inputs.items() if k in ("input_ids", "attention_mask",
                                                                       "mm_token_type_ids", "token_type_ids")}
-    if "image_grid_thw" in inputs:
+    if "num_frames_per_video" in inputs:  # Gemma 4: one video per row, the batch's frames concatenated
+        frames = inputs["num_frames_per_video"].tolist()
+        start = sum(frames[:i])
+        out["pixel_values_videos"] = inputs["pixel_values_videos"][start:start + frames[i]]
+        out["video_position_ids"] = inputs["video_position_ids"][start:start + frames[i]]
+        out["num_frames_per_video"] = inputs["num_frames_per_video"][i:i + 1]
+    elif "image_grid_thw" in inputs:
         sizes = inputs["image_grid_thw"].prod(-1).tolist()
         out["pixel_values"] = inputs["pixel_values"].split(sizes)[i]
         out["image_grid_thw"] = inputs["image_grid_thw"][i:i + 1]
@@ -140,8 +146,11 @@ def check_batch_equals_rows_alone(model, inputs, generate_kwargs: dict) -> None:
     batch = model.generate(**inputs, **generate_kwargs)
     new = batch.sequences[:, inputs["input_ids"].shape[1]:]
     for i in range(new.shape[0]):
-        alone = model.generate(**row_alone(inputs, i), **generate_kwargs)
-        assert torch.equal(alone.sequences[0, -new.shape[1]:], new[i])
+        alone_inputs = row_alone(inputs, i)
+        alone = model.generate(**alone_inputs, **generate_kwargs)
+        own = alone.sequences[0, alone_inputs["input_ids"].shape[1]:]  # shorter where it stopped at eos
+        assert torch.equal(own, new[i, :own.numel()])
+        assert (new[i, own.numel():] == model.generation_config.pad_token_id).all()  # the batch padded it after
         for step_batch, step_alone in zip(batch.scores, alone.scores):
             torch.testing.assert_close(step_batch[i], step_alone[0], rtol=1e-5, atol=1e-5)
 

@@ -1,7 +1,7 @@
 """Gemma 4: the exactness invariants of the pre-LLM methods on its variable-size pooled grids, bidirectional
 image block, per-layer input embeddings and sliding-window layers, vision attention through the 2x2 pool, and
-the tested refusals (vision merging; in-LLM methods with KV-sharing layers; video). The in-LLM methods run in
-tests/llm/test_pruner.py (GEMMAS)."""
+videos as (frames, h, w) grids, and the tested refusals (vision merging; on KV-sharing layers, late prunes and
+renumbering). The in-LLM methods run in tests/llm/test_pruner.py (GEMMAS)."""
 
 from __future__ import annotations
 
@@ -165,10 +165,43 @@ def test_what_gemma4_cannot_take_is_refused_at_wrap_and_the_model_left_as_it_was
     assert torch.equal(before.sequences, after.sequences)
 
 
-def test_a_video_is_refused_not_passed_through_unreduced(gemma):
+def _videos(processor):
+    """Two rows with a 4-frame video each (a 7x9 grid of tokens per frame), the first row left-padded."""
+    texts = [testing.prompt(processor, "what ?", images=0, videos=1),
+             testing.prompt(processor, "describe this video please ?", images=0, videos=1)]
+    videos = [testing.random_video(4, 64, 48), testing.random_video(4, 64, 48, seed=1)]
+    return processor(videos=videos, text=texts, return_tensors="pt", padding=True, num_frames=4)
+
+
+VIDEO = {"divprune": dict(method="divprune", budget=0.1), "holitom": dict(method="holitom", budget=0.2),
+         "visionzip": dict(method="visionzip", budget=20)}
+
+
+def test_a_video_is_one_grid_of_its_frames_and_keep_all_is_bit_identical(gemma):
+    """Each frame pools into its own grid, its run of placeholders after its timestamp: one (frames, h, w) item."""
     model, processor = gemma
-    inputs = processor(videos=[testing.random_video(4, 64, 48)], text=[testing.prompt(processor, images=0, videos=1)],
-                       return_tensors="pt", num_frames=4)
+    inputs = _videos(processor)
+    adapter = adapter_for(model)
+    features = adapter.item_features("video", adapter.encode("video", inputs))
+    assert [layout.segments[0].grid for layout in adapter.item_layouts("video", inputs, features)] == [(4, 7, 9)] * 2
+    check_keep_all_and_unwrap(model, inputs, _greedy(model))
+
+
+@pytest.mark.parametrize("config", list(VIDEO))
+def test_video_reductions_keep_cached_equal_uncached_and_rows_alone(gemma, config):
+    model, processor = gemma
+    inputs = _videos(processor)
+    with vtr.reduced(model, **VIDEO[config]):
+        check_cached_equals_uncached(model, inputs, _greedy(model))
+        check_batch_equals_rows_alone(model, inputs, _greedy(model))
+        assert all(item.content_after < item.content_before == 252 for item in vtr.stats(model).samples[0].items)
+
+
+def test_a_modality_the_adapter_does_not_lay_out_is_refused_not_passed_through(gemma, monkeypatch):
+    """Pixels of a modality the model takes but the adapter does not reduce raise, rather than reaching the
+    model unreduced while vtr reports nothing (as Gemma 4 videos did before vtr laid them out)."""
+    model, processor = gemma
+    monkeypatch.setattr(type(adapter_for(model)), "modalities_handled", ("image",))
     with vtr.reduced(model, "divprune", budget=4):
         with pytest.raises(vtr.ReductionError, match="passes pixel_values_videos, which vtr does not reduce on gemma4"):
-            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+            model.generate(**_videos(processor), max_new_tokens=2, do_sample=False)

@@ -157,6 +157,19 @@ def test_gemma4_patches_back_in_place_and_each_token_on_its_pooling_window():
         assert _boxes_tile(boxes.numpy(), 0, *panel.pixels.shape[-2:])
 
 
+def test_gemma4_video_frames_are_panels_of_their_own():
+    model, processor = built("gemma4")
+    inputs = processor(videos=[testing.random_video(4, 64, 48)], text=[testing.prompt(processor, images=0, videos=1)],
+                       return_tensors="pt", num_frames=4)
+    adapter = adapter_for(model)
+    features = adapter.item_features("video", adapter.encode("video", inputs))
+    (layout,) = adapter.item_layouts("video", inputs, features)
+    (pixel_map,) = adapter.pixel_maps("video", inputs, [layout])
+    assert [panel.name for panel in pixel_map.panels] == [f"frame {i}" for i in range(4)]
+    assert pixel_map.boxes.shape == (layout.content.numel(), 5)
+    assert pixel_map.boxes[:, 0].long().bincount().tolist() == [63] * 4  # each frame's tokens on its own panel
+
+
 def test_a_family_without_a_map_says_so():
     model, processor = built("llava")
     inputs = make_inputs(processor, "llava")

@@ -22,5 +22,5 @@ def test_every_family_takes_images_and_the_video_models_take_video():
     assert all(r["image"] == r["multi-image"] == "yes" for r in rows.values())
     assert {t for t, r in rows.items() if r["video"] == "yes"} == {
         "llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",
-        "qwen3_5_moe"}
+        "qwen3_5_moe", "gemma4"}
     assert rows["internvl"]["video"] == "frames"  # each frame an image item of its own

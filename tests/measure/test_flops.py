@@ -169,6 +169,21 @@ def test_gemma4_matches_flop_counter_forward_and_generate(variant):
         assert call_flops(model, inputs, new_tokens=3)[0].total == pytest.approx(generated, rel=TOLERANCE)
 
 
+@pytest.mark.parametrize("method", [None, "divprune", "holitom"])
+def test_gemma4_video_matches_flop_counter(method):
+    """A video's frames each run the tower on the padded patch budget and pool alike."""
+    model, processor = testing.build("gemma4")
+    inputs = processor(videos=[testing.random_video(4, 64, 48)], text=[testing.prompt(processor, images=0, videos=1)],
+                       return_tensors="pt", num_frames=4)
+    if method is not None:
+        vtr.wrap(model, method, budget=0.2)
+    measured = _counted(lambda: model(**inputs))
+    (breakdown,) = call_flops(model, inputs, logits="all")
+    if method is None:
+        _assert_close(measured, _modelled(breakdown))
+    assert breakdown.total == pytest.approx(measured["total"], rel=TOLERANCE)
+
+
 @pytest.mark.parametrize("method", ["hiprune", "visionzip", "fastv", "pdrop"])
 def test_gemma4_reducing_methods_match_flop_counter(method):
     """hiprune/visionzip's attention recompute (q/k projections, every row's logits) and the in-LLM methods'

@@ -9,6 +9,9 @@ What the family does, read from transformers' ``modeling_gemma4``:
 * the pooler averages each k x k window of patches (``pooling_kernel_size``) into one token, numbered
   row-major over the pooled grid, and drops the windows that only padding fell into: an image of
   (W, H) patches becomes an (H/k, W/k) grid of tokens, one run of placeholders;
+* a video is its sampled frames, each patchified like an image (``pixel_values_videos``, ``video_position_ids``,
+  ``num_frames_per_video``) and pooled into one grid per frame: a (frames, H/k, W/k) grid, its frames' runs of
+  placeholders separated by their timestamps in the text;
 * with ``use_bidirectional_attention == "vision"`` (the larger models) image tokens attend to each other
   inside runs of ``mm_token_type_ids``, which the engine shrinks with the prompt, so a pre-LLM prune is the
   model run on the shortened prompt (its per-layer embeddings are read from the shortened ids too).
@@ -24,8 +27,7 @@ KV-sharing layers (E2B, E4B, 31B) the last layers reuse the keys of the last ear
 come at or before those earlier layers (so that they compute their keys on the kept tokens), and positions
 are not renumbered (the last token keeps its original position there); both are checked at wrap.
 
-Refused as well, each with its reason: vision-encoder merging (the pooler's fixed windows) and video (its
-frames carry timestamps vtr does not lay out yet).
+Refused, with its reason: vision-encoder merging (the pooler's fixed windows).
 """
 
 from __future__ import annotations
@@ -58,31 +60,44 @@ def pooled_widths(config, image_position_ids: Tensor) -> list[int]:
 
 class Gemma4Adapter(Adapter):
     model_types = ("gemma4",)
-    modalities_handled = ("image",)
     demo_image_size = (64, 48)  # native resolution: the processor keeps the aspect ratio
 
+    def _sequences(self, modality: str, inputs: dict[str, Any]) -> tuple[Tensor, Tensor, list[int]]:
+        """The tower's sequences of a call (patchified pixels and their positions, one per image or video
+        frame) and how many of them each item has (an image: one; a video: its frames)."""
+        if modality == "image":
+            return inputs["pixel_values"], inputs["image_position_ids"], [1] * inputs["pixel_values"].shape[0]
+        return (inputs["pixel_values_videos"], inputs["video_position_ids"],
+                [int(n) for n in inputs["num_frames_per_video"].tolist()])
+
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
-        widths = pooled_widths(self.config, inputs["image_position_ids"])
-        if len(widths) != len(features) or any(f.shape[0] % w for f, w in zip(features, widths)):
+        """An image: its (1, H/k, W/k) pooled grid; a video: (frames, H/k, W/k), every frame pooled alike."""
+        _, positions, frames = self._sequences(modality, inputs)
+        firsts = [sum(frames[:i]) for i in range(len(frames))]
+        widths = [pooled_widths(self.config, positions[first:first + 1])[0] for first in firsts]
+        if len(frames) != len(features) or any(f.shape[0] % (n * w) for f, n, w in zip(features, frames, widths)):
             raise ReductionError(
-                f"Gemma 4 gave {len(features)} images of {[f.shape[0] for f in features]} tokens for "
-                f"image_position_ids of pooled widths {widths}: pass the processor's image_position_ids with its "
-                f"pixel_values")
-        return [ItemLayout.grid_only((1, f.shape[0] // w, w), f.device) for f, w in zip(features, widths)]
+                f"Gemma 4 gave {len(features)} {modality}s of {[f.shape[0] for f in features]} tokens for "
+                f"{modality}_position_ids of pooled widths {widths}: pass the processor's {modality}_position_ids "
+                f"with its pixels")
+        return [ItemLayout.grid_only((n, f.shape[0] // (n * w), w), f.device)
+                for f, n, w in zip(features, frames, widths)]
 
     def pixel_maps(self, modality: str, inputs: dict[str, Any], layouts: list[ItemLayout]) -> list[PixelMap]:
-        """Each image's patches put back in place (the processor flattens each patch as (p, p, channels), in
-        raster order, padding after them); a token covers its k x k window of patches."""
-        patch = int(self.config.vision_config.patch_size)
-        maps = []
-        for pixels, layout in zip(inputs["pixel_values"], layouts):
-            _, rows, columns = layout.segments[0].grid
-            kernel = int(self.config.vision_config.pooling_kernel_size)
-            high, wide = rows * kernel, columns * kernel  # patches
-            image = pixels[:high * wide].view(high, wide, patch, patch, -1).permute(4, 0, 2, 1, 3)
-            image = image.reshape(-1, high * patch, wide * patch)
-            maps.append(PixelMap((Panel("image", image),), grid_boxes(layout.segments[0].grid, high * patch,
-                                                                      wide * patch)))
+        """Each image's (or frame's) patches put back in place (the processor flattens each patch as (p, p,
+        channels), in raster order, padding after them); a token covers its k x k window of patches."""
+        patch, kernel = int(self.config.vision_config.patch_size), int(self.config.vision_config.pooling_kernel_size)
+        pixels, _, frames = self._sequences(modality, inputs)
+        maps, first = [], 0
+        for layout, n in zip(layouts, frames):
+            grid = layout.segments[0].grid
+            high, wide = grid[1] * kernel, grid[2] * kernel  # patches
+            pictures = pixels[first:first + n, :high * wide].reshape(n, high, wide, patch, patch, -1)
+            pictures = pictures.permute(0, 5, 1, 3, 2, 4).reshape(n, -1, high * patch, wide * patch)
+            names = ["image"] if modality == "image" else [f"frame {i}" for i in range(n)]
+            maps.append(PixelMap(tuple(Panel(name, picture) for name, picture in zip(names, pictures)),
+                                 grid_boxes(grid, high * patch, wide * patch)))
+            first += n
         return maps
 
     def rotary_kinds(self) -> tuple[str | None, ...]:
@@ -98,19 +113,24 @@ class Gemma4Adapter(Adapter):
 
     def item_attention(self, modality: str, capture: AttentionCapture, requests: dict[str, AttentionRequest],
                        inputs: dict[str, Any]) -> list[dict[str, tuple[Tensor, Tensor]]]:
-        """Per image, the scores and mean keys of its patches averaged over each pooling window, as the pooler
-        averages the features: an LLM token's score is the mean of its k x k patches' scores."""
-        positions = inputs["image_position_ids"]
+        """Per image (or video: its frames in order), the scores and mean keys of its patches averaged over each
+        pooling window, as the pooler averages the features: an LLM token's score is the mean of its k x k
+        patches' scores (softmax over its own image or frame)."""
+        _, positions, frames = self._sequences(modality, inputs)
         widths = pooled_widths(self.config, positions)
-        per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in widths]
+        per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in frames]
         for name, request in requests.items():
             hidden, kwargs = capture.hidden_states(request.layer)
             with torch.no_grad():
                 attention = gemma4_vit_attention(self.vision_attention_module(request.layer), hidden,
                                                  kwargs["position_embeddings"], kwargs["position_ids"], request.query)
-            for item, scores, keys, where, width in zip(per_item, attention.scores, attention.keys, positions, widths):
-                pooled = self._pooled(torch.cat([scores.unsqueeze(-1), keys], -1), where, width)
-                item[name] = (pooled[:, 0], pooled[:, 1:])
+            pooled = [self._pooled(torch.cat([scores.unsqueeze(-1), keys], -1), where, width)
+                      for scores, keys, where, width in zip(attention.scores, attention.keys, positions, widths)]
+            first = 0
+            for item, n in zip(per_item, frames):
+                values = torch.cat(pooled[first:first + n])
+                item[name] = (values[:, 0], values[:, 1:])
+                first += n
         return per_item
 
     def _pooled(self, values: Tensor, positions: Tensor, width: int) -> Tensor:

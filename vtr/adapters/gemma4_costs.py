@@ -2,7 +2,7 @@
 
 Assumptions, each the behaviour of transformers 5.x:
 
-* every image is one tower sequence of the processor's patch budget (``pixel_values``' second axis, padding
+* every image (and every sampled video frame) is one tower sequence of the processor's patch budget (``pixel_values``' second axis, padding
   patches included: they run through every layer under a padding mask, which does not shrink the count);
   the patch embedding is one linear over the flattened patches; each layer is attention (q/k/v/o, the
   scores of every head) and a gated MLP; the pooler averages k x k windows with one (tokens x patches)
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor
+
 from vtr.adapters.costs import FamilyCosts
 from vtr.adapters.gemma4 import gemma4_vision_info, pooled_widths
 from vtr.costs.counting import VisualInput, linear, scores
@@ -36,16 +38,25 @@ class Gemma4Costs(FamilyCosts):
     model_types = ("gemma4",)
 
     def items(self, modality: str, inputs: dict[str, Any]) -> list[VisualInput]:
-        """Each image as its valid patch grid (rows x columns); ``encoder_tokens``: the padded sequence every
-        tower layer runs."""
-        pixels = inputs.get("pixel_values")
-        if modality != "image" or pixels is None:
+        """Each image (or video: its frames, all of one size) as its valid patch grid (rows x columns);
+        ``encoder_tokens``: the padded sequence every tower layer runs, per image or frame."""
+        pixels = inputs.get("pixel_values" if modality == "image" else "pixel_values_videos")
+        if pixels is None:
             return []
+        positions = inputs[f"{modality}_position_ids"]
+        frames = [1] * pixels.shape[0] if modality == "image" else inputs["num_frames_per_video"].tolist()
+        firsts = [sum(frames[:i]) for i in range(len(frames))]
         kernel = int(self.config.vision_config.pooling_kernel_size)
-        valid = (inputs["image_position_ids"] != -1).all(-1).sum(1).tolist()
+        valid = (positions != -1).all(-1).sum(1).tolist()
+        widths = pooled_widths(self.config, positions)
         depth = self.config.vision_config.num_hidden_layers
-        return [VisualInput("image", 1, n // (width * kernel), width * kernel, encoder_tokens=(pixels.shape[1],) * depth)
-                for n, width in zip(valid, pooled_widths(self.config, inputs["image_position_ids"]))]
+        return [VisualInput(modality, n, valid[first] // (widths[first] * kernel), widths[first] * kernel,
+                            encoder_tokens=(pixels.shape[1],) * depth) for n, first in zip(frames, firsts)]
+
+    def placeholder_units(self, items: list[VisualInput], hits: Tensor) -> tuple[list[int], list[int]]:
+        """A video's frames are runs of their own, each after its timestamp."""
+        _, per_row = super().placeholder_units(items, hits)
+        return [item.frames for item in items], per_row
 
     def vision_flops(self, item: VisualInput) -> float:
         vc = self.config.vision_config
@@ -69,11 +80,13 @@ class Gemma4Costs(FamilyCosts):
         return gemma4_vision_info(self.config)
 
     def attention_flops(self, request: AttentionRequest, item: VisualInput) -> float:
-        """The recomputed q and k projections and every query row's logits (``gemma4_vit_attention``)."""
+        """The recomputed q and k projections and every query row's logits (``gemma4_vit_attention``), per
+        image or frame."""
         vc = self.config.vision_config
         n, d = item.encoder_tokens[0], vc.hidden_size
-        return (linear(n, d, vc.num_attention_heads * vc.head_dim) + linear(n, d, vc.num_key_value_heads * vc.head_dim)
-                + scores(vc.num_attention_heads, vc.head_dim, n, n))
+        return item.frames * (linear(n, d, vc.num_attention_heads * vc.head_dim)
+                              + linear(n, d, vc.num_key_value_heads * vc.head_dim)
+                              + scores(vc.num_attention_heads, vc.head_dim, n, n))
 
     def vision_head_dim(self) -> int:
         return int(self.config.vision_config.head_dim)

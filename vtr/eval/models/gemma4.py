@@ -1,6 +1,5 @@
 """``vtr_gemma4``: lmms-eval's gemma4 (``google/gemma-4-*-it``), reduced. lmms-eval has only a simple class for
-it; the class casts every input to bfloat16 and loads the model in bfloat16. Images only: vtr refuses Gemma 4
-videos (``vtr.adapters.gemma4``), so a video task fails loudly rather than running unreduced."""
+it; the class casts every input to bfloat16 and loads the model in bfloat16."""
 
 from lmms_eval.models.simple.gemma4 import Gemma4
 
@@ -8,6 +7,7 @@ from vtr.eval.models.base import Reduced
 
 
 class VtrGemma4(Reduced, Gemma4):
-    """Simple variant, the only one: each image its own visual input, at the class's ``max_soft_tokens``."""
+    """Simple variant, the only one: each image and each video its own visual input, at the class's
+    ``max_soft_tokens``."""
 
     gpu_only_data_parallel = True
