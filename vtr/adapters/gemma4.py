@@ -73,8 +73,8 @@ class Gemma4Adapter(Adapter):
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         """An image: its (1, H/k, W/k) pooled grid; a video: (frames, H/k, W/k), every frame pooled alike."""
         _, positions, frames = self._sequences(modality, inputs)
-        firsts = [sum(frames[:i]) for i in range(len(frames))]
-        widths = [pooled_widths(self.config, positions[first:first + 1])[0] for first in firsts]
+        every = pooled_widths(self.config, positions)  # one host read for every image or frame
+        widths = [every[sum(frames[:i])] for i in range(len(frames))]
         if len(frames) != len(features) or any(f.shape[0] % (n * w) for f, n, w in zip(features, frames, widths)):
             raise ReductionError(
                 f"Gemma 4 gave {len(features)} {modality}s of {[f.shape[0] for f in features]} tokens for "
@@ -117,32 +117,36 @@ class Gemma4Adapter(Adapter):
         pooling window, as the pooler averages the features: an LLM token's score is the mean of its k x k
         patches' scores (softmax over its own image or frame)."""
         _, positions, frames = self._sequences(modality, inputs)
-        widths = pooled_widths(self.config, positions)
+        kernel = int(self.config.vision_config.pooling_kernel_size)
+        tokens = ((positions != -1).all(-1).sum(1) // kernel ** 2).tolist()  # per image or frame: one host read
         per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in frames]
         for name, request in requests.items():
             hidden, kwargs = capture.hidden_states(request.layer)
             with torch.no_grad():
                 attention = gemma4_vit_attention(self.vision_attention_module(request.layer), hidden,
                                                  kwargs["position_embeddings"], kwargs["position_ids"], request.query)
-            pooled = [self._pooled(torch.cat([scores.unsqueeze(-1), keys], -1), where, width)
-                      for scores, keys, where, width in zip(attention.scores, attention.keys, positions, widths)]
+            values = self._window_means(torch.cat([torch.stack(attention.scores).unsqueeze(-1),
+                                                   torch.stack(attention.keys)], -1), positions)
+            sequences = [v[:n] for v, n in zip(values.unbind(0), tokens)]
             first = 0
             for item, n in zip(per_item, frames):
-                values = torch.cat(pooled[first:first + n])
-                item[name] = (values[:, 0], values[:, 1:])
+                joined = torch.cat(sequences[first:first + n])
+                item[name] = (joined[:, 0], joined[:, 1:])
                 first += n
         return per_item
 
-    def _pooled(self, values: Tensor, positions: Tensor, width: int) -> Tensor:
-        """(N, C) per-patch values of one image -> (tokens, C): the mean over each k x k window, numbered
-        row-major over the pooled grid (the pooler's order); padding patches (position -1) belong to none."""
+    def _window_means(self, values: Tensor, positions: Tensor) -> Tensor:
+        """(S, N, C) per-patch values of S images or frames -> (S, N / k^2, C): the mean over each k x k
+        window, numbered row-major over each pooled grid (the pooler's order); padding patches (position -1)
+        go to a slot past the end, and windows past an image's own grid stay zero."""
         kernel = int(self.config.vision_config.pooling_kernel_size)
-        valid = (positions != -1).all(-1)
-        window = positions[valid] // kernel
-        index = window[:, 0] + width * window[:, 1]
-        tokens = int(valid.sum()) // kernel ** 2
-        sums = values.new_zeros(tokens, values.shape[-1]).index_add_(0, index.to(values.device), values[valid])
-        return sums / kernel ** 2
+        length = values.shape[1] // kernel ** 2
+        widths = (positions[..., 0].amax(1, keepdim=True) + 1) // kernel
+        window = positions.clamp_min(0) // kernel
+        index = (window[..., 0] + widths * window[..., 1]).masked_fill((positions == -1).all(-1), length)
+        sums = values.new_zeros(values.shape[0], length + 1, values.shape[-1])
+        sums.scatter_add_(1, index.to(values.device).unsqueeze(-1).expand(-1, -1, values.shape[-1]), values)
+        return sums[:, :length] / kernel ** 2
 
     def cache_layers(self) -> tuple[int, ...]:
         """A KV-sharing layer reads the keys (and cache) of the last earlier layer of its kind."""
