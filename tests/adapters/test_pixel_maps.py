@@ -144,7 +144,8 @@ def test_gemma4_patches_back_in_place_and_each_token_on_its_pooling_window():
     inputs = processor(images=images, text=[testing.prompt(processor)] * 2, return_tensors="pt", padding=True)
     maps, _, layouts = _maps(model, inputs)
     patch = model.config.vision_config.patch_size
-    for pixel_map, layout, positions, pixels in zip(maps, layouts, inputs["image_position_ids"], inputs["pixel_values"]):
+    rows = zip(maps, layouts, inputs["image_position_ids"], inputs["pixel_values"])
+    for pixel_map, layout, positions, pixels in rows:
         (panel,) = pixel_map.panels
         valid = (positions != -1).all(-1)
         x, y = positions[valid].unbind(-1)

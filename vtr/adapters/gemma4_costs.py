@@ -2,11 +2,11 @@
 
 Assumptions, each the behaviour of transformers 5.x:
 
-* every image (and every sampled video frame) is one tower sequence of the processor's patch budget (``pixel_values``' second axis, padding
-  patches included: they run through every layer under a padding mask, which does not shrink the count);
-  the patch embedding is one linear over the flattened patches; each layer is attention (q/k/v/o, the
-  scores of every head) and a gated MLP; the pooler averages k x k windows with one (tokens x patches)
-  matmul per image, tokens = patches / k^2;
+* every image (and every sampled video frame) is one tower sequence of the processor's patch budget
+  (``pixel_values``' second axis, padding patches included: they run through every layer under a padding
+  mask, which does not shrink the count); the patch embedding is one linear over the flattened patches; each
+  layer is attention (q/k/v/o, the scores of every head) and a gated MLP; the pooler averages k x k windows
+  with one (tokens x patches) matmul per image, tokens = patches / k^2;
 * the projector (``embed_vision``) is one linear on the image's valid pooled tokens;
 * the decoder layers differ by kind: global layers have their own head width and key/value heads
   (``per_layer_config``), keys doubling as values (``attention_k_eq_v``) save the v projection, KV-shared
@@ -63,7 +63,8 @@ class Gemma4Costs(FamilyCosts):
         n, d = item.encoder_tokens[0], vc.hidden_size
         heads, kv_heads, head_dim = vc.num_attention_heads, vc.num_key_value_heads, vc.head_dim
         layer = (linear(n, d, heads * head_dim) + 2 * linear(n, d, kv_heads * head_dim)
-                 + linear(n, heads * head_dim, d) + 2 * scores(heads, head_dim, n, n) + 3 * linear(n, d, vc.intermediate_size))
+                 + linear(n, heads * head_dim, d) + 2 * scores(heads, head_dim, n, n)
+                 + 3 * linear(n, d, vc.intermediate_size))
         embed = linear(n, 3 * vc.patch_size ** 2, d)
         pool = linear(n // vc.pooling_kernel_size ** 2, n, d)
         return item.frames * (embed + vc.num_hidden_layers * layer + pool)

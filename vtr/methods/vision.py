@@ -2,7 +2,8 @@
 
 The engine (``vtr.vision.merging``) runs the encoder with hooks that, after each merging layer, pair
 every A token (even index) with its most similar B token (odd index) and ask the method's matcher how
-many A tokens merge (always the most similar ones). The matcher is built once per encoder call, when the token count is known.
+many A tokens merge (always the most similar ones). The matcher is built once per encoder call, when the
+token count is known.
 """
 
 from __future__ import annotations
