@@ -159,5 +159,5 @@ def test_dymu_on_an_odd_siglip_sequence_merges_what_the_reference_caps():
     for _ in range(2):  # the reference rule, layer by layer (every one of the ceil(t / 2) A tokens passes)
         t -= min((t + 1) // 2, t // 2)
         expected.append(t)
-    assert merging.per_layer_counts()[0].tolist() == expected == [9, 5, 3]
-    assert merging.feature_counts().tolist() == [2]  # the third layer's merge: 3 -> 2
+    assert list(merging.per_layer_counts()[0]) == expected == [9, 5, 3]
+    assert merging.feature_counts() == [2]  # the third layer's merge: 3 -> 2

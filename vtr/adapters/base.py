@@ -29,6 +29,13 @@ PIXEL_KEYS = ("pixel_values", "pixel_values_videos", "pixel_values_images")
 RECURRENT_LAYER_TYPES = ("linear_attention",)  # ``layer_types`` entries without attention keys
 
 
+def last_layer_vision_info(config) -> VisionInfo:
+    """A tower without a class token whose features are its last layer's output (Gemma 3's SigLIP, after its
+    post layer norm; Gemma 4's tower, before its pool)."""
+    depth = config.vision_config.num_hidden_layers
+    return VisionInfo(depth=depth, feature_layer=depth - 1, has_cls=False, encoder="clip")
+
+
 class Adapter:
     """Model-family knowledge for one wrapped model instance."""
 
@@ -161,7 +168,7 @@ class Adapter:
         """Per item: the merge as a reduction of its content tokens, the tokens each encoder layer processed
         for it, and the feature tokens per encoder sequence the projector saw (default: one sequence per
         item, every slot a content token)."""
-        counts, projected = merging.per_layer_counts().tolist(), merging.feature_counts().tolist()
+        counts, projected = merging.per_layer_counts(), merging.feature_counts()
         return [(r, tuple(c), p) for r, c, p in zip(merging.reductions(features), counts, projected)]
 
     def vision_attention_module(self, layer: int) -> torch.nn.Module:  # pragma: no cover - per family

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vtr.adapters.base import Adapter
+from vtr.adapters.base import Adapter, last_layer_vision_info
 from vtr.adapters.llava_attention import encoder_attention
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
@@ -33,12 +33,6 @@ from vtr.methods.base import AttentionRequest, VisionInfo
 from vtr.pixels import Panel, PixelMap, grid_boxes
 from vtr.vision.attention import AttentionCapture
 from vtr.vision.merging import MergeTarget
-
-
-def gemma3_vision_info(config) -> VisionInfo:
-    """SigLIP without a class token; the features are the last layer's output (after its post layer norm)."""
-    depth = config.vision_config.num_hidden_layers
-    return VisionInfo(depth=depth, feature_layer=depth - 1, has_cls=False, encoder="clip")
 
 
 def tokens_side(config) -> int:
@@ -72,7 +66,7 @@ class Gemma3Adapter(Adapter):
 
     # ------------------------------------------------------------------ vision attention
     def vision_info(self) -> VisionInfo:
-        return gemma3_vision_info(self.config)
+        return last_layer_vision_info(self.config)
 
     def vision_attention_module(self, layer: int) -> nn.Module:
         return self.model.model.vision_tower.encoder.layers[layer].self_attn

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vtr.adapters.gemma3 import gemma3_vision_info
+from vtr.adapters.base import last_layer_vision_info
 from vtr.adapters.llava_costs import LlavaCosts
 from vtr.costs.counting import VisualInput, linear
 from vtr.methods.base import VisionInfo
@@ -38,4 +38,4 @@ class Gemma3Costs(LlavaCosts):
         return item.frames * linear(self.projector_rows(item), d_vision, d_text)
 
     def vision_info(self) -> VisionInfo:
-        return gemma3_vision_info(self.config)
+        return last_layer_vision_info(self.config)

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from vtr.adapters.base import Adapter
+from vtr.adapters.base import Adapter, last_layer_vision_info
 from vtr.errors import ReductionError
 from vtr.layout import ItemLayout
 from vtr.methods.base import AttentionRequest, Method, VisionInfo
@@ -46,33 +46,32 @@ from vtr.vision.attention import AttentionCapture, gemma4_vit_attention
 from vtr.vision.merging import MergeTarget
 
 
-def gemma4_vision_info(config) -> VisionInfo:
-    """No class token; the features are the last layer's output, pooled."""
-    depth = config.vision_config.num_hidden_layers
-    return VisionInfo(depth=depth, feature_layer=depth - 1, has_cls=False, encoder="clip")
-
-
 def pooled_widths(config, image_position_ids: Tensor) -> list[int]:
     """Tokens per pooled row of each image: its patch width (largest x + 1) over the pooling kernel."""
     kernel = int(config.vision_config.pooling_kernel_size)
     return ((image_position_ids[..., 0].amax(1) + 1) // kernel).tolist()
 
 
+def tower_sequences(modality: str, inputs: dict[str, Any]) -> tuple[Tensor, Tensor, list[int]] | None:
+    """The tower's sequences of a call's ``modality`` inputs (patchified pixels and their positions, one per
+    image or video frame) and how many of them each item has (an image: one; a video: its frames); ``None``
+    when the call has none."""
+    if modality == "image":
+        pixels = inputs.get("pixel_values")
+        return None if pixels is None else (pixels, inputs["image_position_ids"], [1] * pixels.shape[0])
+    pixels = inputs.get("pixel_values_videos")
+    if pixels is None:
+        return None
+    return pixels, inputs["video_position_ids"], [int(n) for n in inputs["num_frames_per_video"].tolist()]
+
+
 class Gemma4Adapter(Adapter):
     model_types = ("gemma4",)
     demo_image_size = (64, 48)  # native resolution: the processor keeps the aspect ratio
 
-    def _sequences(self, modality: str, inputs: dict[str, Any]) -> tuple[Tensor, Tensor, list[int]]:
-        """The tower's sequences of a call (patchified pixels and their positions, one per image or video
-        frame) and how many of them each item has (an image: one; a video: its frames)."""
-        if modality == "image":
-            return inputs["pixel_values"], inputs["image_position_ids"], [1] * inputs["pixel_values"].shape[0]
-        return (inputs["pixel_values_videos"], inputs["video_position_ids"],
-                [int(n) for n in inputs["num_frames_per_video"].tolist()])
-
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         """An image: its (1, H/k, W/k) pooled grid; a video: (frames, H/k, W/k), every frame pooled alike."""
-        _, positions, frames = self._sequences(modality, inputs)
+        _, positions, frames = tower_sequences(modality, inputs)
         every = pooled_widths(self.config, positions)  # one host read for every image or frame
         widths = [every[sum(frames[:i])] for i in range(len(frames))]
         if len(frames) != len(features) or any(f.shape[0] % (n * w) for f, n, w in zip(features, frames, widths)):
@@ -87,7 +86,7 @@ class Gemma4Adapter(Adapter):
         """Each image's (or frame's) patches put back in place (the processor flattens each patch as (p, p,
         channels), in raster order, padding after them); a token covers its k x k window of patches."""
         patch, kernel = int(self.config.vision_config.patch_size), int(self.config.vision_config.pooling_kernel_size)
-        pixels, _, frames = self._sequences(modality, inputs)
+        pixels, _, frames = tower_sequences(modality, inputs)
         maps, first = [], 0
         for layout, n in zip(layouts, frames):
             grid = layout.segments[0].grid
@@ -106,7 +105,7 @@ class Gemma4Adapter(Adapter):
 
     # ------------------------------------------------------------------ vision attention
     def vision_info(self) -> VisionInfo:
-        return gemma4_vision_info(self.config)
+        return last_layer_vision_info(self.config)
 
     def vision_attention_module(self, layer: int) -> nn.Module:
         return self.model.model.vision_tower.encoder.layers[layer].self_attn
@@ -116,7 +115,7 @@ class Gemma4Adapter(Adapter):
         """Per image (or video: its frames in order), the scores and mean keys of its patches averaged over each
         pooling window, as the pooler averages the features: an LLM token's score is the mean of its k x k
         patches' scores (softmax over its own image or frame)."""
-        _, positions, frames = self._sequences(modality, inputs)
+        _, positions, frames = tower_sequences(modality, inputs)
         kernel = int(self.config.vision_config.pooling_kernel_size)
         tokens = ((positions != -1).all(-1).sum(1) // kernel ** 2).tolist()  # per image or frame: one host read
         per_item: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in frames]

@@ -25,7 +25,8 @@ from typing import Any
 from torch import Tensor
 
 from vtr.adapters.costs import FamilyCosts
-from vtr.adapters.gemma4 import gemma4_vision_info, pooled_widths
+from vtr.adapters.base import last_layer_vision_info
+from vtr.adapters.gemma4 import pooled_widths, tower_sequences
 from vtr.costs.counting import VisualInput, linear, scores
 from vtr.costs.decoder import (Attention, Branches, Decoder, DecoderLayer, DenseMLP, FeedForward, MixtureOfExperts,
                                WidthProjection)
@@ -40,11 +41,10 @@ class Gemma4Costs(FamilyCosts):
     def items(self, modality: str, inputs: dict[str, Any]) -> list[VisualInput]:
         """Each image (or video: its frames, all of one size) as its valid patch grid (rows x columns);
         ``encoder_tokens``: the padded sequence every tower layer runs, per image or frame."""
-        pixels = inputs.get("pixel_values" if modality == "image" else "pixel_values_videos")
-        if pixels is None:
+        sequences = tower_sequences(modality, inputs)
+        if sequences is None:
             return []
-        positions = inputs[f"{modality}_position_ids"]
-        frames = [1] * pixels.shape[0] if modality == "image" else inputs["num_frames_per_video"].tolist()
+        pixels, positions, frames = sequences
         firsts = [sum(frames[:i]) for i in range(len(frames))]
         kernel = int(self.config.vision_config.pooling_kernel_size)
         valid = (positions != -1).all(-1).sum(1).tolist()
@@ -78,7 +78,7 @@ class Gemma4Costs(FamilyCosts):
         return linear(self.projector_rows(item), width, self.config.get_text_config().hidden_size)
 
     def vision_info(self) -> VisionInfo:
-        return gemma4_vision_info(self.config)
+        return last_layer_vision_info(self.config)
 
     def attention_flops(self, request: AttentionRequest, item: VisualInput) -> float:
         """The recomputed q and k projections and every query row's logits (``gemma4_vit_attention``), per

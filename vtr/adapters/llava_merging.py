@@ -75,6 +75,6 @@ def anyres_merges(packing: Packing, merging: EncoderMerging, features: list[Tens
         assignment = rank[members].to(feats.device)
         reduction = Reduction(kept=kept, features=feats[layout.content][kept], assignment=assignment)
         image_rows = slice(first_row, first_row + n)
-        out.append((reduction, tuple(counts[image_rows].amax(0).tolist()), int(projected[image_rows].max())))
+        out.append((reduction, tuple(max(layer) for layer in zip(*counts[image_rows])), max(projected[image_rows])))
         first_row += n
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+from typing import Any, Sequence
 
 from transformers import DynamicCache
 from transformers.cache_utils import LinearAttentionCacheLayerMixin
@@ -35,6 +35,25 @@ def holds_nothing(cache: Any, layer: int) -> bool:
     if isinstance(entry, LinearAttentionCacheLayerMixin):
         return not any(entry.has_previous_state.values())
     return cache.get_seq_length(layer) == 0
+
+
+class FullPasses:
+    """Tells, per decoder layer call, whether it belongs to a full pass (prefill, or a step of an uncached
+    generate: the layer's cache holds nothing yet) or to a cached step.
+
+    ``cache_layers``: per layer, the layer whose cache it reads (default: its own). A KV-sharing layer (Gemma 4)
+    holds no cache of its own: it runs in the pass of the layer before it, so it takes the answer last given."""
+
+    def __init__(self, cache_layers: Sequence[int], num_layers: int) -> None:
+        self.source = tuple(cache_layers) or tuple(range(num_layers))
+        self._last = False
+
+    def __call__(self, kwargs: dict[str, Any], layer: int) -> bool:
+        if self.source[layer] != layer:
+            return self._last
+        cache = passed_cache(kwargs)
+        self._last = cache is None or holds_nothing(cache, layer)
+        return self._last
 
 
 @functools.cache

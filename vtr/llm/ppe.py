@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from vtr.errors import ReductionError
-from vtr.llm.cache import holds_nothing, passed_cache
+from vtr.llm.cache import FullPasses
 
 SEQUENCE_DEPENDENT_ROPE = ("dynamic", "longrope")
 
@@ -113,11 +113,10 @@ class PositionPreservation:
         self.rotary = decoder.rotary_emb
         layers = len(decoder.layers)
         self.kinds = tuple(rotary_kinds) + (None,) * (layers - len(rotary_kinds))
-        self.cache_layer = tuple(cache_layers) or tuple(range(layers))
+        self.full_passes = FullPasses(cache_layers, layers)
         self.chunk_of_dim = {kind: frequency_chunks(self.rotary, rows, chunks, kind) for kind in set(self.kinds)}
         self.run: PPERun | None = None
         self._last: dict[str | None, tuple[Tensor, tuple[Tensor, Tensor]]] = {}  # per kind: (model's cos, ours)
-        self._pass_is_full = False
         self._handles = [layer.register_forward_pre_hook(self._layer_hook(i), with_kwargs=True, prepend=True)
                          for i, layer in enumerate(decoder.layers)]
 
@@ -134,18 +133,11 @@ class PositionPreservation:
         self._handles = []
         self.end()
 
-    def _full_pass(self, kwargs: dict[str, Any], layer: int) -> bool:
-        if self.cache_layer[layer] != layer:
-            return self._pass_is_full
-        cache = passed_cache(kwargs)
-        self._pass_is_full = cache is None or holds_nothing(cache, layer)
-        return self._pass_is_full
-
     def _layer_hook(self, layer: int):
         kind = self.kinds[layer]
 
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
-            if self.run is None or not self._full_pass(kwargs, layer):
+            if self.run is None or not self.full_passes(kwargs, layer):
                 return None  # not ours, or a cached step: its new tokens have their own single positions
             cos, sin = kwargs["position_embeddings"]
             last = self._last.get(kind)

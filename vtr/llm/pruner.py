@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from vtr.errors import ReductionError
-from vtr.llm.cache import fixed_length_cache_error, holds_nothing, passed_cache
+from vtr.llm.cache import FullPasses, fixed_length_cache_error, passed_cache
 from vtr.llm.masks import bidirectional_mask, decode_mask, full_pass_mask, window_decode_mask
 from vtr.llm.scores import attention_to_keys
 from vtr.measure.timing import section
@@ -197,7 +197,7 @@ class LayerPruner:
         self.layers = decoder.layers
         self.method = method
         self.num_layers = len(self.layers)
-        self.cache_layer = tuple(cache_layers) or tuple(range(self.num_layers))
+        self.full_passes = FullPasses(cache_layers, self.num_layers)
         self.prune_at = method.check_layers(self.num_layers)
         self.flash = str(attn_implementation).startswith("flash")
         self.windows = tuple(sliding_windows) + (None,) * (self.num_layers - len(sliding_windows))
@@ -217,7 +217,6 @@ class LayerPruner:
                              f"{type(decoder).__name__} lacks; pass renumber=False")
         self.run: LayerRun | None = None
         self._rotary_busy = False  # our own rotary calls are not the model's positions
-        self._pass_is_full = False  # what the last layer with a cache of its own decided, for the sharing ones
         self._handles = []
         for i in range(self.prune_at[0], self.num_layers):
             self._handles.append(self.layers[i].register_forward_pre_hook(self._layer_hook(i), with_kwargs=True))
@@ -260,11 +259,7 @@ class LayerPruner:
         run = self.run
         if run is None or not run.accepts_full_passes:
             return False
-        if self.cache_layer[layer] != layer:  # a KV-sharing layer holds no cache: it is in the pass of the layer before
-            return self._pass_is_full
-        cache = passed_cache(kwargs)
-        self._pass_is_full = cache is None or holds_nothing(cache, layer)
-        return self._pass_is_full
+        return self.full_passes(kwargs, layer)
 
     def _capture_hook(self, k: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
@@ -520,7 +515,7 @@ class LayerPruner:
             # built from columns: a sliding cache holds only its last columns (then this step's tokens), and a
             # model that sizes its global mask for its first global layer's cache (Gemma 3) sized it for a
             # shorter layer when that layer was pruned
-            held_by = cache.layers[self.cache_layer[layer]]
+            held_by = cache.layers[self.full_passes.source[layer]]
             held = held_by.keys.shape[-2] if held_by.is_initialized else 0
             attended = _prompt_map(run.roles.attended, kept.index.shape[0], run.full_len, True)
             key_valid[:, :kept.index.shape[1]] &= attended.to(kept.index.device).gather(1, kept.index)

@@ -60,7 +60,7 @@ class EncoderMerging:
         self.target = target
         self.make_matcher = make_matcher
         self.state: MergeState | None = None
-        self.tokens_per_layer: list[tuple[int, ...]] = []  # per row, tokens each layer processed (class token too)
+        self.tokens_per_layer: list[tuple[int, ...]] = []  # per layer, the tokens each row processed (class token too)
         self._matcher: Matcher | None = None
         self._keys: Tensor | None = None
         self._merged = False
@@ -132,15 +132,16 @@ class EncoderMerging:
                                  "adapter's merge target does not match the model's encoder")
         return self.state
 
-    def per_layer_counts(self) -> Tensor:
-        """(B, depth) tokens each encoder layer processed in the last call, class token included."""
-        return torch.tensor(self.tokens_per_layer, device=self._final_state().size.device).T
+    def per_layer_counts(self) -> list[tuple[int, ...]]:
+        """Per encoder row, the tokens each encoder layer processed in the last call, class token included (the
+        merge keeps them on the host)."""
+        self._final_state()
+        return list(zip(*self.tokens_per_layer))
 
-    def feature_counts(self) -> Tensor:
-        """(B,) feature tokens each encoder row hands the projector (after the last merge, minus the
-        tokens the model drops)."""
-        state = self._final_state()
-        return torch.tensor(state.lengths, device=state.size.device) - self.target.dropped
+    def feature_counts(self) -> list[int]:
+        """Per encoder row, the feature tokens it hands the projector (after the last merge, minus the tokens
+        the model drops)."""
+        return [n - self.target.dropped for n in self._final_state().lengths]
 
     def spread_rows(self, features: Tensor) -> Tensor:
         """(B, merged feature tokens, D) -> (B, original feature tokens, D): every original token carries the
