@@ -77,8 +77,7 @@ def test_gemma3_generation_runs_reduced_per_image(checkpoint):
 def test_gemma4_generation_runs_reduced_per_image(checkpoint):
     """lmms-eval's gemma4 class (bfloat16, its default of 280 soft tokens per image) reduces each image's pooled
     tokens to the budget; vtr's loglikelihood runs reduced too."""
-    model = get_model("vtr_gemma4")(pretrained=checkpoint("gemma4"), device="cpu", device_map="cpu",
-                                    method="divprune", budget=6)
+    model = get_model("vtr_gemma4")(pretrained=checkpoint("gemma4"), method="divprune", budget=6)  # a user's defaults
     model.task_dict = {"t": {"test": [{"question": QUESTION}]}}
     [result] = model.generate_until([request((QUESTION, {"max_new_tokens": 3}, lambda doc: [IMAGE], 0, "t", "test"))])
     record = result.token_counts.to_dict()["vtr"]
