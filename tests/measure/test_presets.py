@@ -31,6 +31,11 @@ PUBLISHED_PARAMS = {
     # over 1,811 tensors; transformers builds 35,107,181,936 (what a loaded Qwen3_5MoeForConditionalGeneration
     # reports), the rest (844,640,768) is the ``mtp.*`` head, whose decoder layer is a MoE one with 256 experts
     "qwen3.5-35b-a3b": 35_951_822_704,
+    # google/gemma-4-E4B-it safetensors total (a single bf16 file of 15,992,595,884 bytes, quoted in several public
+    # notes). The file also stores, for each of the 18 KV-sharing layers, the k/v projections and k norm that
+    # transformers drops on load (``_keys_to_ignore_on_load_unexpected``) and one scalar per layer that it loads
+    # into a buffer; the same rule gives gemma-4-E2B-it's published 5,123,178,051 from its config
+    "gemma-4-e4b": 7_996_156_490,
 }
 # checkpoints that ship a multi-token-prediction head transformers does not build: its number of layers
 MTP_LAYERS = {"qwen3.5-27b": 1, "qwen3.5-35b-a3b": 1}
@@ -39,7 +44,7 @@ VISUAL_TOKENS = {"llava-1.5-7b": 576, "llava-next-7b": 2928, "llava-onevision-7b
                  "qwen2.5-vl-7b": 256, "qwen3-vl-8b": 196, "qwen3-vl-30b-a3b": 196, "qwen3.5-27b": 196,
                  "qwen3.5-35b-a3b": 196,
                  "internvl3.5-8b": 5 * 256,  # 896x896: 2x2 crops + a thumbnail, 256 tokens each
-                 "gemma-3-4b": 256, "gemma-3-12b": 256}
+                 "gemma-3-4b": 256, "gemma-3-12b": 256, "gemma-4-e4b": 280}
 
 
 def _mtp_params(model, layers: int) -> int:
@@ -51,6 +56,22 @@ def _mtp_params(model, layers: int) -> int:
     return 2 * text.hidden_size * text.hidden_size + 3 * text.hidden_size + layers * layer
 
 
+def _stored_not_built(model) -> int:
+    """Gemma 4's tensors that the checkpoint stores but transformers builds no parameter for: the k/v projections
+    and k norm of every KV-sharing layer (it reads another layer's cache) and each layer's scalar (a buffer)."""
+    text = model.config.get_text_config()
+    if model.config.model_type != "gemma4":
+        return 0
+    stored = 0
+    for layer in model.model.language_model.layers:
+        attention = layer.self_attn
+        if attention.is_kv_shared_layer:
+            stored += 2 * text.hidden_size * attention.config.num_key_value_heads * attention.head_dim
+            stored += attention.head_dim
+        stored += layer.layer_scalar.numel()
+    return stored
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_preset_has_the_published_size_and_token_count(name):
     preset = PRESETS[name]
@@ -59,7 +80,7 @@ def test_preset_has_the_published_size_and_token_count(name):
         model = AutoModelForImageTextToText.from_config(config)
     built = sum(p.numel() for p in model.parameters())
     mtp = _mtp_params(model, MTP_LAYERS[name]) if name in MTP_LAYERS else 0
-    assert built + mtp == PUBLISHED_PARAMS[name]
+    assert built + mtp + _stored_not_built(model) == PUBLISHED_PARAMS[name]
     inputs = preset.inputs(processor, frames=4)
     placeholders = {config.image_token_id, getattr(config, "video_token_id", None)}
     assert int(sum((inputs["input_ids"] == t).sum() for t in placeholders if t is not None)) == VISUAL_TOKENS[name]
@@ -89,7 +110,7 @@ def test_unknown_preset_is_named():
         build_preset("llava-13b")
 
 
-@pytest.mark.parametrize("name", ["llava_next", "qwen2_5_vl", "qwen3_vl", "qwen3_5_moe", "internvl", "gemma3"])
+@pytest.mark.parametrize("name", ["llava_next", "qwen2_5_vl", "qwen3_vl", "qwen3_5_moe", "internvl", "gemma3", "gemma4"])
 def test_shape_proxy_gives_the_real_models_flops(tiny, name):
     """Token counts do not depend on widths: a weight-independent method on the proxy costs the same."""
     import vtr

@@ -9,7 +9,7 @@ from vtr.commands.common import DTYPES, Progress, names, numbers, torch_dtype
 HELP = "TTFT / prefill / vtr overhead / decode / memory per method and budget"
 # vtr.measure.presets' names, spelled out so `--help` need not import torch (a test keeps them equal)
 PRESET_NAMES = ("llava-1.5-7b, llava-next-7b, llava-onevision-7b, qwen2.5-vl-7b, qwen3-vl-8b, qwen3-vl-30b-a3b, "
-                "qwen3.5-27b, qwen3.5-35b-a3b, internvl3.5-8b, gemma-3-4b, gemma-3-12b")
+                "qwen3.5-27b, qwen3.5-35b-a3b, internvl3.5-8b, gemma-3-4b, gemma-3-12b, gemma-4-e4b")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

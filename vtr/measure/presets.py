@@ -230,6 +230,36 @@ def _gemma3(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: i
     return build
 
 
+# Gemma 4 E4B (google/gemma-4-E4B-it): a 16-layer, 768-wide native-resolution tower (16-pixel patches pooled 3x3,
+# up to 280 tokens per image, 70 per video frame), 42 decoder layers (five sliding-window ones of 512 per global
+# one, global heads 512 wide with a quarter of them rotary), per-layer input embeddings of 256, the last 18 layers
+# reading their keys and values from earlier layers' caches, and the audio conformer the checkpoint ships
+GEMMA4_E4B_VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12,
+                         num_key_value_heads=12, head_dim=64, patch_size=16, pooling_kernel_size=3,
+                         use_clipped_linears=True, standardize=False)
+GEMMA4_E4B_TEXT = dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=42, num_attention_heads=8,
+                       num_key_value_heads=2, head_dim=256, global_head_dim=512, vocab_size=262144,
+                       vocab_size_per_layer_input=262144, hidden_size_per_layer_input=256, num_kv_shared_layers=18,
+                       sliding_window=512, layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 7,
+                       final_logit_softcapping=30.0, max_position_embeddings=131072)
+
+
+def _gemma4_e4b():
+    from transformers import (Gemma4AudioFeatureExtractor, Gemma4Config, Gemma4ImageProcessorPil, Gemma4Processor,
+                              Gemma4VideoProcessor)
+    tokenizer = testing.gemma4_tokenizer()
+    processor = Gemma4Processor(feature_extractor=Gemma4AudioFeatureExtractor(),
+                                image_processor=Gemma4ImageProcessorPil(), video_processor=Gemma4VideoProcessor(),
+                                tokenizer=tokenizer, chat_template=testing.CHAT_TEMPLATE_GEMMA4)
+    config = Gemma4Config(vision_config=GEMMA4_E4B_VISION, text_config={**GEMMA4_E4B_TEXT, **testing.special_ids()},
+                          audio_config={}, image_token_id=tokenizer.image_token_id,
+                          boi_token_id=tokenizer.boi_token_id, eoi_token_id=tokenizer.eoi_token_id,
+                          video_token_id=processor.video_token_id, audio_token_id=tokenizer.audio_token_id,
+                          boa_token_id=tokenizer.boa_token_id, eoa_token_index=tokenizer.eoa_token_id,
+                          **testing.special_ids())
+    return config, processor
+
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", _llava_15_7b, "image"),
     Preset("llava-next-7b", "llava-hf/llava-v1.6-vicuna-7b-hf", _llava_next_7b, "image", image_size=(672, 672)),
@@ -243,6 +273,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("internvl3.5-8b", "OpenGVLab/InternVL3_5-8B-HF", _internvl3_5_8b, "image", image_size=(896, 896)),
     Preset("gemma-3-4b", "google/gemma-3-4b-it", _gemma3(2560, 10240, 34, 8, 4), "image", image_size=(896, 896)),
     Preset("gemma-3-12b", "google/gemma-3-12b-it", _gemma3(3840, 15360, 48, 16, 8), "image", image_size=(896, 896)),
+    # 960x672 pixels: 60x42 patches, a 20x14 grid of 280 tokens (the processor's default budget, filled)
+    Preset("gemma-4-e4b", "google/gemma-4-E4B-it", _gemma4_e4b, "image", image_size=(960, 672)),
 )}
 
 
@@ -266,10 +298,13 @@ def build_preset(name: str, device: str | torch.device = "cpu", dtype: torch.dty
 def _truncate(config, layers: int | None, vision_layers: int | None) -> None:
     """Cut the LLM (and optionally the vision encoder) to fewer layers, keeping every index valid."""
     if layers is not None:
-        config.get_text_config().num_hidden_layers = layers
-        layer_types = getattr(config.get_text_config(), "layer_types", None)
+        text = config.get_text_config()
+        if getattr(text, "num_kv_shared_layers", 0):  # the last layers share: cutting the depth drops them first
+            text.num_kv_shared_layers = max(0, text.num_kv_shared_layers - (text.num_hidden_layers - layers))
+        text.num_hidden_layers = layers
+        layer_types = getattr(text, "layer_types", None)
         if layer_types is not None:
-            config.get_text_config().layer_types = layer_types[:layers]
+            text.layer_types = layer_types[:layers]
     if vision_layers is None:
         return
     vision = config.vision_config
@@ -297,10 +332,20 @@ def shape_proxy(config):
     """
     proxy = copy.deepcopy(config)
     text = proxy.get_text_config()
+    # per-layer overrides (Gemma 4's wider global heads) hide the global widths until they are lifted
+    overrides = text.to_dict().get("per_layer_config") or {}
+    if overrides:
+        text.per_layer_config = None
     for key, value in PROXY_TEXT.items():
         setattr(text, key, value)
     if getattr(text, "head_dim", None):
         text.head_dim = PROXY_TEXT["hidden_size"] // PROXY_TEXT["num_attention_heads"]
+    if overrides:
+        shrunk = {"head_dim": text.head_dim, "num_key_value_heads": 1}
+        text.per_layer_config = {layer: {key: shrunk.get(key, value) for key, value in layer_overrides.items()}
+                                 for layer, layer_overrides in overrides.items()}
+    if getattr(text, "hidden_size_per_layer_input", 0):
+        text.hidden_size_per_layer_input = 8
     rope = getattr(text, "rope_parameters", None) or {}
     if "mrope_section" in rope:  # t/h/w sections must fill half the (new) head dim, all of it rotary
         text.rope_parameters = {**rope, "mrope_section": [2, 3, 3],
@@ -312,9 +357,11 @@ def shape_proxy(config):
     vision = proxy.vision_config
     for key, value in PROXY_VISION.items():
         setattr(vision, key, value)
-    for heads in ("num_attention_heads", "num_heads"):
+    for heads in ("num_attention_heads", "num_heads", "num_key_value_heads"):
         if hasattr(vision, heads):
             setattr(vision, heads, 2)
+    if getattr(proxy, "audio_config", None) is not None:  # Gemma 4's audio tower sees no visual token
+        proxy.audio_config = None
     if hasattr(vision, "out_hidden_size"):
         vision.out_hidden_size = PROXY_TEXT["hidden_size"]
     if proxy.model_type == "qwen2_vl":  # embed_dim is the ViT width, hidden_size the merger's output

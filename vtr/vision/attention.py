@@ -80,13 +80,16 @@ def gemma4_vit_attention(attention: nn.Module, hidden_states: Tensor, position_e
     q = _axial_rotary(attention.q_norm(attention.q_proj(hidden_states).view(shape)), cos, sin, axes).transpose(1, 2)
     k = _axial_rotary(attention.k_norm(attention.k_proj(hidden_states).view(shape)), cos, sin, axes).transpose(1, 2)
     valid = (positions != -1).all(-1)  # (B, N)
-    logits = (q.float() @ k.float().transpose(-1, -2)) * attention.scaling
-    weights = torch.softmax(logits.masked_fill(~valid[:, None, None, :], float("-inf")), dim=-1).mean(1)  # (B, N, N)
+    logits = q.float() @ k.float().transpose(-1, -2)  # (B, H, N, N): the one pass an N x N map cannot avoid
+    if attention.scaling != 1.0:
+        logits = logits * attention.scaling
+    weights = torch.softmax(logits.masked_fill_(~valid[:, None, None, :], float("-inf")), dim=-1)
+    heads = weights.shape[1]
     if query == "cls":
-        scores = weights[:, 0]
-    else:
-        rows = valid.unsqueeze(-1).float()
-        scores = (weights * rows).sum(1) / rows.sum(1)
+        scores = weights[:, :, 0].mean(1)
+    else:  # the heads' mean over valid query rows, as one contraction instead of a mean and a masked sum
+        rows = valid.float()
+        scores = torch.einsum("bhqk,bq->bk", weights, rows) / (rows.sum(1, keepdim=True) * heads)
     return LayerAttention(list(scores.unbind(0)), list(k.float().mean(1).unbind(0)))
 
 
