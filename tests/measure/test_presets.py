@@ -105,6 +105,21 @@ def test_truncation_keeps_vision_indexes_valid():
     assert config.vision_config.depth == 3 and config.vision_config.deepstack_visual_indexes == [2]
 
 
+@pytest.mark.parametrize("layers, shared", [(30, 6), (8, 0)])
+def test_truncation_drops_kv_sharing_layers_first(layers, shared):
+    """Gemma 4 E4B's last 18 layers read earlier caches: the first ``layers`` layers keep the sharing ones among
+    them, and the cut model still builds (every sharing layer has a source of its kind)."""
+    from vtr.measure.presets import _truncate
+
+    config, _ = PRESETS["gemma-4-e4b"].build()
+    _truncate(config, layers=layers, vision_layers=None)
+    assert config.text_config.num_kv_shared_layers == shared
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    sharing = [layer.self_attn.is_kv_shared_layer for layer in model.model.language_model.layers]
+    assert sharing == [False] * (layers - shared) + [True] * shared
+
+
 def test_unknown_preset_is_named():
     with pytest.raises(ValueError, match="unknown preset 'llava-13b'.*llava-1.5-7b"):
         build_preset("llava-13b")
