@@ -396,8 +396,11 @@ def build_gemma3(seed: int = 0):
 
 
 # ---------------------------------------------------------------- Gemma 4 (native-resolution tower + k x k pool)
+# the video token is in the vocabulary, as in the real one: added by the processor, it would get another id
+# once the tokenizer is saved and reloaded than the one written into the model's config
 GEMMA4_TOKENS = {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
-                 "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>"}
+                 "video_token": "<|video|>", "audio_token": "<|audio|>", "boa_token": "<|audio>",
+                 "eoa_token": "<audio|>"}
 # 4-pixel patches pooled 2x2, at most 70 tokens per image: 64x48 -> 18x14 patches -> a 7x9 grid of 63 tokens
 GEMMA4_PATCH, GEMMA4_POOL, GEMMA4_MAX_TOKENS = 4, 2, 70
 # text options of the published Gemma 4 models, at tiny sizes: E2B/E4B/31B's KV-sharing last layers (31B's

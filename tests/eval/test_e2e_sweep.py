@@ -174,15 +174,21 @@ def gemma3_scenario(out: Path, checkpoint: str) -> None:
 
 
 def gemma4_scenario(out: Path, checkpoint: str) -> None:
-    """lmms-eval's gemma4 class (simple, the only one) at its smallest budget of 70 pooled tokens per image."""
+    """lmms-eval's gemma4 class (simple, the only one) at its smallest budget of 70 pooled tokens per image or
+    video frame: images and videos (the class samples the clip's frames) each reduced to the budget."""
     command = ["--model", "vtr_gemma4", "--pretrained", checkpoint, "--methods", "none,divprune", *GRID,
-               "--tasks", "vtr_colors", "--limit", "2", "--out", str(out), "--model-args",
+               "--tasks", "vtr_colors,vtr_video_colors", "--limit", "2", "--out", str(out), "--model-args",
                "max_soft_tokens=70"]  # no device: vtr's loading picks one, as for a user
     rows = swept(command, out, [("none", None), ("divprune", 8)])
-    check_report(out, rows, ["vtr_colors exact_match"])
-    before = rows[0]["visual_tokens"]["before"]
-    assert 8 < before <= 70
-    assert rows[1]["visual_tokens"] == {"before": before, "llm_input": 8, "kept": 8}
+    check_report(out, rows, ["vtr_colors exact_match", "vtr_video_colors exact_match"])
+    image = {entry["vtr"]["visual_before"] for sample in logged_samples(rows[0], "vtr_colors")
+             for entry in sample["token_counts"]}
+    video = {entry["vtr"]["visual_before"] for sample in logged_samples(rows[0], "vtr_video_colors")
+             for entry in sample["token_counts"]}
+    assert max(image) <= 70 < min(video)  # a clip is several frames of up to 70 tokens each
+    kept = {entry["vtr"]["visual_kept"] for task in ("vtr_colors", "vtr_video_colors")
+            for sample in logged_samples(rows[1], task) for entry in sample["token_counts"]}
+    assert kept == {8}
 
 
 def qwen3_5_scenario(out: Path, checkpoint: str) -> None:
