@@ -61,6 +61,23 @@ def test_internvl_chat_generation_runs_reduced_per_image_over_its_tiles(checkpoi
     assert (record["visual_before"], record["visual_after"]) == (48, 6) and 1 <= record["new_tokens"] <= 3
 
 
+def test_internvl_chat_generation_reduces_a_video_file_over_its_frames(checkpoint):
+    """The class hands the clip's path to transformers' processor (torchcodec-only in transformers 5): vtr decodes
+    it with decord or PyAV. Each of the 8 frames is one 16-token tile in image placeholders of its own, reduced
+    as an image to the budget."""
+    model = loaded(get_model("vtr_internvl_hf"), checkpoint("internvl"), method="divprune", budget=6,
+                   num_frames=8)
+    [path] = video_doc_to_visual({"color": "red"})
+
+    def doc_to_messages(doc):
+        content = [{"type": "video", "url": path}, {"type": "text", "text": doc["question"]}]
+        return [{"role": "user", "content": content}]
+
+    [result] = model.generate_until([request(("", doc_to_messages, {"max_new_tokens": 3}, 0, "t", "test"))])
+    record = result.token_counts.to_dict()["vtr"]
+    assert (record["visual_before"], record["visual_after"]) == (8 * 16, 8 * 6) and 1 <= record["new_tokens"] <= 3
+
+
 def test_gemma3_generation_runs_reduced_per_image(checkpoint):
     """lmms-eval's gemma3 class (bfloat16 inputs) reduces the 16 pooled tokens of an image to the budget; vtr's
     loglikelihood (lmms-eval's gemma3 has none) runs reduced too."""
