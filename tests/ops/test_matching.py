@@ -82,16 +82,34 @@ def test_a_batch_merging_the_same_count_per_row_needs_no_padding():
         assert new_state.source[b].tolist() == source
 
 
-def test_unmerged_tokens_keep_their_exact_values():
+def test_values_are_the_references_arithmetic_and_size_one_tokens_stay_exact():
+    """Every token of a merging row becomes sum(x * size) / sum(size) in float32, as the ToMe reference
+    computes it (so a token of size 3 that receives nothing is x * 3 / 3); a token of size 1 stays exact."""
     x = torch.randn(1, 7, 4) * 1e3
     state = _padded_state([[1, 3, 7, 1, 1, 1, 1]])
     partner = torch.tensor([[0, 1, 2, 2]])  # B indices: token 2 (candidate 1) into token 3
     matching = bipartite_matching(torch.randn(1, 7, 2), state, protected=0)
     matching = type(matching)(matching.similarity, partner, first=0)
     new_x, new_state = merge_tokens(x, state, matching, torch.tensor([[1]]), [1])
-    assert torch.equal(new_x[0, [0, 1, 3, 4, 5]], x[0, [0, 1, 4, 5, 6]])
+    size = state.size[0, :, None]
+    expected = (x[0] * size)[[0, 1, 3, 4, 5, 6]] / size[[0, 1, 3, 4, 5, 6]]
+    expected[2] = (x[0, 3] * 1 + x[0, 2] * 7) / 8
+    assert torch.equal(new_x[0], expected)
+    assert torch.equal(new_x[0, [0, 3, 4, 5]], x[0, [0, 4, 5, 6]])  # size 1, received nothing
     assert new_state.size[0].tolist() == [1, 3, 8, 1, 1, 1]
     assert new_state.source[0].tolist() == [0, 1, 2, 2, 3, 4, 5, 0, 1, 2, 2, 3]
+
+
+def test_a_row_merging_nothing_in_a_batch_keeps_its_exact_values():
+    """DyMU rows merge different counts; a row merging none skips the layer when alone, so in a batch too."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 9, 4, generator=generator) * 1e3
+    state = _padded_state([[3, 1, 7, 1, 5, 1, 3, 1, 1]] * 2)
+    matching = bipartite_matching(torch.randn(2, 9, 3, generator=generator), state)
+    new_x, new_state = merge_tokens(x, state, matching, matching.ranked(2), [2, 0])
+    assert new_state.lengths == (7, 9) and torch.equal(new_x[1], x[1])
+    assert new_state.size[1].tolist() == state.size[1].tolist()
+    assert new_state.source[1].tolist() == state.source[1].tolist()
 
 
 def test_matching_never_merges_the_class_token_or_into_padding():

@@ -46,23 +46,18 @@ class UnmergeRun:
 class _Pass:
     """How one full pass maps between its N columns and its N_un merged columns (W = the widest row).
 
-    Every decoder layer spreads and re-merges through the same mapping, so the per-layer index tensors
-    (the mapping expanded over the hidden width, the copies per merged column) are made once per pass and
-    device (the layers of a split model run on several) and reused."""
+    Every decoder layer spreads and re-merges through the same mapping, so the mapping expanded over the
+    hidden width is made once per pass and device (the layers of a split model run on several) and reused."""
 
     mapping: Tensor  # (B, N) merged column of every column
     members: Tensor  # (B, W) the column each merged column is read from (pad slots read column 0)
-    _on: dict[tuple[torch.device, int], tuple[Tensor, Tensor]] = field(default_factory=dict)
+    _on: dict[tuple[torch.device, int], Tensor] = field(default_factory=dict)
 
-    def indices(self, device: torch.device, width: int) -> tuple[Tensor, Tensor]:
-        """(B, N, width) the mapping expanded over ``width``, and (B, W, 1) copies per merged column (at
-        least 1), on ``device``."""
+    def spread(self, device: torch.device, width: int) -> Tensor:
+        """(B, N, width) the mapping expanded over ``width``, on ``device``."""
         key = (device, width)
         if key not in self._on:
-            mapping = self.mapping.to(device)
-            copies = torch.zeros(self.members.shape, dtype=torch.long, device=device)
-            copies = copies.scatter_add_(1, mapping, torch.ones_like(mapping)).clamp_min_(1).unsqueeze(-1)
-            self._on[key] = mapping.unsqueeze(-1).expand(-1, -1, width), copies
+            self._on[key] = self.mapping.to(device).unsqueeze(-1).expand(-1, -1, width)
         return self._on[key]
 
 
@@ -119,24 +114,23 @@ class VirtualUnmerging:
         if self._pass is None:
             return None
         states = args[0] if args else kwargs["hidden_states"]
-        spread, _ = self._pass.indices(states.device, states.shape[-1])
-        return _with_states(args, kwargs, states.gather(1, spread))
+        return _with_states(args, kwargs, states.gather(1, self._pass.spread(states.device, states.shape[-1])))
 
     def _remerge(self, module: nn.Module, args: tuple, output: tuple):
-        """The mean of each merged token's copies, accumulated in float32."""
+        """The mean of each merged token's copies, accumulated in float32 (one scatter-mean: pad slots, which
+        no column maps to, stay zero)."""
         if self._pass is None:
             return None
         attended, *rest = output
-        spread, copies = self._pass.indices(attended.device, attended.shape[-1])
-        sums = attended.new_zeros(copies.shape[:2] + attended.shape[-1:], dtype=torch.float32)
-        merged = (sums.scatter_add_(1, spread, attended.float()) / copies).to(attended.dtype)
-        return (merged, *rest)
+        spread = self._pass.spread(attended.device, attended.shape[-1])
+        merged = attended.new_zeros((*self._pass.members.shape, attended.shape[-1]), dtype=torch.float32)
+        merged = merged.scatter_reduce_(1, spread, attended.float(), "mean", include_self=False)
+        return (merged.to(attended.dtype), *rest)
 
     def _expand_output(self, module: nn.Module, args: tuple, output: Tensor):
         if self._pass is None:
             return None
-        spread, _ = self._pass.indices(output.device, output.shape[-1])
-        expanded = output.gather(1, spread)
+        expanded = output.gather(1, self._pass.spread(output.device, output.shape[-1]))
         self._pass = None
         return expanded
 

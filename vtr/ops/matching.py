@@ -109,40 +109,42 @@ def merge_tokens(x: Tensor, state: MergeState, matching: Matching, chosen: Tenso
     """Fold the candidates ``chosen`` (B, R: indices among ``matching``'s candidates, distinct per row) into
     their partner B tokens; only the first ``counts[b]`` entries of row b merge. Returns the shorter batch.
 
-    A group's hidden state is the size-weighted mean of its members, accumulated in float32 (tokens
-    that receive nothing keep their exact values). Survivors keep their order and are packed to the
-    front of each row; the batch narrows to the longest row; padding rows are zero with size 0.
+    Every token goes to its destination in the packed result (a survivor to its own new index, a merged
+    token to its partner's), and each destination is the size-weighted mean of what arrives, accumulated
+    in float32: ``sum(x * size) / sum(size)``, the reference's arithmetic, written straight into the
+    packed rows. Survivors keep their order; the batch narrows to the longest row; padding rows are zero
+    with size 0 (padding tokens, of size 0, add nothing to where they land). A row merging nothing in a
+    batch where others merge keeps its exact values, as it would alone (where no merge step runs).
     """
-    width = x.shape[-1]
+    batch, _, width = x.shape
     lengths = tuple(n - c for n, c in zip(state.lengths, counts))
+    longest = max(lengths)
     ragged = min(counts) < chosen.shape[1]  # some row merges fewer than R: its tail entries stay
     live = (torch.arange(chosen.shape[1], device=x.device) < torch.tensor(counts, device=x.device)[:, None]
             if ragged else None)
 
     gone = 2 * chosen + matching.first  # current index of each chosen A token
     into = 2 * matching.partner.gather(1, chosen) + 1  # current index of the B token it merges into
-    weighted = x.float() * state.size.unsqueeze(-1)
-    moved, moved_size = weighted.gather(1, gone.unsqueeze(-1).expand(-1, -1, width)), state.size.gather(1, gone)
-    if ragged:
-        moved, moved_size = moved * live.unsqueeze(-1), moved_size * live
-    sums = weighted.scatter_add(1, into.unsqueeze(-1).expand(-1, -1, width), moved)
-    sizes = state.size.scatter_add(1, into, moved_size)
-    grew = (sizes > state.size).unsqueeze(-1)  # sizes are whole numbers: a token grew iff it received one
-    values = torch.where(grew, (sums / sizes.unsqueeze(-1)).to(x.dtype), x)
-
     # a tail entry (ragged rows) stays, unless it is padding
     survives = state.valid.scatter(1, gone, ~live) & state.valid if ragged else state.valid.scatter(1, gone, False)
     rank = survives.cumsum(1) - 1  # new index of each survivor
-    index, valid = front_packed(survives, lengths)
-    new_x = values.gather(1, index.unsqueeze(-1).expand(-1, -1, width))
-    new_size, new_slot = sizes.gather(1, index), state.slot.gather(1, index)
-    if valid is not None:  # padding rows: zero, size 0, no slot
-        padding = ~valid
-        new_x = new_x.masked_fill(padding.unsqueeze(-1), 0)
-        new_size, new_slot = new_size.masked_fill(padding, 0), new_slot.masked_fill(padding, -1)
     joined = rank.gather(1, into)  # a merged token's new index is its partner's
-    to_new = rank.scatter(1, gone, torch.where(live, joined, rank.gather(1, gone)) if ragged else joined)
-    return new_x, MergeState(new_size, new_slot, to_new.gather(1, state.source), lengths)
+    destination = rank.scatter(1, gone, torch.where(live, joined, rank.gather(1, gone)) if ragged else joined)
+
+    weighted = x.float() * state.size.unsqueeze(-1)
+    sums = weighted.new_zeros(batch, longest, width).scatter_add_(
+        1, destination.unsqueeze(-1).expand(-1, -1, width), weighted)
+    sizes = state.size.new_zeros(batch, longest).scatter_add_(1, destination, state.size)
+    # padding slots of a short row received nothing: 0 / 1 keeps them zero (valid sizes are >= 1)
+    new_x = (sums / (sizes.clamp_min(1) if min(lengths) < longest else sizes).unsqueeze(-1)).to(x.dtype)
+    if ragged and not all(counts):
+        merging = torch.tensor([c > 0 for c in counts], device=x.device)[:, None, None]
+        new_x = torch.where(merging, new_x, x[:, :longest])
+    index, valid = front_packed(survives, lengths)
+    new_slot = state.slot.gather(1, index)
+    if valid is not None:
+        new_slot = new_slot.masked_fill(~valid, -1)
+    return new_x, MergeState(sizes, new_slot, destination.gather(1, state.source), lengths)
 
 
 def max_merges(tokens: int, protected: int = 1) -> int:
