@@ -85,3 +85,17 @@ def test_qwen_vit_attention_per_window_equals_eager(tiny, layer):
     assert len(got.scores) == len(recorded[-segments:]) == segments
     for mine, eager in zip(got.scores, recorded[-segments:]):
         assert torch.allclose(mine, eager, atol=1e-6)
+
+
+@pytest.mark.parametrize("query", ["cls", "received"])
+def test_long_videos_are_scored_a_chunk_of_frames_at_a_time_with_the_same_result(monkeypatch, query):
+    """Frames beyond the map budget are scored in chunks; the result is the one-shot softmax's."""
+    import vtr.vision.attention as attention
+
+    generator = torch.Generator().manual_seed(0)
+    q, k = torch.randn(7, 2, 9, 4, generator=generator), torch.randn(7, 2, 9, 4, generator=generator)
+    rows = q[:, :, :1] if query == "cls" else q
+    expected = torch.softmax(rows @ k.transpose(-1, -2) * 0.5, dim=-1).mean((1, 2))
+    monkeypatch.setattr(attention, "CHUNK_ENTRIES", 3 * 2 * rows.shape[2] * 9)  # three frames per chunk
+    torch.testing.assert_close(attention._probabilities(q, k, 0.5, query), expected)
+    torch.testing.assert_close(attention._probabilities(q[0].clone(), k[0].clone(), 0.5, query), expected[0])

@@ -34,12 +34,27 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+# attention-map entries computed at once (8 MB in float32), however many frames a video has: small enough that
+# a CPU allocator reuses the block from chunk to chunk instead of mapping fresh pages every call
+CHUNK_ENTRIES = 1 << 21
+
+
 def _probabilities(q: Tensor, k: Tensor, scale: float, query: str) -> Tensor:
-    """(..., H, n, hd) q/k -> (..., n) head-averaged attention of the requested query rows."""
+    """(S, H, n, hd) or (H, n, hd) q/k -> (S, n) or (n,) head-averaged attention of the requested query rows.
+
+    The map is the costly part (S x H x n x n): the scale goes into q (n x hd values) instead of the map,
+    heads and query rows are averaged in one reduction, and sequences (a video's frames) are taken a chunk
+    of at most ``CHUNK_ENTRIES`` map entries at a time, so a long video never holds all its maps at once.
+    """
+    if q.dim() == 3:
+        return _probabilities(q[None], k[None], scale, query)[0]
     if query == "cls":
         q = q[..., :1, :]
-    logits = (q.float() @ k.float().transpose(-1, -2)) * scale
-    return torch.softmax(logits, dim=-1).mean(-3).mean(-2)
+    q, keys = q.float() * scale, k.float().transpose(-1, -2)
+    step = max(1, CHUNK_ENTRIES // (q.shape[1] * q.shape[2] * keys.shape[-1]))
+    chunks = [torch.softmax(q[i:i + step] @ keys[i:i + step], dim=-1).mean((-3, -2))
+              for i in range(0, q.shape[0], step)]
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
 def clip_like_attention(attention: nn.Module, hidden_states: Tensor, query: str) -> LayerAttention:
