@@ -34,9 +34,10 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-# attention-map entries computed at once (8 MB in float32), however many frames a video has: small enough that
-# a CPU allocator reuses the block from chunk to chunk instead of mapping fresh pages every call
-CHUNK_ENTRIES = 1 << 21
+# attention-map entries computed at once, however many frames a video has. On a CPU a block of 8 MB (float32) is
+# reused by the allocator from chunk to chunk, where larger ones map fresh pages on every call; CUDA's caching
+# allocator keeps any size, so there chunks are larger (128 MB) and fewer kernels run; other devices: the CPU's
+CHUNK_ENTRIES = {"cpu": 1 << 21, "cuda": 1 << 25}
 
 
 def _probabilities(q: Tensor, k: Tensor, scale: float, query: str) -> Tensor:
@@ -51,9 +52,10 @@ def _probabilities(q: Tensor, k: Tensor, scale: float, query: str) -> Tensor:
     if query == "cls":
         q = q[..., :1, :]
     q, keys = q.float() * scale, k.float().transpose(-1, -2)
-    step = max(1, CHUNK_ENTRIES // (q.shape[1] * q.shape[2] * keys.shape[-1]))
-    chunks = [torch.softmax(q[i:i + step] @ keys[i:i + step], dim=-1).mean((-3, -2))
-              for i in range(0, q.shape[0], step)]
+    budget = CHUNK_ENTRIES.get(q.device.type, CHUNK_ENTRIES["cpu"])
+    step = max(1, budget // (q.shape[1] * q.shape[2] * keys.shape[-1]))
+    pairs = zip(q.split(step), keys.split(step)) if step < q.shape[0] else [(q, keys)]
+    chunks = [torch.softmax(rows @ columns, dim=-1).mean((-3, -2)) for rows, columns in pairs]
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
