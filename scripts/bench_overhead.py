@@ -4,6 +4,7 @@
     python scripts/bench_overhead.py --presets llava-1.5-7b --methods divprune,fastv
     python scripts/bench_overhead.py --json overhead.json --markdown overhead.md
     python scripts/bench_overhead.py --doc docs/benchmarks.md   # rewrite the tables there in place
+    python scripts/bench_overhead.py --doc docs/benchmarks.md --summary README.md   # and README's summary
 
 A shape proxy keeps the checkpoint's visual geometry and depth with tiny widths (see
 ``vtr.measure.presets.shape_proxy``), so the dispatched-op counts are the real model's and a CPU runs
@@ -68,19 +69,36 @@ def _measure(model, inputs: dict, method: str, budget: int | float, repeats: int
         return measure_overhead(model, inputs, [method], None, repeats=repeats)
 
 
-START, END = "<!-- overhead-table:start", "<!-- overhead-table:end -->"
+TABLES = "overhead-table"  # the full tables (docs/benchmarks.md)
+SUMMARY = "overhead-summary"  # ops beyond the model, method x preset (README.md)
+# the summary's columns, when measured: one checkpoint per family the hot-path budgets were set on
+SUMMARY_PRESETS = ("llava-1.5-7b", "llava-next-7b", "llava-onevision-7b", "qwen2.5-vl-7b", "qwen3-vl-8b")
 
 
-def replace_tables(path: str, text: str) -> None:
-    """Put ``text`` between the start and end markers of the markdown file at ``path`` (markers kept)."""
+def replace_block(path: str, block: str, text: str) -> None:
+    """Put ``text`` between the ``block`` start and end markers of the markdown file at ``path`` (markers kept)."""
+    start_marker, end_marker = f"<!-- {block}:start", f"<!-- {block}:end -->"
     with open(path) as f:
         doc = f.read()
-    start, end = doc.find(START), doc.find(END)
+    start, end = doc.find(start_marker), doc.find(end_marker)
     if start < 0 or end < start:
-        raise SystemExit(f"{path} has no {START} ... {END} block to replace")
+        raise SystemExit(f"{path} has no {start_marker} ... {end_marker} block to replace")
     head = doc[:doc.index("\n", start) + 1]
     with open(path, "w") as f:
         f.write(f"{head}\n{text}\n\n{doc[end:]}")
+
+
+def summary_table(results: list[dict]) -> str:
+    """Ops beyond the unwrapped model per method (rows) and preset (columns, those of ``SUMMARY_PRESETS`` that
+    ran); "-" where a method did not run."""
+    results = [result for result in results if result["preset"] in SUMMARY_PRESETS]
+    ops = {(result["preset"], row["method"]): row["ops"] for result in results for row in result["rows"]}
+    methods = list(dict.fromkeys(row["method"] for result in results for row in result["rows"]))
+    header = ["method", *(f"{r['preset']} ({r['budget']})" for r in results)]
+    body = [[method, *(f"+{ops[r['preset'], method]}" if (r["preset"], method) in ops else "-" for r in results)]
+            for method in methods]
+    line = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, body)])
 
 
 def main() -> None:
@@ -94,6 +112,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--markdown", help="write the tables here")
     parser.add_argument("--doc", help="replace the tables between the overhead-table markers of this markdown file")
+    parser.add_argument("--summary", help="replace the method x preset op table between the overhead-summary "
+                                          "markers of this markdown file (e.g. README.md)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -126,7 +146,9 @@ def main() -> None:
         with open(args.markdown, "w") as f:
             f.write(text + "\n")
     if args.doc:
-        replace_tables(args.doc, text)
+        replace_block(args.doc, TABLES, text)
+    if args.summary:
+        replace_block(args.summary, SUMMARY, summary_table(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device_name, "torch": torch.__version__, "results": results}, f, indent=2)
