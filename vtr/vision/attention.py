@@ -47,14 +47,13 @@ def _probabilities(q: Tensor, k: Tensor, scale: float, query: str) -> Tensor:
     heads and query rows are averaged in one reduction, and sequences (a video's frames) are taken a chunk
     of at most ``CHUNK_ENTRIES`` map entries at a time, so a long video never holds all its maps at once.
     """
-    if q.dim() == 3:
-        return _probabilities(q[None], k[None], scale, query)[0]
     if query == "cls":
         q = q[..., :1, :]
     q, keys = q.float() * scale, k.float().transpose(-1, -2)
     budget = CHUNK_ENTRIES.get(q.device.type, CHUNK_ENTRIES["cpu"])
-    step = max(1, budget // (q.shape[1] * q.shape[2] * keys.shape[-1]))
-    pairs = zip(q.split(step), keys.split(step)) if step < q.shape[0] else [(q, keys)]
+    step = max(1, budget // (q.shape[-3] * q.shape[-2] * keys.shape[-1]))
+    chunked = q.dim() == 4 and step < q.shape[0]  # (H, n, hd): one sequence, one map
+    pairs = zip(q.split(step), keys.split(step)) if chunked else [(q, keys)]
     chunks = [torch.softmax(rows @ columns, dim=-1).mean((-3, -2)) for rows, columns in pairs]
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
