@@ -96,10 +96,15 @@ def test_left_padded_batch_of_different_grids_equals_rows_alone(gemma, config):
         check_batch_equals_rows_alone(model, inputs, _greedy(model))
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["together", "one_image_per_chunk"])
 @pytest.mark.parametrize("layer", [0, 1])
-def test_attention_of_an_llm_token_is_the_mean_over_its_2x2_patches(gemma, layer):
+def test_attention_of_an_llm_token_is_the_mean_over_its_2x2_patches(gemma, layer, chunked, monkeypatch):
     """Recomputed under SDPA from the tower's q/k (norms, 2-D rotary, padding masked) against eager attention
-    weights: the attention each valid patch receives from the valid patches, averaged over each pooling window."""
+    weights: the attention each valid patch receives from the valid patches, averaged over each pooling window.
+    The same when the images (or a video's frames) are scored one chunk at a time."""
+    if chunked:
+        import vtr.vision.attention
+        monkeypatch.setitem(vtr.vision.attention.CHUNK_ENTRIES, "cpu", 1)
     model, processor = gemma
     inputs = _two_sizes(processor)
     encoded = _encode(adapter_for(model), "image", inputs, inputs["input_ids"], inputs["attention_mask"],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -40,22 +40,32 @@ def _rotate_half(x: Tensor) -> Tensor:
 CHUNK_ENTRIES = {"cpu": 1 << 21, "cuda": 1 << 25}
 
 
+def _in_chunks(score: Callable[..., Tensor], entries: int, *tensors: Tensor) -> Tensor:
+    """``score`` over the sequences (dim 0) of ``tensors``, a chunk of at most ``CHUNK_ENTRIES`` attention-map
+    entries (``entries`` per sequence) at a time, so a long video never holds all its maps at once."""
+    budget = CHUNK_ENTRIES.get(tensors[0].device.type, CHUNK_ENTRIES["cpu"])
+    step = max(1, budget // entries)
+    if step >= tensors[0].shape[0]:
+        return score(*tensors)
+    return torch.cat([score(*chunk) for chunk in zip(*(t.split(step) for t in tensors))])
+
+
 def _probabilities(q: Tensor, k: Tensor, scale: float, query: str) -> Tensor:
     """(S, H, n, hd) or (H, n, hd) q/k -> (S, n) or (n,) head-averaged attention of the requested query rows.
 
     The map is the costly part (S x H x n x n): the scale goes into q (n x hd values) instead of the map,
-    heads and query rows are averaged in one reduction, and sequences (a video's frames) are taken a chunk
-    of at most ``CHUNK_ENTRIES`` map entries at a time, so a long video never holds all its maps at once.
+    heads and query rows are averaged in one reduction, and sequences (a video's frames) go in chunks.
     """
     if query == "cls":
         q = q[..., :1, :]
     q, keys = q.float() * scale, k.float().transpose(-1, -2)
-    budget = CHUNK_ENTRIES.get(q.device.type, CHUNK_ENTRIES["cpu"])
-    step = max(1, budget // (q.shape[-3] * q.shape[-2] * keys.shape[-1]))
-    chunked = q.dim() == 4 and step < q.shape[0]  # (H, n, hd): one sequence, one map
-    pairs = zip(q.split(step), keys.split(step)) if chunked else [(q, keys)]
-    chunks = [torch.softmax(rows @ columns, dim=-1).mean((-3, -2)) for rows, columns in pairs]
-    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+    def score(rows: Tensor, columns: Tensor) -> Tensor:
+        return torch.softmax(rows @ columns, dim=-1).mean((-3, -2))
+
+    if q.dim() == 3:  # (H, n, hd): one sequence, one map
+        return score(q, keys)
+    return _in_chunks(score, q.shape[1] * q.shape[2] * keys.shape[-1], q, keys)
 
 
 def clip_like_attention(attention: nn.Module, hidden_states: Tensor, query: str) -> LayerAttention:
@@ -96,16 +106,19 @@ def gemma4_vit_attention(attention: nn.Module, hidden_states: Tensor, position_e
     q = _axial_rotary(attention.q_norm(attention.q_proj(hidden_states).view(shape)), cos, sin, axes).transpose(1, 2)
     k = _axial_rotary(attention.k_norm(attention.k_proj(hidden_states).view(shape)), cos, sin, axes).transpose(1, 2)
     valid = (positions != -1).all(-1)  # (B, N)
-    logits = q.float() @ k.float().transpose(-1, -2)  # (B, H, N, N): the one pass an N x N map cannot avoid
-    if attention.scaling != 1.0:
-        logits = logits * attention.scaling
-    weights = torch.softmax(logits.masked_fill_(~valid[:, None, None, :], float("-inf")), dim=-1)
-    heads = weights.shape[1]
-    if query == "cls":
-        scores = weights[:, :, 0].mean(1)
-    else:  # the heads' mean over valid query rows, as one contraction instead of a mean and a masked sum
-        rows = valid.float()
-        scores = torch.einsum("bhqk,bq->bk", weights, rows) / (rows.sum(1, keepdim=True) * heads)
+
+    def score(rows: Tensor, columns: Tensor, keep: Tensor) -> Tensor:
+        logits = rows.float() @ columns.float().transpose(-1, -2)  # (b, H, N, N): the pass a map cannot avoid
+        if attention.scaling != 1.0:
+            logits = logits * attention.scaling
+        weights = torch.softmax(logits.masked_fill_(~keep[:, None, None, :], float("-inf")), dim=-1)
+        if query == "cls":
+            return weights[:, :, 0].mean(1)
+        # the heads' mean over valid query rows, as one contraction instead of a mean and a masked sum
+        weight = keep.float()
+        return torch.einsum("bhqk,bq->bk", weights, weight) / (weight.sum(1, keepdim=True) * weights.shape[1])
+
+    scores = _in_chunks(score, q.shape[1] * q.shape[2] * k.shape[2], q, k, valid)
     return LayerAttention(list(scores.unbind(0)), list(k.float().mean(1).unbind(0)))
 
 
