@@ -42,6 +42,9 @@ class Adapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     modalities_handled: ClassVar[tuple[str, ...]] = MODALITIES  # what the adapter knows how to lay out
     rope_rows: ClassVar[int] = 1  # position rows the text model's rotary embedding reads (1-D RoPE)
+    # the text rotary takes each layer's type (``rotary_emb(x, positions, layer_type)``: Gemma 3 / 4, whose local
+    # and global layers rotate with their own bases)
+    rotary_per_layer_type: ClassVar[bool] = False
     # the model's videos reach it as frames in image placeholders (InternVL): each frame is reduced as an image
     video_frames_as_images: ClassVar[bool] = False
     # (width, height) of the small noise image `vtr demo` / `bench` / `flops` feed a model: a square the
@@ -213,8 +216,9 @@ class Adapter:
 
     def rotary_kinds(self) -> tuple[str | None, ...]:
         """Per decoder layer, the extra argument the text model passes its rotary module for that layer, or
-        ``None`` where it passes none (default: one rotary for every layer)."""
-        return ()
+        ``None`` where it passes none (default: one rotary for every layer; ``rotary_per_layer_type``: the
+        layer's type)."""
+        return tuple(self.config.get_text_config().layer_types) if self.rotary_per_layer_type else ()
 
     def check_in_llm(self, method: Any) -> None:
         """Raise ``ReductionError`` if the in-LLM ``method`` cannot run on this family (default: it can)."""

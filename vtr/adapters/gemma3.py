@@ -48,6 +48,7 @@ def patches_side(config) -> int:
 class Gemma3Adapter(Adapter):
     model_types = ("gemma3",)
     modalities_handled = ("image",)
+    rotary_per_layer_type = True
 
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         side = tokens_side(self.config)
@@ -58,11 +59,6 @@ class Gemma3Adapter(Adapter):
         side = tokens_side(self.config)
         return [PixelMap((Panel("image", image),), grid_boxes((1, side, side), image.shape[-2], image.shape[-1]))
                 for image, _ in zip(inputs["pixel_values"], layouts)]
-
-    def rotary_kinds(self) -> tuple[str | None, ...]:
-        """Local and global layers rotate with their own bases: the model calls ``rotary_emb(x, positions,
-        layer_type)`` once per layer type."""
-        return tuple(self.config.get_text_config().layer_types)
 
     # ------------------------------------------------------------------ vision attention
     def vision_info(self) -> VisionInfo:

@@ -68,6 +68,7 @@ def tower_sequences(modality: str, inputs: dict[str, Any]) -> tuple[Tensor, Tens
 class Gemma4Adapter(Adapter):
     model_types = ("gemma4",)
     demo_image_size = (64, 48)  # native resolution: the processor keeps the aspect ratio
+    rotary_per_layer_type = True
 
     def item_layouts(self, modality: str, inputs: dict[str, Any], features: list[Tensor]) -> list[ItemLayout]:
         """An image: its (1, H/k, W/k) pooled grid; a video: (frames, H/k, W/k), every frame pooled alike."""
@@ -98,10 +99,6 @@ class Gemma4Adapter(Adapter):
                                  grid_boxes(grid, high * patch, wide * patch)))
             first += n
         return maps
-
-    def rotary_kinds(self) -> tuple[str | None, ...]:
-        """Local and global layers rotate with their own bases (``rotary_emb(x, positions, layer_type)``)."""
-        return tuple(self.config.get_text_config().layer_types)
 
     # ------------------------------------------------------------------ vision attention
     def vision_info(self) -> VisionInfo:
