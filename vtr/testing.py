@@ -417,6 +417,14 @@ def gemma4_tokenizer() -> PreTrainedTokenizerFast:
     return _family_tokenizer(GEMMA4_TOKENS)
 
 
+def gemma4_token_ids() -> dict[str, int]:
+    """The special-token ids a Gemma 4 config takes, numbered as the built-in tokenizer numbers them."""
+    tok = gemma4_tokenizer()
+    return dict(image_token_id=tok.image_token_id, boi_token_id=tok.boi_token_id, eoi_token_id=tok.eoi_token_id,
+                video_token_id=tok.video_token_id, audio_token_id=tok.audio_token_id, boa_token_id=tok.boa_token_id,
+                eoa_token_index=tok.eoa_token_id, **special_ids())
+
+
 def gemma4_processor():
     """Gemma 4's processor at a budget of 70 pooled tokens per image (its smallest published one)."""
     from transformers import Gemma4AudioFeatureExtractor, Gemma4ImageProcessorPil, Gemma4Processor
@@ -442,14 +450,9 @@ def build_gemma4(seed: int = 0, **text_options):
                    layer_types=["sliding_attention", "full_attention"] * 2, use_bidirectional_attention="vision",
                    vocab_size_per_layer_input=VOCAB_SIZE, hidden_size_per_layer_input=8,
                    max_position_embeddings=1024, **special_ids()), **text_options}
-    tok = gemma4_tokenizer()
-    processor = gemma4_processor()
-    config = Gemma4Config(vision_config=vision, text_config=text, image_token_id=tok.image_token_id,
-                          boi_token_id=tok.boi_token_id, eoi_token_id=tok.eoi_token_id,
-                          video_token_id=processor.video_token_id, audio_token_id=tok.audio_token_id,
-                          boa_token_id=tok.boa_token_id, eoa_token_index=tok.eoa_token_id, **special_ids(),
+    config = Gemma4Config(vision_config=vision, text_config=text, **gemma4_token_ids(),
                           **(EAGER_EXPERTS if text_options.get("enable_moe_block") else {}))
-    return _finish(Gemma4ForConditionalGeneration(config)), processor
+    return _finish(Gemma4ForConditionalGeneration(config)), gemma4_processor()
 
 
 BUILDERS: dict[str, Callable] = {

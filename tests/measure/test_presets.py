@@ -59,9 +59,9 @@ def _mtp_params(model, layers: int) -> int:
 def _stored_not_built(model) -> int:
     """Gemma 4's tensors that the checkpoint stores but transformers builds no parameter for: the k/v projections
     and k norm of every KV-sharing layer (it reads another layer's cache) and each layer's scalar (a buffer)."""
-    text = model.config.get_text_config()
     if model.config.model_type != "gemma4":
         return 0
+    text = model.config.get_text_config()
     stored = 0
     for layer in model.model.language_model.layers:
         attention = layer.self_attn

@@ -247,16 +247,11 @@ GEMMA4_E4B_TEXT = dict(hidden_size=2560, intermediate_size=10240, num_hidden_lay
 def _gemma4_e4b():
     from transformers import (Gemma4AudioFeatureExtractor, Gemma4Config, Gemma4ImageProcessorPil, Gemma4Processor,
                               Gemma4VideoProcessor)
-    tokenizer = testing.gemma4_tokenizer()
     processor = Gemma4Processor(feature_extractor=Gemma4AudioFeatureExtractor(),
                                 image_processor=Gemma4ImageProcessorPil(), video_processor=Gemma4VideoProcessor(),
-                                tokenizer=tokenizer, chat_template=testing.CHAT_TEMPLATE_GEMMA4)
+                                tokenizer=testing.gemma4_tokenizer(), chat_template=testing.CHAT_TEMPLATE_GEMMA4)
     config = Gemma4Config(vision_config=GEMMA4_E4B_VISION, text_config={**GEMMA4_E4B_TEXT, **testing.special_ids()},
-                          audio_config={}, image_token_id=tokenizer.image_token_id,
-                          boi_token_id=tokenizer.boi_token_id, eoi_token_id=tokenizer.eoi_token_id,
-                          video_token_id=processor.video_token_id, audio_token_id=tokenizer.audio_token_id,
-                          boa_token_id=tokenizer.boa_token_id, eoa_token_index=tokenizer.eoa_token_id,
-                          **testing.special_ids())
+                          audio_config={}, **testing.gemma4_token_ids())
     return config, processor
 
 
