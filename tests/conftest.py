@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # also read by the lmms-eval subprocesses the sweep tests start
@@ -17,6 +18,7 @@ if _WORKERS > 1:
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 if _WORKERS > 1:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -163,6 +165,29 @@ def eager_vision_attention(model, pixels, layer: int) -> torch.Tensor:
             return model.model.vision_tower(pixels, output_attentions=True).attentions[layer].mean(1)
     finally:
         model.set_attn_implementation("sdpa")
+
+
+@contextlib.contextmanager
+def flop_counter(model, **options):
+    """FlopCounterMode over an inference call of ``model``, its weights frozen while it counts. Under no_grad a
+    view of a weight that requires grad keeps ``requires_grad`` with no ``grad_fn``, and the counter's module
+    tracker fails on such a tensor passed into a module ("Expected gradient function to be set"): transformers
+    5.25 runs Qwen3.5's causal convolution through a ``kernels`` module with ``conv1d.weight.squeeze(1)``."""
+    flags = [parameter.requires_grad for parameter in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False, **options) as counter:
+            yield counter
+    finally:
+        for parameter, flag in zip(model.parameters(), flags):
+            parameter.requires_grad_(flag)
+
+
+def counted_flops(model, run) -> int:
+    """Total FLOPs FlopCounterMode counts over ``run()``, an inference call of ``model``."""
+    with flop_counter(model) as counter:
+        run()
+    return counter.get_total_flops()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ decoding steps, and gated full attention."""
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from conftest import counted_flops
 from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
 from vtr.adapters.qwen_vl_costs import QWEN3_5_MIXERS, GatedDeltaNet
@@ -13,12 +13,6 @@ from vtr.costs.decoder import Attention, decoder_from_config
 from vtr.testing import QWEN3_5_LAYERS
 
 PROMPT = 70  # two 64-token chunks of the delta rule, the second padded
-
-
-def _counted(run) -> float:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        run()
-    return counter.get_total_flops()
 
 
 def test_gated_delta_net_and_gated_attention_match_flop_counter():
@@ -34,8 +28,8 @@ def test_gated_delta_net_and_gated_attention_match_flop_counter():
     prompt = torch.randint(0, 64, (1, PROMPT), generator=torch.Generator().manual_seed(0))
 
     def generate(new_tokens: int) -> float:
-        return _counted(lambda: model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                               do_sample=False, pad_token_id=0))
+        return counted_flops(model, lambda: model.generate(prompt, max_new_tokens=new_tokens,
+                                                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=0))
 
     prefill = generate(1)
     assert prefill == sum(decoder.layer_flops(i, PROMPT, PROMPT) for i in range(4)) + decoder.lm_head(1)

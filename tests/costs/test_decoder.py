@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from conftest import counted_flops
 from transformers import MistralConfig, MistralForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM
 
 from vtr.costs.decoder import Attention, DenseMLP, MixtureOfExperts, decoder_from_config
@@ -16,12 +16,6 @@ from vtr.costs.decoder import Attention, DenseMLP, MixtureOfExperts, decoder_fro
 TEXT = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
             attn_implementation="eager")
 PROMPT = 10
-
-
-def _counted(run) -> float:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        run()
-    return counter.get_total_flops()
 
 
 def _prompt() -> torch.Tensor:
@@ -37,7 +31,7 @@ def test_mixture_of_experts_prefill_matches_flop_counter():
     decoder = decoder_from_config(config)
     assert [type(layer.mlp) for layer in decoder.layers] == [MixtureOfExperts, DenseMLP, MixtureOfExperts]
     modelled = sum(decoder.layer_flops(i, PROMPT, PROMPT) for i in range(3)) + decoder.lm_head(PROMPT)
-    assert _counted(lambda: model(_prompt())) == modelled
+    assert counted_flops(model, lambda: model(_prompt())) == modelled
 
 
 def test_sliding_window_decoding_matches_flop_counter():
@@ -49,8 +43,8 @@ def test_sliding_window_decoding_matches_flop_counter():
     assert all(layer.mixer.window == 4 for layer in decoder.layers)
 
     def generate(new_tokens: int) -> float:
-        return _counted(lambda: model.generate(_prompt(), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                               do_sample=False, pad_token_id=0))
+        return counted_flops(model, lambda: model.generate(_prompt(), max_new_tokens=new_tokens,
+                                                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=0))
 
     prefill = generate(1)
     assert prefill == sum(decoder.layer_flops(i, PROMPT, PROMPT) for i in range(2)) + decoder.lm_head(1)

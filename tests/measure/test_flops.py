@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import vtr
-from conftest import MODELS, VIDEO_MODELS, greedy_without_placeholders, make_inputs
+from conftest import MODELS, VIDEO_MODELS, flop_counter, greedy_without_placeholders, make_inputs
 from vtr import testing
 from vtr.layout import Segment
 from vtr.measure.flops import (FlopsBreakdown, VisualInput, call_flops, format_breakdown,
@@ -39,10 +39,10 @@ def _cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwar
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def _counted(run) -> dict[str, float]:
+def _counted(model, run) -> dict[str, float]:
     """Measured FLOPs of ``run()``: total, vision, projector, and the rest (LLM + vtr's own work)."""
     custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa}
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=custom) as counter:
+    with flop_counter(model, custom_mapping=custom) as counter:
         run()
     per_module = {name.partition(".")[2]: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     projector = sum(v for name, v in per_module.items() if PROJECTOR_MODULES.fullmatch(name))
@@ -73,7 +73,7 @@ def test_forward_prefill_matches_flop_counter(tiny, name, kind):
     inputs = make_inputs(processor, name, kind)
     for config in WRAPS:
         _wrap(model, config)
-        measured = _counted(lambda: model(**inputs))
+        measured = _counted(model, lambda: model(**inputs))
         (breakdown,) = call_flops(model, inputs, logits="all")
         _assert_close(measured, _modelled(breakdown))
         assert breakdown.vision > 0 and breakdown.projector > 0
@@ -94,7 +94,7 @@ def test_vision_attention_methods_match_flop_counter(tiny, name, method):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name)
     vtr.wrap(model, method, budget=0.5)
-    measured = _counted(lambda: model(**inputs))
+    measured = _counted(model, lambda: model(**inputs))
     (breakdown,) = call_flops(model, inputs, logits="all")
     assert breakdown.reduction > 0
     assert breakdown.total == pytest.approx(measured["total"], rel=TOLERANCE)
@@ -108,7 +108,7 @@ def test_pdrop_matches_flop_counter(tiny, name, options):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name)
     vtr.wrap(model, "pdrop", **options)
-    measured = _counted(lambda: model(**inputs))
+    measured = _counted(model, lambda: model(**inputs))
     (breakdown,) = call_flops(model, inputs, logits="all")
     _assert_close(measured, _modelled(breakdown))
     per_layer = breakdown.llm_prefill_per_layer
@@ -120,7 +120,7 @@ def test_holitom_inner_matches_flop_counter(tiny, name, kind):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, kind)
     vtr.wrap(model, "holitom_inner", budget=0.5, layer=2)
-    measured = _counted(lambda: model(**inputs))
+    measured = _counted(model, lambda: model(**inputs))
     (breakdown,) = call_flops(model, inputs, logits="all")
     _assert_close(measured, _modelled(breakdown))
 
@@ -133,7 +133,7 @@ def test_holitom_matches_flop_counter(tiny):
     inputs = processor(videos=[np.repeat(frame, 4, axis=0)], text=[testing.prompt(processor, "what ?", images=0,
                                                                                      videos=1)], return_tensors="pt")
     vtr.wrap(model, "holitom", budget=0.1)  # one segment of 48 static tokens, 10 clusters
-    measured = _counted(lambda: model(**inputs))
+    measured = _counted(model, lambda: model(**inputs))
     (breakdown,) = call_flops(model, inputs, logits="all")
     assert breakdown.total == pytest.approx(measured["total"], rel=TOLERANCE)
     features = torch.randn(2 * 48, 64, generator=torch.Generator().manual_seed(0))
@@ -161,11 +161,11 @@ def test_gemma4_matches_flop_counter_forward_and_generate(variant):
     for options in (None, dict(method="divprune", budget=0.5)):
         if options is not None:
             vtr.wrap(model, **options)
-        measured = _counted(lambda: model(**inputs))
+        measured = _counted(model, lambda: model(**inputs))
         (breakdown,) = call_flops(model, inputs, logits="all")
         _assert_close(measured, _modelled(breakdown))
-        generated = _counted(lambda: model.generate(**inputs, max_new_tokens=3, min_new_tokens=3,
-                                                    do_sample=False))["total"]
+        generated = _counted(model, lambda: model.generate(**inputs, max_new_tokens=3, min_new_tokens=3,
+                                                           do_sample=False))["total"]
         assert call_flops(model, inputs, new_tokens=3)[0].total == pytest.approx(generated, rel=TOLERANCE)
 
 
@@ -177,7 +177,7 @@ def test_gemma4_video_matches_flop_counter(method):
                        return_tensors="pt", num_frames=4)
     if method is not None:
         vtr.wrap(model, method, budget=0.2)
-    measured = _counted(lambda: model(**inputs))
+    measured = _counted(model, lambda: model(**inputs))
     (breakdown,) = call_flops(model, inputs, logits="all")
     if method is None:
         _assert_close(measured, _modelled(breakdown))
@@ -192,7 +192,7 @@ def test_gemma4_reducing_methods_match_flop_counter(method):
     model, processor = testing.build("gemma4")
     inputs = make_inputs(processor, "gemma4", "two_images")
     vtr.wrap(model, method, **(dict() if method == "pdrop" else dict(budget=0.5)))
-    measured = _counted(lambda: model(**inputs))
+    measured = _counted(model, lambda: model(**inputs))
     (breakdown,) = call_flops(model, inputs, logits="all")
     assert breakdown.reduction > 0
     assert breakdown.total == pytest.approx(measured["total"], rel=TOLERANCE)
@@ -214,7 +214,7 @@ def test_vision_merging_matches_flop_counter(tiny, config):
     model, processor = tiny("llava")
     inputs = make_inputs(processor, "llava")
     vtr.wrap(model, **VISION_WRAPS[config])
-    measured = _counted(lambda: model(**inputs))
+    measured = _counted(model, lambda: model(**inputs))
     (breakdown,) = call_flops(model, inputs, logits="all")
     assert breakdown.total == pytest.approx(measured["total"], rel=1e-9)
     if config != "tome_fastv":  # there reduction also holds FastV's score recompute, outside the tower
@@ -223,7 +223,8 @@ def test_vision_merging_matches_flop_counter(tiny, config):
     assert breakdown.vision < call_flops(vtr.unwrap(model), inputs, logits="all")[0].vision
     vtr.wrap(model, **VISION_WRAPS[config])
     options = greedy_without_placeholders(model, do_sample=False)
-    generated = _counted(lambda: model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, **options))["total"]
+    generated = _counted(model, lambda: model.generate(**inputs, max_new_tokens=3, min_new_tokens=3,
+                                                       **options))["total"]
     assert call_flops(model, inputs, new_tokens=3)[0].total == pytest.approx(generated, rel=1e-9)
 
 
@@ -235,10 +236,11 @@ def test_vision_merging_of_anyres_crops_matches_flop_counter(tiny, name, config)
     model, processor = tiny(name)
     inputs = make_inputs(processor, name)
     vtr.wrap(model, **config)
-    measured = _counted(lambda: model(**inputs))
+    measured = _counted(model, lambda: model(**inputs))
     assert call_flops(model, inputs, logits="all")[0].total == pytest.approx(measured["total"], rel=1e-9)
     options = greedy_without_placeholders(model, do_sample=False)
-    generated = _counted(lambda: model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, **options))["total"]
+    generated = _counted(model, lambda: model.generate(**inputs, max_new_tokens=3, min_new_tokens=3,
+                                                       **options))["total"]
     assert call_flops(model, inputs, new_tokens=3)[0].total == pytest.approx(generated, rel=1e-9)
 
 
@@ -250,7 +252,7 @@ def test_divprune_allocations_match_flop_counter(tiny, name, kind, allocation):
     model, processor = tiny(name)
     inputs = make_inputs(processor, name, kind)
     vtr.wrap(model, "divprune", budget=0.3, allocation=allocation)
-    measured = _counted(lambda: model(**inputs))
+    measured = _counted(model, lambda: model(**inputs))
     (breakdown,) = call_flops(model, inputs, logits="all")
     _assert_close(measured, _modelled(breakdown))
 
@@ -263,8 +265,8 @@ def test_generate_and_decode_step_match_flop_counter(tiny, name, config):
     inputs = make_inputs(processor, name)
     _wrap(model, config)
     options = greedy_without_placeholders(model, do_sample=False)
-    prefill = _counted(lambda: model.generate(**inputs, max_new_tokens=1, **options))["total"]
-    two = _counted(lambda: model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, **options))["total"]
+    prefill = _counted(model, lambda: model.generate(**inputs, max_new_tokens=1, **options))["total"]
+    two = _counted(model, lambda: model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, **options))["total"]
     (breakdown,) = call_flops(model, inputs, new_tokens=2)
     assert breakdown.decode == pytest.approx(two - prefill, rel=TOLERANCE)
     assert breakdown.total == pytest.approx(two, rel=TOLERANCE)
@@ -285,7 +287,7 @@ def test_padded_batch_of_mixed_sizes_costs_each_row_alone(tiny, name, sizes, wra
     rows = call_flops(model, batch, logits="all")
     for row, image, text in zip(rows, images, texts):
         alone = processor(images=[image], text=[text], return_tensors="pt")
-        _assert_close(_counted(lambda: model(**alone)), _modelled(row))
+        _assert_close(_counted(model, lambda: model(**alone)), _modelled(row))
 
 
 def test_visual_inputs_follow_the_prompt_rows(tiny):
