@@ -95,7 +95,7 @@ def summary_table(results: list[dict]) -> str:
     ops = {(result["preset"], row["method"]): row["ops"] for result in results for row in result["rows"]}
     methods = list(dict.fromkeys(row["method"] for result in results for row in result["rows"]))
     header = ["method", *(f"{r['preset']} ({r['budget']})" for r in results)]
-    body = [[method, *(f"+{ops[r['preset'], method]}" if (r["preset"], method) in ops else "-" for r in results)]
+    body = [[method, *(f"{ops[r['preset'], method]:+d}" if (r["preset"], method) in ops else "-" for r in results)]
             for method in methods]
     line = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
     return "\n".join([line(header), line(["---"] * len(header)), *map(line, body)])

@@ -24,13 +24,14 @@ def _result(preset: str, budget, ops: dict[str, int]) -> dict:
 
 def test_summary_is_method_by_preset_with_gaps_for_methods_that_did_not_run(script):
     results = [_result("llava-1.5-7b", 64, {"none": 29, "tome": 977}), _result("gemma-3-4b", 64, {"none": 30}),
-               _result("qwen2.5-vl-7b", 64, {"none": 34, "divprune": 272})]
+               _result("qwen2.5-vl-7b", 64, {"none": 34, "divprune": 272, "fastv": -12})]
     assert script.summary_table(results).splitlines() == [
         "| method | llava-1.5-7b (64) | qwen2.5-vl-7b (64) |",
         "| --- | --- | --- |",
         "| none | +29 | +34 |",
         "| tome | +977 | - |",
         "| divprune | - | +272 |",
+        "| fastv | - | -12 |",  # fewer ops than the unwrapped model: a sign, not "+-12"
     ]
 
 

@@ -147,10 +147,10 @@ def format_overhead(rows: list[OverheadRow]) -> str:
         ["launches beyond model", "host syncs in vtr"] if cuda else []), "most added ops"]
     body = []
     for r in rows:
-        cells = [r.method, r.budget, f"{r.visual_in}→{r.visual_llm}", f"+{r.ops}",
+        cells = [r.method, r.budget, f"{r.visual_in}→{r.visual_llm}", f"{r.ops:+d}",
                  "-" if r.host_ms is None else f"{r.host_ms:.2f}"]
         if cuda:
-            cells += [f"+{r.launches}", "yes" if r.syncs else "no"]
+            cells += [f"{r.launches:+d}", "yes" if r.syncs else "no"]
         cells.append(", ".join(f"{name.removeprefix('aten.')} {n}" for name, n in r.top_ops))
         body.append(cells)
     line = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
