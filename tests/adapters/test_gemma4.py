@@ -101,10 +101,12 @@ def test_left_padded_batch_of_different_grids_equals_rows_alone(gemma, config):
 def test_attention_of_an_llm_token_is_the_mean_over_its_2x2_patches(gemma, layer, chunked, monkeypatch):
     """Recomputed under SDPA from the tower's q/k (norms, 2-D rotary, padding masked) against eager attention
     weights: the attention each valid patch receives from the valid patches, averaged over each pooling window.
-    The same when the images (or a video's frames) are scored one chunk at a time."""
+    The same when the images (or a video's frames) are scored one chunk at a time, and each image's map a few
+    query rows at a time."""
     if chunked:
         import vtr.vision.attention
         monkeypatch.setitem(vtr.vision.attention.CHUNK_ENTRIES, "cpu", 1)
+        monkeypatch.setattr(vtr.vision.attention, "MAP_ENTRIES", 1000)
     model, processor = gemma
     inputs = _two_sizes(processor)
     encoded = _encode(adapter_for(model), "image", inputs, inputs["input_ids"], inputs["attention_mask"],

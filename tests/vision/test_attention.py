@@ -53,8 +53,14 @@ def test_siglip_attention_equals_eager(tiny):
     assert torch.allclose(torch.stack(got.scores), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows_in_parts", [False, True])
 @pytest.mark.parametrize("layer", [0, 1])  # the tiny Qwen2.5-VL ViT: block 0 windowed, block 1 full attention
-def test_qwen_vit_attention_per_window_equals_eager(tiny, layer):
+def test_qwen_vit_attention_per_window_equals_eager(tiny, layer, rows_in_parts, monkeypatch):
+    """Also when each segment's map is larger than a chunk (a high-resolution image on a full-attention layer):
+    its query rows are then scored a few at a time."""
+    if rows_in_parts:
+        import vtr.vision.attention
+        monkeypatch.setattr(vtr.vision.attention, "MAP_ENTRIES", 100)
     model, processor = tiny("qwen2_5_vl")
     inputs = make_inputs(processor, "qwen2_5_vl")
     recorded = []
@@ -99,3 +105,24 @@ def test_long_videos_are_scored_a_chunk_of_frames_at_a_time_with_the_same_result
     monkeypatch.setitem(attention.CHUNK_ENTRIES, "cpu", 3 * 2 * rows.shape[2] * 9)  # three frames per chunk
     torch.testing.assert_close(attention._probabilities(q, k, 0.5, query), expected)
     torch.testing.assert_close(attention._probabilities(q[0].clone(), k[0].clone(), 0.5, query), expected[0])
+
+
+@pytest.mark.parametrize("query", ["cls", "received"])
+@pytest.mark.parametrize("rows_per_part", [1, 4])
+def test_a_map_larger_than_a_chunk_is_scored_a_few_query_rows_at_a_time_with_the_same_result(monkeypatch, query,
+                                                                                             rows_per_part):
+    """A sequence whose map alone exceeds ``MAP_ENTRIES``: its query rows go in parts (9 rows: 4 + 4 + 1), the
+    frames one at a time; the result is the one-shot softmax's, and no part holds more than the cap."""
+    from vtr.vision import attention
+
+    generator = torch.Generator().manual_seed(0)
+    q, k = torch.randn(3, 2, 9, 4, generator=generator), torch.randn(3, 2, 9, 4, generator=generator)
+    rows = q[:, :, :1] if query == "cls" else q
+    expected = torch.softmax(rows @ k.transpose(-1, -2) * 0.5, dim=-1).mean((1, 2))
+    monkeypatch.setitem(attention.CHUNK_ENTRIES, "cpu", 1)  # a frame at a time
+    monkeypatch.setattr(attention, "MAP_ENTRIES", rows_per_part * 2 * 9)  # one frame's map: 2 x 9 x 9
+    calls = []
+    monkeypatch.setattr(attention.torch, "softmax", lambda x, dim: calls.append(x.shape) or x.softmax(dim))
+    torch.testing.assert_close(attention._probabilities(q, k, 0.5, query), expected)
+    torch.testing.assert_close(attention._probabilities(q[0].clone(), k[0].clone(), 0.5, query), expected[0])
+    assert max(shape.numel() for shape in calls) <= rows_per_part * 2 * 9

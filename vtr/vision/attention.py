@@ -38,34 +38,58 @@ def _rotate_half(x: Tensor) -> Tensor:
 # reused by the allocator from chunk to chunk, where larger ones map fresh pages on every call; CUDA's caching
 # allocator keeps any size, so there chunks are larger (128 MB) and fewer kernels run; other devices: the CPU's
 CHUNK_ENTRIES = {"cpu": 1 << 21, "cuda": 1 << 25}
+# the most entries one sequence's map may hold at once on any device (128 MB of float32, as many again for its
+# softmax); a larger one is scored a few query rows at a time (``_summed_over_rows``). The same on every device,
+# so the CPU proxies dispatch the parts a GPU does.
+MAP_ENTRIES = 1 << 25
 
 
 def _in_chunks(score: Callable[..., Tensor], entries: int, *tensors: Tensor) -> Tensor:
     """``score`` over the sequences (dim 0) of ``tensors``, a chunk of at most ``CHUNK_ENTRIES`` attention-map
-    entries (``entries`` per sequence) at a time, so a long video never holds all its maps at once."""
-    budget = CHUNK_ENTRIES.get(tensors[0].device.type, CHUNK_ENTRIES["cpu"])
-    step = max(1, budget // entries)
+    entries (``entries`` per sequence) at a time, so a long video never holds all its maps at once (a sequence
+    whose map alone is larger goes alone; beyond ``MAP_ENTRIES``, ``score`` splits its query rows)."""
+    step = max(1, CHUNK_ENTRIES.get(tensors[0].device.type, CHUNK_ENTRIES["cpu"]) // entries)
     if step >= tensors[0].shape[0]:
         return score(*tensors)
     return torch.cat([score(*chunk) for chunk in zip(*(t.split(step) for t in tensors))])
+
+
+def _summed_over_rows(rows_sum: Callable[[slice], Tensor], rows: int, row_entries: int) -> Tensor:
+    """``sum(rows_sum(part))`` over the query rows in parts of at most ``MAP_ENTRIES`` map entries
+    (``row_entries`` per row), for a map too large to hold at once: a high-resolution image in one attention
+    segment (Qwen2.5-VL's full-attention layers, the Qwen3-VL ViT, Gemma 3's 4,096 patches, Gemma 4's larger
+    budgets) would otherwise take several GB for scores that the model's own flash/SDPA attention computes
+    without a map. Softmax is per query row, so the parts' sums add up to the whole map's."""
+    step = max(1, MAP_ENTRIES // row_entries)
+    total = rows_sum(slice(0, step))
+    for start in range(step, rows, step):
+        total = total + rows_sum(slice(start, start + step))
+    return total
 
 
 def _probabilities(q: Tensor, k: Tensor, scale: float, query: str) -> Tensor:
     """(S, H, n, hd) or (H, n, hd) q/k -> (S, n) or (n,) head-averaged attention of the requested query rows.
 
     The map is the costly part (S x H x n x n): the scale goes into q (n x hd values) instead of the map,
-    heads and query rows are averaged in one reduction, and sequences (a video's frames) go in chunks.
+    heads and query rows are averaged in one reduction, and sequences (a video's frames) go in chunks, the
+    query rows of a sequence whose map alone exceeds ``MAP_ENTRIES`` in parts.
     """
     if query == "cls":
         q = q[..., :1, :]
     q, keys = q.float() * scale, k.float().transpose(-1, -2)
+    heads, rows, key_count = q.shape[-3], q.shape[-2], keys.shape[-1]
 
-    def score(rows: Tensor, columns: Tensor) -> Tensor:
-        return torch.softmax(rows @ columns, dim=-1).mean((-3, -2))
+    def score(queries: Tensor, key_columns: Tensor) -> Tensor:
+        if heads * rows * key_count <= MAP_ENTRIES:
+            return torch.softmax(queries @ key_columns, dim=-1).mean((-3, -2))
+        def part_sum(part: slice) -> Tensor:
+            return torch.softmax(queries[..., part, :] @ key_columns, dim=-1).sum((-3, -2))
+
+        return _summed_over_rows(part_sum, rows, queries.shape[:-3].numel() * heads * key_count) / (heads * rows)
 
     if q.dim() == 3:  # (H, n, hd): one sequence, one map
         return score(q, keys)
-    return _in_chunks(score, q.shape[1] * q.shape[2] * keys.shape[-1], q, keys)
+    return _in_chunks(score, heads * rows * key_count, q, keys)
 
 
 def clip_like_attention(attention: nn.Module, hidden_states: Tensor, query: str) -> LayerAttention:
@@ -108,15 +132,25 @@ def gemma4_vit_attention(attention: nn.Module, hidden_states: Tensor, position_e
     valid = (positions != -1).all(-1)  # (B, N)
 
     def score(rows: Tensor, columns: Tensor, keep: Tensor) -> Tensor:
-        logits = rows.float() @ columns.float().transpose(-1, -2)  # (b, H, N, N): the pass a map cannot avoid
-        if attention.scaling != 1.0:
-            logits = logits * attention.scaling
-        weights = torch.softmax(logits.masked_fill_(~keep[:, None, None, :], float("-inf")), dim=-1)
+        def weights_of(queries: Tensor) -> Tensor:  # (b, H, n, N): the pass a map cannot avoid
+            logits = queries.float() @ columns.float().transpose(-1, -2)
+            if attention.scaling != 1.0:
+                logits = logits * attention.scaling
+            return torch.softmax(logits.masked_fill_(~keep[:, None, None, :], float("-inf")), dim=-1)
+
         if query == "cls":
-            return weights[:, :, 0].mean(1)
+            return weights_of(rows[:, :, :1])[:, :, 0].mean(1)
         # the heads' mean over valid query rows, as one contraction instead of a mean and a masked sum
         weight = keep.float()
-        return torch.einsum("bhqk,bq->bk", weights, weight) / (weight.sum(1, keepdim=True) * weights.shape[1])
+        row_entries = rows.shape[0] * rows.shape[1] * columns.shape[2]
+        if row_entries * rows.shape[2] <= MAP_ENTRIES:
+            received = torch.einsum("bhqk,bq->bk", weights_of(rows), weight)
+        else:
+            def part_sum(part: slice) -> Tensor:
+                return torch.einsum("bhqk,bq->bk", weights_of(rows[:, :, part]), weight[:, part])
+
+            received = _summed_over_rows(part_sum, rows.shape[2], row_entries)
+        return received / (weight.sum(1, keepdim=True) * rows.shape[1])
 
     scores = _in_chunks(score, q.shape[1] * q.shape[2] * k.shape[2], q, k, valid)
     return LayerAttention(list(scores.unbind(0)), list(k.float().mean(1).unbind(0)))
