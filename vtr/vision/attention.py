@@ -80,12 +80,14 @@ def _probabilities(q: Tensor, k: Tensor, scale: float, query: str) -> Tensor:
     heads, rows, key_count = q.shape[-3], q.shape[-2], keys.shape[-1]
 
     def score(queries: Tensor, key_columns: Tensor) -> Tensor:
-        if heads * rows * key_count <= MAP_ENTRIES:
+        row_entries = queries.shape[:-3].numel() * heads * key_count
+        if row_entries * rows <= MAP_ENTRIES:
             return torch.softmax(queries @ key_columns, dim=-1).mean((-3, -2))
+
         def part_sum(part: slice) -> Tensor:
             return torch.softmax(queries[..., part, :] @ key_columns, dim=-1).sum((-3, -2))
 
-        return _summed_over_rows(part_sum, rows, queries.shape[:-3].numel() * heads * key_count) / (heads * rows)
+        return _summed_over_rows(part_sum, rows, row_entries) / (heads * rows)
 
     if q.dim() == 3:  # (H, n, hd): one sequence, one map
         return score(q, keys)
